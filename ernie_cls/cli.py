@@ -1,0 +1,166 @@
+"""`ernie-cls` command line: a thin layer over the training/serving stages.
+
+Each subcommand parses flags into the stage's typed config and calls it. Errors of the project's hierarchy are
+printed as "error: ... / hint: ..." with exit code 2 (they are the user's to fix); anything else is a bug and
+keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from ernie_cls import __version__
+from ernie_cls.errors import ErnieClsError
+
+log = logging.getLogger("ernie_cls")
+
+
+def _parse_label_names(value: str | None) -> dict[str, str]:
+    if not value:
+        return {}
+    pairs = [p.split("=", 1) for p in value.split(",") if p.strip()]
+    if any(len(p) != 2 or not p[0].strip() or not p[1].strip() for p in pairs):
+        raise argparse.ArgumentTypeError("use raw=name pairs, e.g. 0=negative,1=positive")
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+def _add_data_cols(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--text-col", help="column holding the text (default: text/review/sentence/content/...)")
+    p.add_argument("--label-col", help="column holding the label (default: label/class/category/...)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ernie-cls", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"ernie-cls {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="fine-tune ERNIE on a labelled CSV/TSV/JSONL file")
+    t.add_argument("--data", help="one labelled file, split into train/dev/test (stratified, --seed)")
+    t.add_argument("--train-file", help="your own training split (then --dev-file is required)")
+    t.add_argument("--dev-file")
+    t.add_argument("--test-file")
+    _add_data_cols(t)
+    t.add_argument(
+        "--label-names",
+        type=_parse_label_names,
+        default={},
+        help="display names for raw labels, e.g. 0=negative,1=positive",
+    )
+    t.add_argument(
+        "--base-model",
+        default="scratch:nano",
+        help="PaddleNLP name (ernie-3.0-mini-zh, needs internet), a checkpoint directory, "
+        "or scratch:pico|nano|micro|mini (random init, corpus vocabulary)",
+    )
+    t.add_argument("--output", required=True, help="run directory; the best checkpoint goes to <output>/best")
+    t.add_argument("--overwrite", action="store_true", help="allow an existing, non-empty --output")
+    t.add_argument("--max-seq-len", type=int, default=128)
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--epochs", type=int, default=4)
+    t.add_argument("--learning-rate", type=float, help="default 3e-4 from scratch, 5e-5 from pretrained weights")
+    t.add_argument("--warmup-ratio", type=float, default=0.1)
+    t.add_argument("--weight-decay", type=float, default=0.01)
+    t.add_argument("--dropout", type=float, default=0.1, help="hidden dropout")
+    t.add_argument("--attention-dropout", type=float, default=0.0)
+    t.add_argument("--vocab-size", type=int, default=8000, help="max corpus vocabulary size for scratch presets")
+    t.add_argument("--test-size", type=float, default=0.2)
+    t.add_argument("--dev-size", type=float, default=0.1)
+    t.add_argument("--seed", type=int, default=42)
+    t.add_argument("--eval-every", type=int, default=0, help="steps between dev evaluations (0: each epoch)")
+    t.add_argument("--patience", type=int, default=3, help="evaluations without improvement before stopping")
+    t.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: no limit)")
+    t.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    t.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="mixed precision (GPU default)")
+    t.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    e = sub.add_parser("evaluate", help="metrics of a checkpoint on a labelled file")
+    e.add_argument("--checkpoint", required=True, help="a checkpoint directory (e.g. runs/x/best)")
+    e.add_argument("--data", required=True)
+    _add_data_cols(e)
+    e.add_argument("--output", help="also write the metrics JSON here")
+    e.add_argument("--threads", type=int)
+
+    p = sub.add_parser("predict", help="label texts from a file or stdin (JSON lines out)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--input", default="-", help="- for stdin (one text per line), .txt, or CSV/TSV/JSONL")
+    p.add_argument("--text-col")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--threads", type=int)
+    return parser
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from training.finetune import TrainConfig, train
+
+    fields = TrainConfig.__dataclass_fields__
+    values = {k: v for k, v in vars(args).items() if k in fields}
+    cfg = TrainConfig(**values, progress=not args.no_progress)
+    metrics = train(cfg)
+    summary: dict[str, object] = {
+        split: {k: metrics[split][k] for k in ("accuracy", "macro_f1")}
+        for split in ("dev", "test")
+        if metrics.get(split)
+    }
+    summary.update(
+        train_seconds=metrics["train_seconds"],
+        samples_per_second=metrics["train_samples_per_second"],
+        checkpoint=os.path.join(cfg.output, "best"),
+    )
+    print(json.dumps(summary, ensure_ascii=False, indent=2))
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from training.evaluate import evaluate_file
+
+    metrics = evaluate_file(args.checkpoint, args.data, args.text_col, args.label_col)
+    text = json.dumps(metrics, ensure_ascii=False, indent=2)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    print(text)
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from training.evaluate import load_checkpoint, predict_texts, read_texts
+
+    loaded = load_checkpoint(args.checkpoint)  # fail on a bad checkpoint before consuming stdin
+    texts = read_texts(args.input, args.text_col)
+    for row in predict_texts(loaded, texts, args.top_k):
+        print(json.dumps(row, ensure_ascii=False), flush=False)
+    return 0
+
+
+PADDLE_COMMANDS = {"train", "evaluate", "predict"}
+COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "predict": _cmd_predict}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if args.command in PADDLE_COMMANDS:
+        from training import paddle_env  # before anything imports paddle
+
+        paddle_env.configure(getattr(args, "threads", None))
+    try:
+        return COMMANDS[args.command](args)
+    except ErnieClsError as err:
+        print(f"error: {err.message}", file=sys.stderr)
+        if err.hint:
+            print(f"hint: {err.hint}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Shared fixtures: small labelled files cut from the shipped corpus, and a tiny trained checkpoint."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+import training  # noqa: F401  (sets Paddle's CPU environment before any test imports paddle)
+
+ROOT = Path(__file__).resolve().parents[1]
+WAIMAI = ROOT / "data" / "waimai_10k.csv"
+
+
+def waimai_rows(per_class: int, offset: int = 0) -> list[dict[str, str]]:
+    """`per_class` reviews of each label, deterministic (the file's order)."""
+    with WAIMAI.open(encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    out: list[dict[str, str]] = []
+    for label in ("0", "1"):
+        out += [r for r in rows if r["label"] == label][offset : offset + per_class]
+    return out
+
+
+def write_csv(path: Path, rows: list[dict[str, str]], delimiter: str = ",") -> Path:
+    with path.open("w", encoding="utf-8", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]), delimiter=delimiter)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_csv(tmp_path_factory) -> Path:
+    return write_csv(tmp_path_factory.mktemp("data") / "small.csv", waimai_rows(60))
+
+
+def tiny_train_config(output: Path, data: Path | None, **overrides):
+    from training.finetune import TrainConfig
+
+    values = dict(
+        output=str(output),
+        data=str(data) if data else None,
+        base_model="scratch:pico",
+        max_seq_len=32,
+        batch_size=16,
+        epochs=2,
+        learning_rate=2e-3,
+        vocab_size=800,
+        progress=False,
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, small_csv) -> Path:
+    """A pico model trained for a few seconds; tests only read it."""
+    from training.finetune import train
+
+    out = tmp_path_factory.mktemp("run")
+    train(tiny_train_config(out, small_csv, label_names={"0": "negative", "1": "positive"}))
+    return out

@@ -1,0 +1,61 @@
+"""The `ernie-cls` console script: train -> evaluate -> predict, and errors printed with a hint, exit code 2."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from ernie_cls.cli import main
+from tests.conftest import waimai_rows, write_csv
+
+
+def test_evaluate_and_predict_from_a_trained_checkpoint(trained_run, small_csv, capsys, monkeypatch):
+    ckpt = str(trained_run / "best")
+    assert main(["evaluate", "--checkpoint", ckpt, "--data", str(small_csv)]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["n"] == 120
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("送餐很快，好吃\n\u200b\n太难吃了，再也不点\n"))
+    assert main(["predict", "--checkpoint", ckpt, "--top-k", "2"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["index"] for r in rows] == [0, 1, 2]
+    assert rows[1]["error"] == "empty after normalisation"
+    assert rows[0]["label"] in {"negative", "positive"}
+    assert abs(sum(rows[0]["probabilities"].values()) - 1) < 1e-4 and len(rows[2]["top_k"]) == 2
+
+
+def test_train_command_prints_a_summary(small_csv, tmp_path, capsys):
+    code = main(
+        [
+            "train",
+            "--data",
+            str(small_csv),
+            "--base-model",
+            "scratch:pico",
+            "--output",
+            str(tmp_path / "r"),
+            "--epochs",
+            "1",
+            "--max-seq-len",
+            "32",
+            "--vocab-size",
+            "500",
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert set(summary) >= {"dev", "test", "samples_per_second", "checkpoint"}
+
+
+def test_user_errors_exit_2_with_a_hint_and_no_traceback(tmp_path, capsys):
+    data = write_csv(tmp_path / "a.csv", waimai_rows(5))
+    code = main(["train", "--data", str(data), "--text-col", "comment", "--output", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "error:" in err and "hint: Pass --text-col" in err and "Traceback" not in err
+
+
+def test_predict_refuses_a_missing_checkpoint(tmp_path, capsys):
+    assert main(["predict", "--checkpoint", str(tmp_path / "none"), "--input", "-"]) == 2
+    assert "does not exist" in capsys.readouterr().err

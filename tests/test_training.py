@@ -1,0 +1,156 @@
+"""Fine-tuning on tiny models: it learns, it is reproducible, checkpoints round-trip, outputs are protected."""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+import time
+
+import numpy as np
+import pytest
+
+from ernie_cls.errors import ConfigError, ModelLoadError, OutputExistsError
+from tests.conftest import tiny_train_config, waimai_rows, write_csv
+from training.finetune import BEST_DIR, length_bucketed_batches, train
+from training.modeling import load_checkpoint, parse_base_model
+
+
+def test_training_overfits_64_examples(tmp_path):
+    """A model that can learn drives training error to zero on a handful of examples."""
+    from training.data import load_examples
+    from training.finetune import encode, evaluate_encoded
+
+    data = write_csv(tmp_path / "64.csv", waimai_rows(32))
+    cfg = tiny_train_config(
+        tmp_path / "run",
+        None,
+        train_file=str(data),
+        dev_file=str(data),
+        epochs=25,
+        batch_size=16,
+        warmup_ratio=0.0,
+        dropout=0.0,
+        patience=100,
+    )
+    train(cfg)
+    model, tok, label_map = load_checkpoint(tmp_path / "run" / BEST_DIR)
+    examples, _ = load_examples(data)
+    assert evaluate_encoded(model, tok, encode(examples, tok, label_map), label_map)["accuracy"] == 1.0
+
+
+def test_checkpoint_holds_everything_needed_to_reload_it(trained_run):
+    best = trained_run / BEST_DIR
+    for name in (
+        "config.json",
+        "vocab.txt",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "ernie_cls_tokenizer.json",
+        "label_map.json",
+        "training_config.json",
+        "metrics.json",
+    ):
+        assert (best / name).is_file(), name
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    for split in ("dev", "test"):
+        m = metrics[split]
+        assert set(m) >= {"accuracy", "macro_f1", "per_class", "confusion_matrix"}
+        assert sum(map(sum, m["confusion_matrix"]["rows_true_cols_pred"])) == m["n"]
+    assert set(metrics["dev"]["per_class"]) == {"negative", "positive"}
+    assert metrics["train_samples_per_second"] > 0
+
+
+def test_training_from_a_saved_checkpoint_directory(trained_run, small_csv, tmp_path):
+    """`--base-model <dir>` goes through paddlenlp's from_pretrained of a directory, with its own tokenizer."""
+    source = parse_base_model(str(trained_run / BEST_DIR))
+    assert source.kind == "directory"
+    train(tiny_train_config(tmp_path / "again", small_csv, base_model=str(trained_run / BEST_DIR), epochs=1))
+    first = (trained_run / BEST_DIR / "vocab.txt").read_text()
+    assert (tmp_path / "again" / BEST_DIR / "vocab.txt").read_text() == first
+
+
+def test_same_seed_same_metrics(small_csv, tmp_path):
+    a = train(tiny_train_config(tmp_path / "a", small_csv, epochs=1))
+    b = train(tiny_train_config(tmp_path / "b", small_csv, epochs=1))
+    assert a["dev"] == b["dev"] and a["test"] == b["test"]
+    assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
+
+
+def test_existing_output_is_refused_without_overwrite(trained_run, small_csv):
+    with pytest.raises(OutputExistsError, match="already exists") as err:
+        train(tiny_train_config(trained_run, small_csv))
+    assert "--overwrite" in err.value.hint
+
+
+def test_crash_mid_training_keeps_the_last_good_checkpoint(small_csv, tmp_path, monkeypatch):
+    import training.finetune as ft
+
+    out = tmp_path / "run"
+    train(tiny_train_config(out, small_csv, epochs=1))
+    before = (out / BEST_DIR / "model_state.pdparams").read_bytes()
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("power cut while saving")
+
+    monkeypatch.setattr(ft.ErnieTokenizerFast, "save", crash)  # dies half-way through writing the new best
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_train_config(out, small_csv, epochs=1, overwrite=True, seed=3))
+    assert (out / BEST_DIR / "model_state.pdparams").read_bytes() == before
+    load_checkpoint(out / BEST_DIR)  # still complete and loadable
+
+
+def test_hub_name_offline_fails_fast_with_instructions(monkeypatch):
+    from training.modeling import build_model
+
+    def unreachable(*args, **kwargs):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    start = time.perf_counter()
+    with pytest.raises(ModelLoadError, match="unreachable") as err:
+        build_model(parse_base_model("ernie-3.0-mini-zh"), 2, ["好"], 32)
+    assert time.perf_counter() - start < 5
+    assert "--base-model" in err.value.hint and "scratch:nano" in err.value.hint
+
+
+def test_unknown_names_and_paths_are_explained():
+    with pytest.raises(ConfigError, match="Unknown scratch size"):
+        parse_base_model("scratch:huge")
+    with pytest.raises(ConfigError, match="no such directory"):
+        parse_base_model("./missing/ckpt")
+    from training.modeling import _hub_known
+
+    with pytest.raises(ConfigError, match="neither a directory") as err:
+        _hub_known("ernie-9.9-zh")
+    assert "ernie-3.0-mini-zh" in err.value.hint
+
+
+def test_checkpoint_without_label_map_is_refused(trained_run, tmp_path):
+    import shutil
+
+    broken = tmp_path / "ckpt"
+    shutil.copytree(trained_run / BEST_DIR, broken)
+    (broken / "label_map.json").unlink()
+    with pytest.raises(ModelLoadError, match=r"no label_map\.json"):
+        load_checkpoint(broken)
+
+
+def test_config_errors_say_how_to_fix(tmp_path):
+    from training.finetune import TrainConfig
+
+    with pytest.raises(ConfigError, match="No training data") as err:
+        TrainConfig(output=str(tmp_path)).validate()
+    assert "--data" in err.value.hint
+    with pytest.raises(ConfigError, match="--dev-file"):
+        TrainConfig(output=str(tmp_path), train_file="a.csv").validate()
+
+
+def test_length_buckets_cover_every_example_once_and_pad_little():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 130, size=1000).tolist()
+    batches = length_bucketed_batches(lengths, 32, random.Random(0))
+    flat = sorted(i for b in batches for i in b)
+    assert flat == list(range(1000)) and max(map(len, batches)) == 32
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    assert padded / sum(lengths) < 1.1

@@ -1,0 +1,389 @@
+"""Fine-tune ERNIE for classification.
+
+    TrainConfig -> load data + split -> model & tokenizer (modeling.build_model) -> tokenise once
+    -> epochs of length-bucketed, dynamically padded batches (AdamW, warmup + linear decay, grad clipping)
+    -> evaluate on dev every `eval_every` steps -> best dev macro-F1 saved atomically to <output>/best
+    -> early stop after `patience` evaluations without improvement -> test metrics -> metrics.json
+
+A checkpoint directory (``<output>/best``) holds everything needed to reload it: the paddlenlp model
+(``save_pretrained``), the tokenizer files, ``label_map.json``, ``training_config.json`` and ``metrics.json``.
+It is written to ``best.tmp`` first and swapped in by rename, so a crash never destroys the last good one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ernie_cls.errors import ConfigError, OutputExistsError
+from ernie_cls.tokenization import ErnieTokenizerFast
+from training.data import (
+    Example,
+    LabelMap,
+    Splits,
+    check_known_labels,
+    check_trainable,
+    load_examples,
+    stratified_split,
+)
+from training.metrics import classification_metrics
+from training.modeling import build_model, parse_base_model
+
+log = logging.getLogger(__name__)
+
+BEST_DIR = "best"
+LABEL_MAP_FILE = "label_map.json"
+TRAINING_CONFIG_FILE = "training_config.json"
+METRICS_FILE = "metrics.json"
+
+
+@dataclass
+class TrainConfig:
+    output: str
+    data: str | None = None  # one labelled file, split into train/dev/test
+    train_file: str | None = None  # or user-given splits
+    dev_file: str | None = None
+    test_file: str | None = None
+    text_col: str | None = None
+    label_col: str | None = None
+    label_names: dict[str, str] = field(default_factory=dict)
+    base_model: str = "scratch:nano"
+    max_seq_len: int = 128
+    batch_size: int = 32
+    epochs: int = 4
+    learning_rate: float | None = None  # default: 3e-4 from scratch, 5e-5 from pretrained weights
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    vocab_size: int = 8000
+    test_size: float = 0.2
+    dev_size: float = 0.1
+    seed: int = 42
+    eval_every: int = 0  # steps; 0 = once per epoch
+    patience: int = 3  # evaluations without dev macro-F1 improvement before stopping
+    max_steps: int = 0  # 0 = no limit (used by smoke runs)
+    overwrite: bool = False
+    device: str = "auto"  # auto | cpu | gpu
+    amp: bool | None = None  # default: on for GPU
+    progress: bool = True
+
+    def validate(self) -> None:
+        if self.data is None and self.train_file is None:
+            raise ConfigError("No training data given.", "Pass --data <file> or --train-file/--dev-file/--test-file.")
+        if self.data is not None and self.train_file is not None:
+            raise ConfigError("--data and --train-file are exclusive.", "Give one labelled file or your own splits.")
+        if self.train_file is not None and self.dev_file is None:
+            raise ConfigError("--train-file needs --dev-file for early stopping.", "Add --dev-file <file>.")
+        if not 0 < self.test_size < 1 or not 0 < self.dev_size < 1 or self.test_size + self.dev_size >= 1:
+            raise ConfigError("--test-size and --dev-size must be in (0, 1) and sum below 1.", "E.g. 0.2 and 0.1.")
+        for name in ("batch_size", "epochs"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1.", "Use a positive value.")
+        if self.max_seq_len < 8:
+            raise ConfigError("--max-seq-len must be >= 8.", "128 suits short customer messages.")
+
+
+# --------------------------------------------------------------------------------------------- data
+def load_splits(cfg: TrainConfig) -> tuple[Splits, LabelMap, dict]:
+    provenance: dict = {}
+    if cfg.data is not None:
+        examples, report = load_examples(cfg.data, cfg.text_col, cfg.label_col)
+        check_trainable(examples, cfg.data)
+        splits = stratified_split(examples, cfg.test_size, cfg.dev_size, cfg.seed)
+        provenance["data"] = asdict(report)
+    else:
+        assert cfg.train_file is not None and cfg.dev_file is not None
+        train, rep_train = load_examples(cfg.train_file, cfg.text_col, cfg.label_col)
+        check_trainable(train, cfg.train_file)
+        dev, rep_dev = load_examples(cfg.dev_file, cfg.text_col, cfg.label_col)
+        test, rep_test = load_examples(cfg.test_file, cfg.text_col, cfg.label_col) if cfg.test_file else ([], None)
+        splits = Splits(train, dev, test)
+        provenance.update(train=asdict(rep_train), dev=asdict(rep_dev), test=asdict(rep_test) if rep_test else None)
+    label_map = LabelMap.from_examples(splits.train, cfg.label_names)
+    unknown_names = set(cfg.label_names) - set(label_map.labels)
+    if unknown_names:
+        raise ConfigError(
+            f"--label-names mentions {sorted(unknown_names)}, which are not labels in the data.",
+            f"Name the labels that exist: {label_map.labels}.",
+        )
+    check_known_labels(splits.dev, label_map, cfg.dev_file or cfg.data or "")
+    check_known_labels(splits.test, label_map, cfg.test_file or cfg.data or "")
+    return splits, label_map, provenance
+
+
+@dataclass
+class Encoded:
+    ids: list[list[int]]
+    labels: np.ndarray
+
+
+def encode(examples: list[Example], tokenizer: ErnieTokenizerFast, label_map: LabelMap) -> Encoded:
+    ids = tokenizer.encode_ids([e.text for e in examples], normalized=True)
+    index = {raw: i for i, raw in enumerate(label_map.labels)}
+    return Encoded(ids, np.array([index[e.label] for e in examples], dtype=np.int64))
+
+
+def length_bucketed_batches(lengths: list[int], batch_size: int, rng: random.Random, pool: int = 50) -> list[list[int]]:
+    """Shuffle, then sort within pools of `pool` batches by length so each batch pads little, then shuffle batches.
+
+    Keeps randomness across epochs while cutting padding: on waimai_10k this pads ~5% instead of ~3x.
+    """
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    batches: list[list[int]] = []
+    span = batch_size * pool
+    for start in range(0, len(order), span):
+        chunk = sorted(order[start : start + span], key=lambda i: lengths[i])
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+# --------------------------------------------------------------------------------------------- loop
+def _set_seed(seed: int) -> None:
+    import paddle
+
+    random.seed(seed)
+    np.random.seed(seed)
+    paddle.seed(seed)
+
+
+def predict_logits(model, tokenizer: ErnieTokenizerFast, ids: list[list[int]], batch_size: int = 64) -> np.ndarray:
+    """Logits for pre-tokenised sequences, in input order; batches sorted by length for speed."""
+    import paddle
+
+    model.eval()
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    out = np.zeros((len(ids), model.config.num_labels), dtype=np.float32)
+    with paddle.no_grad():
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            input_ids, token_type_ids = tokenizer.pad([ids[i] for i in idx])
+            logits = model(paddle.to_tensor(input_ids), token_type_ids=paddle.to_tensor(token_type_ids))
+            out[idx] = logits.numpy()
+    return out
+
+
+def evaluate_encoded(model, tokenizer, data: Encoded, label_map: LabelMap) -> dict:
+    logits = predict_logits(model, tokenizer, data.ids)
+    names = [label_map.display(i) for i in range(len(label_map))]
+    return classification_metrics(data.labels.tolist(), logits.argmax(-1).tolist(), names)
+
+
+def save_checkpoint(model, tokenizer: ErnieTokenizerFast, label_map: LabelMap, extra: dict, target: Path) -> None:
+    """Write a complete checkpoint next to `target`, then swap it in by rename (never a half-written best/)."""
+    tmp = target.with_name(target.name + ".tmp")
+    prev = target.with_name(target.name + ".prev")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(str(tmp))
+    tokenizer.save(tmp)
+    label_map.save(tmp / LABEL_MAP_FILE)
+    for name, payload in extra.items():
+        (tmp / name).write_text(json.dumps(payload, ensure_ascii=False, indent=2), encoding="utf-8")
+    shutil.rmtree(prev, ignore_errors=True)
+    if target.exists():
+        target.rename(prev)
+    tmp.rename(target)
+    shutil.rmtree(prev, ignore_errors=True)
+
+
+def _prepare_output(cfg: TrainConfig) -> Path:
+    out = Path(cfg.output)
+    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
+        raise OutputExistsError(
+            f"Output directory {out} already exists and is not empty.",
+            "Pass --overwrite to train into it (its best/ checkpoint is only replaced by a better one from the "
+            "new run), or choose another --output.",
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _environment() -> dict:
+    import paddle
+
+    return {
+        "python": platform.python_version(),
+        "paddle": paddle.__version__,
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+    }
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Run a full fine-tune; returns the metrics written to ``<output>/metrics.json``."""
+    import paddle
+    import paddle.nn.functional as F  # noqa: N812
+    from tqdm import tqdm
+
+    cfg.validate()
+    out = _prepare_output(cfg)
+    splits, label_map, provenance = load_splits(cfg)
+    log.info(
+        "train %d / dev %d / test %d examples, labels %s",
+        *map(len, (splits.train, splits.dev, splits.test)),
+        label_map.labels,
+    )
+
+    device = _select_device(cfg.device)
+    use_amp = cfg.amp if cfg.amp is not None else device == "gpu"
+    world = paddle.distributed.get_world_size()
+    if world > 1:
+        paddle.distributed.init_parallel_env()
+    rank = paddle.distributed.get_rank()
+
+    _set_seed(cfg.seed)
+    source = parse_base_model(cfg.base_model)
+    model, tokenizer = build_model(
+        source,
+        len(label_map),
+        [e.text for e in splits.train],
+        cfg.max_seq_len,
+        cfg.vocab_size,
+        cfg.dropout,
+        cfg.attention_dropout,
+    )
+    if model.config.pad_token_id != tokenizer.pad_id:
+        raise ConfigError(
+            f"The model pads with id {model.config.pad_token_id} but its vocabulary's [PAD] is {tokenizer.pad_id}.",
+            "Use the vocab.txt that came with the model.",
+        )
+    train_data = encode(splits.train, tokenizer, label_map)
+    dev_data = encode(splits.dev, tokenizer, label_map)
+    test_data = encode(splits.test, tokenizer, label_map) if splits.test else None
+
+    lr = cfg.learning_rate or (3e-4 if source.kind == "scratch" else 5e-5)
+    steps_per_epoch = math.ceil(len(train_data.ids) / cfg.batch_size / world)
+    total_steps = steps_per_epoch * cfg.epochs
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
+    warmup = max(1, int(cfg.warmup_ratio * total_steps))
+    schedule = paddle.optimizer.lr.LambdaDecay(
+        lr, lambda step: min((step + 1) / warmup, max(0.0, (total_steps - step) / max(1, total_steps - warmup)))
+    )
+    no_decay = {p.name for n, p in model.named_parameters() if "bias" in n or "norm" in n}
+    optimizer = paddle.optimizer.AdamW(
+        learning_rate=schedule,
+        parameters=model.parameters(),
+        weight_decay=cfg.weight_decay,
+        apply_decay_param_fun=lambda name: name not in no_decay,
+        grad_clip=paddle.nn.ClipGradByGlobalNorm(cfg.max_grad_norm),
+    )
+    scaler = paddle.amp.GradScaler() if use_amp else None
+    train_model = paddle.DataParallel(model) if world > 1 else model
+
+    eval_every = cfg.eval_every or steps_per_epoch
+    lengths = [len(x) for x in train_data.ids]
+    rng = random.Random(cfg.seed)
+    history: list[dict] = []
+    best_f1, best_step, evals_since_best = -1.0, 0, 0
+    step, seen, t_train = 0, 0, 0.0
+    config_record = {**asdict(cfg), "learning_rate": lr, "base_model_kind": source.kind}
+    stop = False
+    for epoch in range(cfg.epochs):
+        batches = length_bucketed_batches(lengths, cfg.batch_size, rng)[rank::world]
+        bar = tqdm(
+            batches,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            disable=not cfg.progress or rank != 0,
+            mininterval=1.0,
+            dynamic_ncols=True,
+        )
+        train_model.train()
+        for batch in bar:
+            t0 = time.perf_counter()
+            input_ids, token_type_ids = tokenizer.pad([train_data.ids[i] for i in batch])
+            labels = paddle.to_tensor(train_data.labels[batch])
+            with paddle.amp.auto_cast(enable=use_amp):
+                logits = train_model(paddle.to_tensor(input_ids), token_type_ids=paddle.to_tensor(token_type_ids))
+                loss = F.cross_entropy(logits, labels)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.minimize(optimizer, loss)
+            else:
+                loss.backward()
+                optimizer.step()
+            optimizer.clear_grad()
+            schedule.step()
+            loss_value = float(loss)  # syncs, so the step time below is real
+            t_train += time.perf_counter() - t0
+            step += 1
+            seen += len(batch)
+            bar.set_postfix(loss=f"{loss_value:.4f}", samples_s=f"{seen / t_train:.1f}", refresh=False)
+            if step % eval_every == 0 or step == total_steps:
+                dev_metrics = evaluate_encoded(model, tokenizer, dev_data, label_map)
+                train_model.train()
+                record = {
+                    "epoch": epoch + 1,
+                    "step": step,
+                    "loss": loss_value,
+                    "dev_accuracy": dev_metrics["accuracy"],
+                    "dev_macro_f1": dev_metrics["macro_f1"],
+                    "train_seconds": round(t_train, 1),
+                }
+                history.append(record)
+                log.info("eval %s", record)
+                if dev_metrics["macro_f1"] > best_f1:
+                    best_f1, best_step, evals_since_best = dev_metrics["macro_f1"], step, 0
+                    if rank == 0:
+                        extra = {TRAINING_CONFIG_FILE: config_record, METRICS_FILE: {"dev": dev_metrics}}
+                        save_checkpoint(model, tokenizer, label_map, extra, out / BEST_DIR)
+                else:
+                    evals_since_best += 1
+                if evals_since_best >= cfg.patience:
+                    log.info("early stop: dev macro-F1 has not improved for %d evaluations", cfg.patience)
+                    stop = True
+            if step >= total_steps or stop:
+                break
+        bar.close()
+        if stop or step >= total_steps:
+            break
+
+    # Reload the best checkpoint so test metrics describe exactly what was saved.
+    from training.modeling import load_checkpoint
+
+    best_model, _, _ = load_checkpoint(out / BEST_DIR)
+    dev_metrics = evaluate_encoded(best_model, tokenizer, dev_data, label_map)
+    metrics = {
+        "dev": dev_metrics,
+        "test": evaluate_encoded(best_model, tokenizer, test_data, label_map) if test_data else None,
+        "best_step": best_step,
+        "steps": step,
+        "train_seconds": round(t_train, 1),
+        "train_samples_per_second": round(seen / t_train, 2) if t_train else None,
+        "history": history,
+        "environment": _environment(),
+        "provenance": {**provenance, "base_model": cfg.base_model},
+    }
+    if rank == 0:
+        (out / BEST_DIR / METRICS_FILE).write_text(json.dumps(metrics, ensure_ascii=False, indent=2), encoding="utf-8")
+        (out / METRICS_FILE).write_text(json.dumps(metrics, ensure_ascii=False, indent=2), encoding="utf-8")
+    return metrics
+
+
+def _select_device(requested: str) -> str:
+    import paddle
+
+    has_gpu = paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
+    if requested == "gpu" and not has_gpu:
+        raise ConfigError(
+            "--device gpu asked for, but this paddle has no usable GPU.",
+            "Install paddlepaddle-gpu (see README, GPU section) or use --device cpu.",
+        )
+    device = "gpu" if requested == "gpu" or (requested == "auto" and has_gpu) else "cpu"
+    paddle.set_device(device)
+    return device

@@ -19,13 +19,14 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from ernie_cls.errors import ModelLoadError
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 NORMALIZATION_VERSION = 1
 SPECIAL_TOKENS = ("[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]")
@@ -244,20 +245,41 @@ class ErnieTokenizerFast:
 def build_vocab(
     texts: Iterable[str], vocab_size: int = 8000, min_frequency: int = 2, do_lower_case: bool = True
 ) -> dict[str, int]:
-    """Train a WordPiece vocabulary on a corpus (for offline training from scratch).
+    """A WordPiece vocabulary for training from scratch, built deterministically from a corpus.
 
-    Uses the same normalisation and pre-tokenisation as the tokenizer, so every Chinese character seen in the
-    corpus gets its own id and Latin words are split into learned word pieces. Special tokens come first:
-    [PAD]=0, [CLS]=1, [SEP]=2, [MASK]=3, [UNK]=4.
+    The corpus goes through the tokenizer's own normalisation and pre-tokenisation, then:
+    special tokens first ([PAD]=0, [CLS]=1, [SEP]=2, [MASK]=3, [UNK]=4); every character seen (as a word start,
+    and as a ``##`` continuation inside Latin/digit words), most frequent first; then whole words seen at least
+    `min_frequency` times; ties broken by the token itself; cut at `vocab_size`.
+
+    Not HF's WordPieceTrainer: it orders equal-count tokens through a hash map that is seeded per process, so
+    the same corpus gave different ids run to run and `--seed` could not reproduce a training run.
     """
-    tok = _build_pipeline(None, do_lower_case)
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size,
-        min_frequency=min_frequency,
-        special_tokens=list(SPECIAL_TOKENS),
-        continuing_subword_prefix="##",
-        show_progress=False,
+    pipeline = _build_pipeline(None, do_lower_case)
+    assert pipeline.normalizer is not None and pipeline.pre_tokenizer is not None
+    words: Counter[str] = Counter()
+    for text in texts:
+        text = normalize_text(text)
+        if do_lower_case:
+            text = lower_and_strip_accents(text)
+        normalized = pipeline.normalizer.normalize_str(text)
+        words.update(word for word, _ in pipeline.pre_tokenizer.pre_tokenize_str(normalized))
+    pieces: Counter[str] = Counter()
+    for word, count in words.items():
+        if len(word) > MAX_INPUT_CHARS_PER_WORD:
+            continue
+        pieces[word[0]] += count
+        for ch in word[1:]:
+            pieces["##" + ch] += count
+    by_count = sorted(pieces.items(), key=lambda kv: (-kv[1], kv[0]))
+    whole = sorted(
+        ((w, n) for w, n in words.items() if len(w) > 1 and n >= min_frequency and len(w) <= MAX_INPUT_CHARS_PER_WORD),
+        key=lambda kv: (-kv[1], kv[0]),
     )
-    tok.train_from_iterator((normalize_text(t) for t in texts), trainer=trainer)
-    vocab = tok.get_vocab()
-    return dict(sorted(vocab.items(), key=lambda kv: kv[1]))
+    tokens = list(SPECIAL_TOKENS)
+    for token, _ in [*by_count, *whole]:
+        if len(tokens) >= vocab_size:
+            break
+        if token not in SPECIAL_TOKENS:
+            tokens.append(token)
+    return {tok: i for i, tok in enumerate(tokens)}

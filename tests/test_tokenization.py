@@ -130,6 +130,21 @@ def test_normalisation_spec(raw, expected):
     assert normalize_text(raw) == expected
 
 
+def test_vocab_builder_is_deterministic_across_processes():
+    import subprocess
+    import sys
+
+    code = (
+        "from tests.conftest import waimai_rows; from ernie_cls.tokenization import build_vocab; "
+        "print(list(build_vocab([r['review'] for r in waimai_rows(80)], vocab_size=600)))"
+    )
+    outputs = {
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        for _ in range(3)
+    }
+    assert len(outputs) == 1
+
+
 def test_vocab_builder_puts_special_tokens_first_and_covers_the_corpus(vocab):
     assert [vocab[t] for t in SPECIAL_TOKENS] == [0, 1, 2, 3, 4]
     for ch in "好吃味道":

@@ -73,8 +73,10 @@ def test_training_from_a_saved_checkpoint_directory(trained_run, small_csv, tmp_
 def test_same_seed_same_metrics(small_csv, tmp_path):
     a = train(tiny_train_config(tmp_path / "a", small_csv, epochs=1))
     b = train(tiny_train_config(tmp_path / "b", small_csv, epochs=1))
+    c = train(tiny_train_config(tmp_path / "c", small_csv, epochs=1, seed=7))
     assert a["dev"] == b["dev"] and a["test"] == b["test"]
     assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
+    assert [h["loss"] for h in a["history"]] != [h["loss"] for h in c["history"]]
 
 
 def test_existing_output_is_refused_without_overwrite(trained_run, small_csv):

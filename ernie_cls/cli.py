@@ -86,6 +86,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--output", help="also write the metrics JSON here")
     e.add_argument("--threads", type=int)
 
+    x = sub.add_parser("export", help="write a verified artifact: Paddle inference + ONNX models, tokenizer, manifest")
+    x.add_argument("--checkpoint", required=True, help="the FP32 checkpoint (runs/<x>/best)")
+    x.add_argument("--output", required=True, help="artifact directory, e.g. exported/waimai-sentiment")
+    x.add_argument("--name", help="model name in the manifest (default: the output directory's name)")
+    x.add_argument("--version", default="1", help="model version in the manifest")
+    x.add_argument("--data", help="labelled file for the export checks (default: the training split)")
+    _add_data_cols(x)
+    x.add_argument("--parity-tolerance", type=float, default=1e-4, help="max |logit diff| Paddle vs ONNX on dev")
+    x.add_argument("--overwrite", action="store_true")
+    x.add_argument("--threads", type=int)
+
     p = sub.add_parser("predict", help="label texts from a file or stdin (JSON lines out)")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--input", default="-", help="- for stdin (one text per line), .txt, or CSV/TSV/JSONL")
@@ -138,8 +149,26 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-PADDLE_COMMANDS = {"train", "evaluate", "predict"}
-COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "predict": _cmd_predict}
+PADDLE_COMMANDS = {"train", "evaluate", "predict", "export"}
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from training.export import ExportConfig, export
+
+    fields = ExportConfig.__dataclass_fields__
+    manifest = export(ExportConfig(**{k: v for k, v in vars(args).items() if k in fields}))
+    summary = {
+        "artifact": args.output,
+        "formats": sorted(manifest["formats"]),
+        "metrics": manifest["metrics"],
+        "checks": {k: v["passed"] for k, v in manifest["checks"].items()},
+    }
+    summary["metrics"].pop("training", None)
+    print(json.dumps(summary, ensure_ascii=False, indent=2))
+    return 0
+
+
+COMMANDS = {"train": _cmd_train, "export": _cmd_export, "evaluate": _cmd_evaluate, "predict": _cmd_predict}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,353 @@
+"""Export a trained checkpoint into one verified artifact directory.
+
+    checkpoint (best/) -> Paddle inference model (paddle.jit.save: model.json + model.pdiparams)
+                       -> ONNX FP32 (paddle2onnx), inputs/outputs renamed to input_ids/token_type_ids -> logits,
+                          dynamic axes named batch/sequence
+                       -> tokenizer/ (the checkpoint's own tokenizer files)
+    checks: onnx checker; ONNX Runtime loads; Paddle inference vs ONNX max |logit diff| on dev <= tolerance;
+            test accuracy per format
+    -> manifest.json (files + sha256, metrics per format, checks, provenance) -> rename into place
+
+Everything is written to a hidden temporary directory beside the output and renamed at the end, so an export that
+fails a check leaves nothing that looks like a valid artifact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from ernie_cls import __version__
+from ernie_cls.artifact import TOKENIZER_DIR, write_manifest
+from ernie_cls.errors import ConfigError, ErnieClsError, ModelLoadError, OutputExistsError
+from training.data import Example, LabelMap, check_known_labels, load_examples, stratified_split
+from training.finetune import LABEL_MAP_FILE, METRICS_FILE, TRAINING_CONFIG_FILE, encode, predict_logits
+from training.metrics import classification_metrics
+
+log = logging.getLogger(__name__)
+
+INPUT_NAMES = ("input_ids", "token_type_ids")
+OUTPUT_NAME = "logits"
+ONNX_OPSET = 14
+PADDLE_FP32 = "paddle/fp32/model"
+ONNX_FP32 = "onnx/model.fp32.onnx"
+
+
+class ExportCheckError(ErnieClsError):
+    """An export-time check failed; no artifact was written."""
+
+
+@dataclass
+class ExportConfig:
+    checkpoint: str
+    output: str
+    name: str | None = None  # default: the output directory's name
+    version: str = "1"
+    data: str | None = None  # labelled data for the checks; default: what training used (same split)
+    text_col: str | None = None
+    label_col: str | None = None
+    parity_tolerance: float = 1e-4
+    overwrite: bool = False
+
+
+def _check_checkpoint(d: Path) -> dict:
+    if not d.is_dir():
+        raise ModelLoadError(
+            f"Checkpoint {d} does not exist.", "Pass the best/ directory written by `ernie-cls train`."
+        )
+    if not (d / "vocab.txt").is_file():
+        raise ModelLoadError(
+            f"{d} has no tokenizer (vocab.txt), so the artifact could not tokenise as training did.",
+            "Export the best/ directory written by `ernie-cls train`, which bundles the tokenizer.",
+        )
+    if not (d / LABEL_MAP_FILE).is_file():
+        raise ModelLoadError(
+            f"{d} has no {LABEL_MAP_FILE}, so predictions could not be named.",
+            "Export the best/ directory written by `ernie-cls train`, which bundles the label map.",
+        )
+    if (d / "qat_config.json").is_file():
+        raise ConfigError(
+            f"{d} is a QAT checkpoint; `export` expects the FP32 checkpoint it came from.",
+            "Pass the FP32 checkpoint (the QAT stage's --checkpoint).",
+        )
+    config_file = d / TRAINING_CONFIG_FILE
+    return json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+
+
+def _check_examples(cfg: ExportConfig, training_config: dict) -> tuple[list[Example], list[Example], str]:
+    """(dev, test, data path) for the checks: the training split by default, or the given labelled file."""
+    if cfg.data:
+        examples, _ = load_examples(cfg.data, cfg.text_col, cfg.label_col)
+        half = len(examples) // 2
+        return examples[:half] or examples, examples[half:] or examples, cfg.data
+    data = training_config.get("data")
+    if data and Path(data).is_file():
+        examples, _ = load_examples(data, training_config.get("text_col"), training_config.get("label_col"))
+        splits = stratified_split(
+            examples, training_config["test_size"], training_config["dev_size"], training_config["seed"]
+        )
+        return splits.dev, splits.test, data
+    dev_file, test_file = training_config.get("dev_file"), training_config.get("test_file")
+    if dev_file and Path(dev_file).is_file():
+        dev, _ = load_examples(dev_file, training_config.get("text_col"), training_config.get("label_col"))
+        test = (
+            load_examples(test_file, training_config.get("text_col"), training_config.get("label_col"))[0]
+            if (test_file and Path(test_file).is_file())
+            else dev
+        )
+        return dev, test, dev_file
+    raise ConfigError(
+        "The data the model was trained on is not where its training_config.json says, so the export checks "
+        "have nothing to run on.",
+        "Pass --data <labelled file> (same columns and labels as training).",
+    )
+
+
+def _rename_onnx_io(path: Path) -> None:
+    """paddle2onnx names the output fetch_name_0 and the dynamic dims DynamicDimension.N; give them stable names."""
+    import onnx
+
+    model = onnx.load(str(path))
+    old_out = model.graph.output[0].name
+    for node in model.graph.node:
+        node.output[:] = [OUTPUT_NAME if o == old_out else o for o in node.output]
+        node.input[:] = [OUTPUT_NAME if i == old_out else i for i in node.input]
+    model.graph.output[0].name = OUTPUT_NAME
+    for value in list(model.graph.input) + list(model.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        if len(dims) >= 1 and dims[0].dim_param:
+            dims[0].dim_param = "batch"
+        if value.name in INPUT_NAMES and len(dims) == 2 and dims[1].dim_param:
+            dims[1].dim_param = "sequence"
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def export_paddle_inference(model, prefix: Path) -> None:
+    import paddle
+
+    spec = [paddle.static.InputSpec([None, None], "int64", name) for name in INPUT_NAMES]
+    static = paddle.jit.to_static(model, input_spec=spec, full_graph=True)
+    paddle.jit.save(static, str(prefix))
+
+
+def export_onnx(prefix: Path, onnx_path: Path) -> None:
+    import paddle2onnx
+
+    onnx_path.parent.mkdir(parents=True, exist_ok=True)
+    paddle2onnx.export(
+        f"{prefix}.json", f"{prefix}.pdiparams", str(onnx_path), opset_version=ONNX_OPSET, enable_onnx_checker=True
+    )
+    _rename_onnx_io(onnx_path)
+
+
+class PaddleInferenceRunner:
+    """Paddle Inference predictor on an exported model (no pickle: model.json + binary params)."""
+
+    def __init__(self, prefix: Path, threads: int = 0) -> None:
+        from paddle import inference
+
+        config = inference.Config(f"{prefix}.json", f"{prefix}.pdiparams")
+        config.disable_gpu()
+        config.set_cpu_math_library_num_threads(threads or os.cpu_count() or 1)
+        config.disable_glog_info()
+        self.predictor = inference.create_predictor(config)
+
+    def __call__(self, input_ids: np.ndarray, token_type_ids: np.ndarray) -> np.ndarray:
+        for name, array in zip(self.predictor.get_input_names(), (input_ids, token_type_ids), strict=True):
+            handle = self.predictor.get_input_handle(name)
+            handle.reshape(array.shape)
+            handle.copy_from_cpu(array)
+        self.predictor.run()
+        return self.predictor.get_output_handle(self.predictor.get_output_names()[0]).copy_to_cpu()
+
+
+class OnnxRunner:
+    def __init__(self, path: Path, threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, input_ids: np.ndarray, token_type_ids: np.ndarray) -> np.ndarray:
+        return self.session.run([OUTPUT_NAME], {"input_ids": input_ids, "token_type_ids": token_type_ids})[0]
+
+
+def run_batched(runner, tokenizer, ids: list[list[int]], batch_size: int = 64) -> np.ndarray:
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    out: np.ndarray | None = None
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        logits = runner(*tokenizer.pad([ids[i] for i in idx]))
+        if out is None:
+            out = np.zeros((len(ids), logits.shape[1]), dtype=np.float32)
+        out[idx] = logits
+    assert out is not None
+    return out
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _versions() -> dict[str, str]:
+    out = {"ernie-cls": __version__, "python": platform.python_version()}
+    for pkg in ("paddlepaddle", "paddlenlp", "paddle2onnx", "onnx", "onnxruntime", "tokenizers", "numpy"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[pkg] = metadata.version(pkg)
+    return out
+
+
+def export(cfg: ExportConfig) -> dict:
+    """Write the artifact; returns its manifest. Raises ExportCheckError (nothing written) when a check fails."""
+    import onnx
+
+    from training.modeling import load_checkpoint
+
+    ckpt = Path(cfg.checkpoint)
+    training_config = _check_checkpoint(ckpt)
+    out = Path(cfg.output)
+    if out.exists() and not cfg.overwrite:
+        raise OutputExistsError(f"{out} already exists.", "Pass --overwrite to replace it, or choose another --output.")
+    model, tokenizer, label_map = load_checkpoint(ckpt)
+    dev, test, data_path = _check_examples(cfg, training_config)
+    check_known_labels(dev + test, label_map, data_path)
+
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        tokenizer.save(tmp / TOKENIZER_DIR)
+        (tmp / TOKENIZER_DIR / LABEL_MAP_FILE).write_text(
+            json.dumps(label_map.to_json(), ensure_ascii=False, indent=2), encoding="utf-8"
+        )
+        export_paddle_inference(model, tmp / PADDLE_FP32)
+        export_onnx(tmp / PADDLE_FP32, tmp / ONNX_FP32)
+        manifest = _check_and_describe(cfg, tmp, model, tokenizer, label_map, dev, test, training_config, onnx)
+        manifest["provenance"]["data_path"] = os.path.basename(data_path)
+        write_manifest(tmp, manifest)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("artifact written to %s", out)
+    return json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+
+
+def _check_and_describe(cfg, tmp, model, tokenizer, label_map: LabelMap, dev, test, training_config, onnx) -> dict:
+    checks: dict[str, dict] = {}
+    onnx.checker.check_model(str(tmp / ONNX_FP32))
+    checks["onnx_checker"] = {"passed": True}
+
+    paddle_runner = PaddleInferenceRunner(tmp / PADDLE_FP32)
+    onnx_runner = OnnxRunner(tmp / ONNX_FP32)
+    checks["onnxruntime_loads"] = {"passed": True, "formats": ["onnx-fp32"]}
+
+    dev_enc = encode(dev, tokenizer, label_map)
+    dygraph = predict_logits(model, tokenizer, dev_enc.ids)
+    paddle_dev = run_batched(paddle_runner, tokenizer, dev_enc.ids)
+    onnx_dev = run_batched(onnx_runner, tokenizer, dev_enc.ids)
+    diff = float(np.abs(paddle_dev - onnx_dev).max())
+    diff_dygraph = float(np.abs(paddle_dev - dygraph).max())
+    checks["paddle_fp32_vs_onnx_fp32"] = {
+        "max_abs_logit_diff": diff,
+        "tolerance": cfg.parity_tolerance,
+        "n": len(dev),
+        "passed": diff <= cfg.parity_tolerance,
+    }
+    checks["checkpoint_vs_paddle_fp32"] = {
+        "max_abs_logit_diff": diff_dygraph,
+        "tolerance": cfg.parity_tolerance,
+        "passed": diff_dygraph <= cfg.parity_tolerance,
+    }
+    failed = [name for name, c in checks.items() if not c["passed"]]
+    if failed:
+        raise ExportCheckError(
+            f"Export checks failed: {', '.join(f'{n} {checks[n]}' for n in failed)}. No artifact was written.",
+            "A corrupted or non-exportable checkpoint: retrain, or report the versions in `pip freeze`.",
+        )
+
+    test_enc = encode(test, tokenizer, label_map)
+    names = [label_map.display(i) for i in range(len(label_map))]
+    metrics = {}
+    for fmt, runner in (("paddle-fp32", paddle_runner), ("onnx-fp32", onnx_runner)):
+        logits = run_batched(runner, tokenizer, test_enc.ids)
+        m = classification_metrics(test_enc.labels.tolist(), logits.argmax(-1).tolist(), names)
+        metrics[fmt] = {"test_accuracy": m["accuracy"], "test_macro_f1": m["macro_f1"], "n_test": m["n"]}
+
+    ckpt_metrics_file = Path(cfg.checkpoint) / METRICS_FILE
+    training_metrics = json.loads(ckpt_metrics_file.read_text(encoding="utf-8")) if ckpt_metrics_file.is_file() else {}
+    num_labels = len(label_map)
+    return {
+        "name": cfg.name or Path(cfg.output).name,
+        "version": cfg.version,
+        "task": "text-classification",
+        "labels": {str(i): label_map.display(i) for i in range(num_labels)},
+        "raw_labels": list(label_map.labels),
+        "max_seq_len": tokenizer.max_seq_len,
+        "tokenizer": {
+            "path": TOKENIZER_DIR,
+            "do_lower_case": tokenizer.do_lower_case,
+            "vocab_size": tokenizer.vocab_size,
+            **json.loads((tmp / TOKENIZER_DIR / "ernie_cls_tokenizer.json").read_text(encoding="utf-8")),
+        },
+        "inputs": [{"name": n, "dtype": "int64", "shape": ["batch", "sequence"]} for n in INPUT_NAMES],
+        "outputs": [{"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch", num_labels]}],
+        "formats": {
+            "paddle-fp32": {
+                "path": f"{PADDLE_FP32}.json",
+                "params": f"{PADDLE_FP32}.pdiparams",
+                "runtime": "paddle-inference",
+                "precision": "fp32",
+            },
+            "onnx-fp32": {"path": ONNX_FP32, "runtime": "onnxruntime", "precision": "fp32", "opset": ONNX_OPSET},
+        },
+        "default_format": "onnx-fp32",
+        "metrics": {**metrics, "training": {k: training_metrics.get(k) for k in ("dev", "test") if training_metrics}},
+        "checks": checks,
+        "provenance": {
+            "base_model": training_config.get("base_model"),
+            "training_data_sha256": (training_metrics.get("provenance", {}).get("data") or {}).get("sha256"),
+            "training_config": {
+                k: training_config.get(k)
+                for k in (
+                    "epochs",
+                    "batch_size",
+                    "learning_rate",
+                    "max_seq_len",
+                    "seed",
+                    "dropout",
+                    "test_size",
+                    "dev_size",
+                )
+            },
+            "versions": _versions(),
+            "git_commit": _git_commit(),
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "machine": platform.machine(),
+        },
+    }

@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("export", help="write a verified artifact: Paddle inference + ONNX models, tokenizer, manifest")
     x.add_argument("--checkpoint", required=True, help="the FP32 checkpoint (runs/<x>/best)")
     x.add_argument("--output", required=True, help="artifact directory, e.g. exported/waimai-sentiment")
+    x.add_argument("--qat", help="QAT checkpoint from `ernie-cls qat` (adds INT8 Paddle/ONNX models + Triton repo)")
+    x.add_argument("--min-int8-agreement", type=float, default=0.99, help="INT8 vs QAT argmax agreement on dev")
+    x.add_argument("--max-int8-accuracy-drop", type=float, default=0.005, help="INT8 vs FP32 test accuracy")
     x.add_argument("--name", help="model name in the manifest (default: the output directory's name)")
     x.add_argument("--version", default="1", help="model version in the manifest")
     x.add_argument("--data", help="labelled file for the export checks (default: the training split)")
@@ -96,6 +99,22 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--parity-tolerance", type=float, default=1e-4, help="max |logit diff| Paddle vs ONNX on dev")
     x.add_argument("--overwrite", action="store_true")
     x.add_argument("--threads", type=int)
+
+    q = sub.add_parser("qat", help="quantisation-aware fine-tune of an FP32 checkpoint (INT8 scales for export)")
+    q.add_argument("--checkpoint", required=True, help="the FP32 checkpoint (runs/<x>/best)")
+    q.add_argument("--output", required=True, help="run directory; the QAT checkpoint goes to <output>/best")
+    q.add_argument("--epochs", type=int, default=1)
+    q.add_argument("--learning-rate", type=float, default=5e-5)
+    q.add_argument("--batch-size", type=int, default=32)
+    q.add_argument("--eval-every", type=int, default=0)
+    q.add_argument("--patience", type=int, default=2)
+    q.add_argument("--moving-rate", type=float, default=0.9, help="activation scale moving average")
+    q.add_argument("--max-steps", type=int, default=0)
+    q.add_argument("--seed", type=int, default=42)
+    q.add_argument("--data", help="labelled file (default: the FP32 model's training data and split)")
+    q.add_argument("--overwrite", action="store_true")
+    q.add_argument("--threads", type=int)
+    q.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("predict", help="label texts from a file or stdin (JSON lines out)")
     p.add_argument("--checkpoint", required=True)
@@ -149,7 +168,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-PADDLE_COMMANDS = {"train", "evaluate", "predict", "export"}
+PADDLE_COMMANDS = {"train", "qat", "evaluate", "predict", "export"}
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -168,7 +187,23 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": _cmd_train, "export": _cmd_export, "evaluate": _cmd_evaluate, "predict": _cmd_predict}
+def _cmd_qat(args: argparse.Namespace) -> int:
+    from training.qat import QATConfig, run_qat
+
+    fields = QATConfig.__dataclass_fields__
+    cfg = QATConfig(**{k: v for k, v in vars(args).items() if k in fields}, progress=not args.no_progress)
+    metrics = run_qat(cfg)
+    print(json.dumps({k: metrics[k] for k in ("fp32", "int8_simulated", "steps", "train_seconds")}, indent=2))
+    return 0
+
+
+COMMANDS = {
+    "train": _cmd_train,
+    "qat": _cmd_qat,
+    "export": _cmd_export,
+    "evaluate": _cmd_evaluate,
+    "predict": _cmd_predict,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

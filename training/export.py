@@ -41,7 +41,10 @@ INPUT_NAMES = ("input_ids", "token_type_ids")
 OUTPUT_NAME = "logits"
 ONNX_OPSET = 14
 PADDLE_FP32 = "paddle/fp32/model"
+PADDLE_INT8 = "paddle/int8/model"
 ONNX_FP32 = "onnx/model.fp32.onnx"
+ONNX_INT8 = "onnx/model.int8.onnx"
+TRITON_MODEL = "triton/ernie_cls"
 
 
 class ExportCheckError(ErnieClsError):
@@ -52,12 +55,15 @@ class ExportCheckError(ErnieClsError):
 class ExportConfig:
     checkpoint: str
     output: str
+    qat: str | None = None  # QAT checkpoint (`ernie-cls qat`): adds the INT8 Paddle and ONNX models
     name: str | None = None  # default: the output directory's name
     version: str = "1"
     data: str | None = None  # labelled data for the checks; default: what training used (same split)
     text_col: str | None = None
     label_col: str | None = None
     parity_tolerance: float = 1e-4
+    min_int8_agreement: float = 0.99  # INT8 ONNX vs QAT model argmax agreement on dev
+    max_int8_accuracy_drop: float = 0.005  # INT8 ONNX test accuracy vs FP32 (absolute)
     overwrite: bool = False
 
 
@@ -83,6 +89,23 @@ def _check_checkpoint(d: Path) -> dict:
         )
     config_file = d / TRAINING_CONFIG_FILE
     return json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+
+
+def _check_qat(d: Path, fp32_dir: Path) -> None:
+    from training.qat import is_qat_checkpoint
+
+    if not d.is_dir():
+        raise ModelLoadError(f"QAT checkpoint {d} does not exist.", "Run `ernie-cls qat` and pass its best/ directory.")
+    if not is_qat_checkpoint(d):
+        raise ConfigError(
+            f"{d} is an FP32 checkpoint, but --qat expects a QAT checkpoint.",
+            "Run `ernie-cls qat --checkpoint <fp32 best/> --output <dir>` and pass <dir>/best to --qat.",
+        )
+    if (d / "vocab.txt").read_bytes() != (fp32_dir / "vocab.txt").read_bytes():
+        raise ConfigError(
+            f"The QAT checkpoint {d} has a different vocabulary from {fp32_dir}.",
+            "Pass the QAT checkpoint made from this FP32 checkpoint.",
+        )
 
 
 def _check_examples(cfg: ExportConfig, training_config: dict) -> tuple[list[Example], list[Example], str]:
@@ -231,6 +254,8 @@ def export(cfg: ExportConfig) -> dict:
     out = Path(cfg.output)
     if out.exists() and not cfg.overwrite:
         raise OutputExistsError(f"{out} already exists.", "Pass --overwrite to replace it, or choose another --output.")
+    if cfg.qat:
+        _check_qat(Path(cfg.qat), ckpt)
     model, tokenizer, label_map = load_checkpoint(ckpt)
     dev, test, data_path = _check_examples(cfg, training_config)
     check_known_labels(dev + test, label_map, data_path)
@@ -245,7 +270,8 @@ def export(cfg: ExportConfig) -> dict:
         )
         export_paddle_inference(model, tmp / PADDLE_FP32)
         export_onnx(tmp / PADDLE_FP32, tmp / ONNX_FP32)
-        manifest = _check_and_describe(cfg, tmp, model, tokenizer, label_map, dev, test, training_config, onnx)
+        int8 = _export_int8(cfg, tmp, tokenizer, label_map, dev) if cfg.qat else None
+        manifest = _check_and_describe(cfg, tmp, model, tokenizer, label_map, dev, test, training_config, onnx, int8)
         manifest["provenance"]["data_path"] = os.path.basename(data_path)
         write_manifest(tmp, manifest)
         if out.exists():
@@ -258,7 +284,72 @@ def export(cfg: ExportConfig) -> dict:
     return json.loads((out / "manifest.json").read_text(encoding="utf-8"))
 
 
-def _check_and_describe(cfg, tmp, model, tokenizer, label_map: LabelMap, dev, test, training_config, onnx) -> dict:
+def _export_int8(cfg: ExportConfig, tmp: Path, tokenizer, label_map: LabelMap, dev: list[Example]) -> dict:
+    """Paddle INT8 (the fake-quantised QAT program) and ONNX INT8 (QDQ with the QAT scales) + Triton repository."""
+    from training.modeling import load_checkpoint
+    from training.paddle_workarounds import freeze_activation_quanters
+    from training.qat import SCALES_FILE, load_qat_checkpoint, quantizable_linears
+    from training.quantize_onnx import write_int8_qdq
+
+    qat_dir = Path(cfg.qat or "")
+    qat_model = load_qat_checkpoint(qat_dir)
+    freeze_activation_quanters(qat_model)  # Paddle's own quanter cannot be jit.saved (paddle_workarounds.py)
+    export_paddle_inference(qat_model, tmp / PADDLE_INT8)
+
+    # The QAT-trained float weights as a plain model -> FP32 ONNX -> QDQ INT8 with the QAT scales.
+    float_model, _, _ = load_checkpoint(qat_dir)
+    scales = json.loads((qat_dir / SCALES_FILE).read_text(encoding="utf-8"))
+    by_weight = {layer.weight.name: scales[name] for name, layer in quantizable_linears(float_model).items()}
+    work = tmp / ".int8-work"
+    export_paddle_inference(float_model, work / "model")
+    export_onnx(work / "model", work / "float.onnx")
+    dev_ids = encode(dev, tokenizer, label_map).ids
+    calibration = [dict(zip(INPUT_NAMES, tokenizer.pad(dev_ids[i : i + 32]), strict=True)) for i in range(0, 128, 32)]
+    info = write_int8_qdq(work / "float.onnx", tmp / ONNX_INT8, by_weight, calibration)
+    shutil.rmtree(work)
+    write_triton_repository(tmp / TRITON_MODEL, tmp / ONNX_INT8, len(label_map))
+    info["qat_model"] = qat_model
+    info["qat_checkpoint"] = json.loads((qat_dir / "qat_config.json").read_text(encoding="utf-8"))
+    return info
+
+
+def write_triton_repository(model_dir: Path, onnx_path: Path, num_labels: int, max_batch_size: int = 64) -> None:
+    """A Triton model repository (ONNX Runtime backend) for the INT8 model, with dynamic batching."""
+    (model_dir / "1").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(onnx_path, model_dir / "1" / "model.onnx")
+    inputs = "\n".join(
+        f'  {{ name: "{n}" data_type: TYPE_INT64 dims: [ -1 ] }}{"," if i == 0 else ""}'
+        for i, n in enumerate(INPUT_NAMES)
+    )
+    (model_dir / "config.pbtxt").write_text(
+        f"""# Triton model configuration for the ernie-cls INT8 model (explicit QDQ quantisation).
+# Inputs are token ids from the artifact's tokenizer/ ([CLS] ... [SEP], right-padded with [PAD]);
+# the output is unnormalised logits (softmax over them; labels in ../../manifest.json).
+name: "{model_dir.name}"
+backend: "onnxruntime"
+max_batch_size: {max_batch_size}
+input [
+{inputs}
+]
+output [
+  {{ name: "{OUTPUT_NAME}" data_type: TYPE_FP32 dims: [ {num_labels} ] }}
+]
+dynamic_batching {{
+  preferred_batch_size: [ 8, 16, 32 ]
+  max_queue_delay_microseconds: 2000
+}}
+instance_group [ {{ kind: KIND_CPU count: 1 }} ]
+# For TensorRT on GPU, switch the ONNX Runtime backend to its TensorRT execution provider:
+# optimization {{ execution_accelerators {{ gpu_execution_accelerator: [ {{ name: "tensorrt"
+#   parameters {{ key: "precision_mode" value: "INT8" }} }} ] }} }}
+""",
+        encoding="utf-8",
+    )
+
+
+def _check_and_describe(
+    cfg, tmp, model, tokenizer, label_map: LabelMap, dev, test, training_config, onnx, int8: dict | None
+) -> dict:
     checks: dict[str, dict] = {}
     onnx.checker.check_model(str(tmp / ONNX_FP32))
     checks["onnx_checker"] = {"passed": True}
@@ -284,6 +375,23 @@ def _check_and_describe(cfg, tmp, model, tokenizer, label_map: LabelMap, dev, te
         "tolerance": cfg.parity_tolerance,
         "passed": diff_dygraph <= cfg.parity_tolerance,
     }
+    runners: dict[str, object] = {"paddle-fp32": paddle_runner, "onnx-fp32": onnx_runner}
+    if int8 is not None:
+        onnx.checker.check_model(str(tmp / ONNX_INT8))
+        int8_runner = OnnxRunner(tmp / ONNX_INT8)
+        runners["paddle-int8"] = PaddleInferenceRunner(tmp / PADDLE_INT8)
+        runners["onnx-int8"] = int8_runner
+        checks["onnxruntime_loads"]["formats"] += ["onnx-int8"]
+        qat_dev = predict_logits(int8["qat_model"], tokenizer, dev_enc.ids)
+        int8_dev = run_batched(int8_runner, tokenizer, dev_enc.ids)
+        agreement = float((qat_dev.argmax(-1) == int8_dev.argmax(-1)).mean())
+        checks["qat_vs_onnx_int8"] = {
+            "argmax_agreement": agreement,
+            "max_abs_logit_diff": float(np.abs(qat_dev - int8_dev).max()),
+            "min_agreement": cfg.min_int8_agreement,
+            "n": len(dev),
+            "passed": agreement >= cfg.min_int8_agreement,
+        }
     failed = [name for name, c in checks.items() if not c["passed"]]
     if failed:
         raise ExportCheckError(
@@ -294,14 +402,67 @@ def _check_and_describe(cfg, tmp, model, tokenizer, label_map: LabelMap, dev, te
     test_enc = encode(test, tokenizer, label_map)
     names = [label_map.display(i) for i in range(len(label_map))]
     metrics = {}
-    for fmt, runner in (("paddle-fp32", paddle_runner), ("onnx-fp32", onnx_runner)):
+    for fmt, runner in runners.items():
         logits = run_batched(runner, tokenizer, test_enc.ids)
         m = classification_metrics(test_enc.labels.tolist(), logits.argmax(-1).tolist(), names)
         metrics[fmt] = {"test_accuracy": m["accuracy"], "test_macro_f1": m["macro_f1"], "n_test": m["n"]}
+    if int8 is not None:
+        drop = metrics["onnx-fp32"]["test_accuracy"] - metrics["onnx-int8"]["test_accuracy"]
+        checks["int8_accuracy_drop"] = {
+            "fp32_test_accuracy": metrics["onnx-fp32"]["test_accuracy"],
+            "int8_test_accuracy": metrics["onnx-int8"]["test_accuracy"],
+            "drop": drop,
+            "max_drop": cfg.max_int8_accuracy_drop,
+            "passed": drop <= cfg.max_int8_accuracy_drop,
+        }
+        if not checks["int8_accuracy_drop"]["passed"]:
+            raise ExportCheckError(
+                f"INT8 ONNX test accuracy is {drop * 100:.2f} pt below FP32 (limit "
+                f"{cfg.max_int8_accuracy_drop * 100:.2f} pt). No artifact was written.",
+                "Run QAT longer (`ernie-cls qat --epochs 2`), or relax --max-int8-accuracy-drop knowingly.",
+            )
 
     ckpt_metrics_file = Path(cfg.checkpoint) / METRICS_FILE
     training_metrics = json.loads(ckpt_metrics_file.read_text(encoding="utf-8")) if ckpt_metrics_file.is_file() else {}
     num_labels = len(label_map)
+    formats = {
+        "paddle-fp32": {
+            "path": f"{PADDLE_FP32}.json",
+            "params": f"{PADDLE_FP32}.pdiparams",
+            "runtime": "paddle-inference",
+            "precision": "fp32",
+        },
+        "onnx-fp32": {"path": ONNX_FP32, "runtime": "onnxruntime", "precision": "fp32", "opset": ONNX_OPSET},
+    }
+    if int8 is not None:
+        formats["paddle-int8"] = {
+            "path": f"{PADDLE_INT8}.json",
+            "params": f"{PADDLE_INT8}.pdiparams",
+            "runtime": "paddle-inference",
+            "precision": "int8-simulated",
+            "note": "the QAT program with fake-quantise ops: same numerics as INT8, runs in FP32 on CPU",
+        }
+        formats["onnx-int8"] = {
+            "path": ONNX_INT8,
+            "runtime": "onnxruntime",
+            "precision": "int8",
+            "opset": ONNX_OPSET,
+            "quantization": {
+                "form": "QDQ, explicit (TensorRT-ready)",
+                "scales": "from QAT (quant_scales.json), not calibrated",
+                "activations": "int8 symmetric per-tensor, zero point 0",
+                "weights": "int8 symmetric per-output-channel (axis 1), zero point 0",
+                "quantized_matmuls": int8["matmuls"],
+                "embeddings": "int8 weight-only, per-row scale: " + ", ".join(int8["embedding_tables_int8"]),
+                "fp32": "attention QK^T and AV matmuls, LayerNorm, softmax, GELU, pooler and classifier head",
+            },
+        }
+        formats["triton"] = {
+            "path": f"{TRITON_MODEL}/config.pbtxt",
+            "runtime": "triton",
+            "precision": "int8",
+            "model": f"{TRITON_MODEL}/1/model.onnx",
+        }
     return {
         "name": cfg.name or Path(cfg.output).name,
         "version": cfg.version,
@@ -331,6 +492,12 @@ def _check_and_describe(cfg, tmp, model, tokenizer, label_map: LabelMap, dev, te
         "checks": checks,
         "provenance": {
             "base_model": training_config.get("base_model"),
+            "qat": None
+            if int8 is None
+            else {
+                k: int8["qat_checkpoint"].get(k)
+                for k in ("epochs", "learning_rate", "moving_rate", "seed", "quantized_layers")
+            },
             "training_data_sha256": (training_metrics.get("provenance", {}).get("data") or {}).get("sha256"),
             "training_config": {
                 k: training_config.get(k)

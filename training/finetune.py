@@ -20,6 +20,7 @@ import platform
 import random
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -224,61 +225,52 @@ def _environment() -> dict:
     }
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Run a full fine-tune; returns the metrics written to ``<output>/metrics.json``."""
+@dataclass
+class FitResult:
+    history: list[dict]
+    best_step: int
+    steps: int
+    seen: int
+    train_seconds: float
+
+
+def fit(
+    model,
+    tokenizer: ErnieTokenizerFast,
+    label_map: LabelMap,
+    train_data: Encoded,
+    dev_data: Encoded,
+    cfg: TrainConfig,
+    learning_rate: float,
+    save_best: Callable[[dict], None],
+    use_amp: bool = False,
+    desc: str = "epoch",
+) -> FitResult:
+    """The training loop shared by fine-tuning and QAT.
+
+    Length-bucketed batches, AdamW with linear warmup then linear decay to 0, global-norm clipping, dev
+    evaluation every `cfg.eval_every` steps (default: per epoch), `save_best(dev_metrics)` on each new best dev
+    macro-F1, early stop after `cfg.patience` evaluations without improvement.
+    """
     import paddle
     import paddle.nn.functional as F  # noqa: N812
     from tqdm import tqdm
 
-    cfg.validate()
-    out = _prepare_output(cfg)
-    splits, label_map, provenance = load_splits(cfg)
-    log.info(
-        "train %d / dev %d / test %d examples, labels %s",
-        *map(len, (splits.train, splits.dev, splits.test)),
-        label_map.labels,
-    )
-
-    device = _select_device(cfg.device)
-    use_amp = cfg.amp if cfg.amp is not None else device == "gpu"
     world = paddle.distributed.get_world_size()
-    if world > 1:
-        paddle.distributed.init_parallel_env()
     rank = paddle.distributed.get_rank()
-
-    _set_seed(cfg.seed)
-    source = parse_base_model(cfg.base_model)
-    model, tokenizer = build_model(
-        source,
-        len(label_map),
-        [e.text for e in splits.train],
-        cfg.max_seq_len,
-        cfg.vocab_size,
-        cfg.dropout,
-        cfg.attention_dropout,
-    )
-    if model.config.pad_token_id != tokenizer.pad_id:
-        raise ConfigError(
-            f"The model pads with id {model.config.pad_token_id} but its vocabulary's [PAD] is {tokenizer.pad_id}.",
-            "Use the vocab.txt that came with the model.",
-        )
-    train_data = encode(splits.train, tokenizer, label_map)
-    dev_data = encode(splits.dev, tokenizer, label_map)
-    test_data = encode(splits.test, tokenizer, label_map) if splits.test else None
-
-    lr = cfg.learning_rate or (3e-4 if source.kind == "scratch" else 5e-5)
     steps_per_epoch = math.ceil(len(train_data.ids) / cfg.batch_size / world)
     total_steps = steps_per_epoch * cfg.epochs
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
     warmup = max(1, int(cfg.warmup_ratio * total_steps))
     schedule = paddle.optimizer.lr.LambdaDecay(
-        lr, lambda step: min((step + 1) / warmup, max(0.0, (total_steps - step) / max(1, total_steps - warmup)))
+        learning_rate,
+        lambda step: min((step + 1) / warmup, max(0.0, (total_steps - step) / max(1, total_steps - warmup))),
     )
     no_decay = {p.name for n, p in model.named_parameters() if "bias" in n or "norm" in n}
     optimizer = paddle.optimizer.AdamW(
         learning_rate=schedule,
-        parameters=model.parameters(),
+        parameters=[p for p in model.parameters() if not p.stop_gradient],
         weight_decay=cfg.weight_decay,
         apply_decay_param_fun=lambda name: name not in no_decay,
         grad_clip=paddle.nn.ClipGradByGlobalNorm(cfg.max_grad_norm),
@@ -292,13 +284,12 @@ def train(cfg: TrainConfig) -> dict:
     history: list[dict] = []
     best_f1, best_step, evals_since_best = -1.0, 0, 0
     step, seen, t_train = 0, 0, 0.0
-    config_record = {**asdict(cfg), "learning_rate": lr, "base_model_kind": source.kind}
     stop = False
     for epoch in range(cfg.epochs):
         batches = length_bucketed_batches(lengths, cfg.batch_size, rng)[rank::world]
         bar = tqdm(
             batches,
-            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            desc=f"{desc} {epoch + 1}/{cfg.epochs}",
             disable=not cfg.progress or rank != 0,
             mininterval=1.0,
             dynamic_ncols=True,
@@ -340,8 +331,7 @@ def train(cfg: TrainConfig) -> dict:
                 if dev_metrics["macro_f1"] > best_f1:
                     best_f1, best_step, evals_since_best = dev_metrics["macro_f1"], step, 0
                     if rank == 0:
-                        extra = {TRAINING_CONFIG_FILE: config_record, METRICS_FILE: {"dev": dev_metrics}}
-                        save_checkpoint(model, tokenizer, label_map, extra, out / BEST_DIR)
+                        save_best(dev_metrics)
                 else:
                     evals_since_best += 1
                 if evals_since_best >= cfg.patience:
@@ -352,26 +342,77 @@ def train(cfg: TrainConfig) -> dict:
         bar.close()
         if stop or step >= total_steps:
             break
+    return FitResult(history, best_step, step, seen, t_train)
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Run a full fine-tune; returns the metrics written to ``<output>/metrics.json``."""
+    import paddle
+
+    cfg.validate()
+    out = _prepare_output(cfg)
+    splits, label_map, provenance = load_splits(cfg)
+    log.info(
+        "train %d / dev %d / test %d examples, labels %s",
+        *map(len, (splits.train, splits.dev, splits.test)),
+        label_map.labels,
+    )
+    device = _select_device(cfg.device)
+    use_amp = cfg.amp if cfg.amp is not None else device == "gpu"
+    if paddle.distributed.get_world_size() > 1:
+        paddle.distributed.init_parallel_env()
+
+    _set_seed(cfg.seed)
+    source = parse_base_model(cfg.base_model)
+    model, tokenizer = build_model(
+        source,
+        len(label_map),
+        [e.text for e in splits.train],
+        cfg.max_seq_len,
+        cfg.vocab_size,
+        cfg.dropout,
+        cfg.attention_dropout,
+    )
+    if model.config.pad_token_id != tokenizer.pad_id:
+        raise ConfigError(
+            f"The model pads with id {model.config.pad_token_id} but its vocabulary's [PAD] is {tokenizer.pad_id}.",
+            "Use the vocab.txt that came with the model.",
+        )
+    train_data = encode(splits.train, tokenizer, label_map)
+    dev_data = encode(splits.dev, tokenizer, label_map)
+    test_data = encode(splits.test, tokenizer, label_map) if splits.test else None
+
+    lr = cfg.learning_rate or (3e-4 if source.kind == "scratch" else 5e-5)
+    config_record = {**asdict(cfg), "learning_rate": lr, "base_model_kind": source.kind}
+
+    def save_best(dev_metrics: dict) -> None:
+        extra = {TRAINING_CONFIG_FILE: config_record, METRICS_FILE: {"dev": dev_metrics}}
+        save_checkpoint(model, tokenizer, label_map, extra, out / BEST_DIR)
+
+    t_wall = time.perf_counter()
+    result = fit(model, tokenizer, label_map, train_data, dev_data, cfg, lr, save_best, use_amp)
+    wall = time.perf_counter() - t_wall
 
     # Reload the best checkpoint so test metrics describe exactly what was saved.
     from training.modeling import load_checkpoint
 
     best_model, _, _ = load_checkpoint(out / BEST_DIR)
-    dev_metrics = evaluate_encoded(best_model, tokenizer, dev_data, label_map)
     metrics = {
-        "dev": dev_metrics,
+        "dev": evaluate_encoded(best_model, tokenizer, dev_data, label_map),
         "test": evaluate_encoded(best_model, tokenizer, test_data, label_map) if test_data else None,
-        "best_step": best_step,
-        "steps": step,
-        "train_seconds": round(t_train, 1),
-        "train_samples_per_second": round(seen / t_train, 2) if t_train else None,
-        "history": history,
+        "best_step": result.best_step,
+        "steps": result.steps,
+        "train_seconds": round(result.train_seconds, 1),
+        "wall_seconds": round(wall, 1),
+        "train_samples_per_second": round(result.seen / result.train_seconds, 2) if result.train_seconds else None,
+        "history": result.history,
         "environment": _environment(),
         "provenance": {**provenance, "base_model": cfg.base_model},
     }
-    if rank == 0:
-        (out / BEST_DIR / METRICS_FILE).write_text(json.dumps(metrics, ensure_ascii=False, indent=2), encoding="utf-8")
-        (out / METRICS_FILE).write_text(json.dumps(metrics, ensure_ascii=False, indent=2), encoding="utf-8")
+    if paddle.distributed.get_rank() == 0:
+        text = json.dumps(metrics, ensure_ascii=False, indent=2)
+        (out / BEST_DIR / METRICS_FILE).write_text(text, encoding="utf-8")
+        (out / METRICS_FILE).write_text(text, encoding="utf-8")
     return metrics
 
 

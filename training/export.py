@@ -157,12 +157,18 @@ def _rename_onnx_io(path: Path) -> None:
     onnx.save(model, str(path))
 
 
-def export_paddle_inference(model, prefix: Path) -> None:
+def export_paddle_inference(model, prefix: Path):
+    """paddle.jit.save of a copy; returns the copy (its parameter names are the saved program's, which paddle2onnx
+    keeps as ONNX initializer names). A copy because to_static converts a Layer in place, and a converted QAT model
+    can no longer be called from Python (Paddle 3.3.1: its quanter's in-place state update fails in run_program)."""
+    import copy
+
     import paddle
 
     spec = [paddle.static.InputSpec([None, None], "int64", name) for name in INPUT_NAMES]
-    static = paddle.jit.to_static(model, input_spec=spec, full_graph=True)
+    static = paddle.jit.to_static(copy.deepcopy(model), input_spec=spec, full_graph=True)
     paddle.jit.save(static, str(prefix))
+    return static
 
 
 def export_onnx(prefix: Path, onnx_path: Path) -> None:
@@ -287,24 +293,25 @@ def export(cfg: ExportConfig) -> dict:
 def _export_int8(cfg: ExportConfig, tmp: Path, tokenizer, label_map: LabelMap, dev: list[Example]) -> dict:
     """Paddle INT8 (the fake-quantised QAT program) and ONNX INT8 (QDQ with the QAT scales) + Triton repository."""
     from training.modeling import load_checkpoint
-    from training.paddle_workarounds import freeze_activation_quanters
     from training.qat import SCALES_FILE, load_qat_checkpoint, quantizable_linears
     from training.quantize_onnx import write_int8_qdq
 
     qat_dir = Path(cfg.qat or "")
     qat_model = load_qat_checkpoint(qat_dir)
-    freeze_activation_quanters(qat_model)  # Paddle's own quanter cannot be jit.saved (paddle_workarounds.py)
     export_paddle_inference(qat_model, tmp / PADDLE_INT8)
 
     # The QAT-trained float weights as a plain model -> FP32 ONNX -> QDQ INT8 with the QAT scales.
     float_model, _, _ = load_checkpoint(qat_dir)
     scales = json.loads((qat_dir / SCALES_FILE).read_text(encoding="utf-8"))
-    by_weight = {layer.weight.name: scales[name] for name, layer in quantizable_linears(float_model).items()}
     work = tmp / ".int8-work"
-    export_paddle_inference(float_model, work / "model")
+    saved = export_paddle_inference(float_model, work / "model")
+    by_weight = {layer.weight.name: scales[name] for name, layer in quantizable_linears(saved).items()}
     export_onnx(work / "model", work / "float.onnx")
     dev_ids = encode(dev, tokenizer, label_map).ids
-    calibration = [dict(zip(INPUT_NAMES, tokenizer.pad(dev_ids[i : i + 32]), strict=True)) for i in range(0, 128, 32)]
+    calibration = [
+        dict(zip(INPUT_NAMES, tokenizer.pad(dev_ids[i : i + 32]), strict=True))
+        for i in range(0, min(128, len(dev_ids)), 32)
+    ]
     info = write_int8_qdq(work / "float.onnx", tmp / ONNX_INT8, by_weight, calibration)
     shutil.rmtree(work)
     write_triton_repository(tmp / TRITON_MODEL, tmp / ONNX_INT8, len(label_map))
@@ -478,16 +485,8 @@ def _check_and_describe(
         },
         "inputs": [{"name": n, "dtype": "int64", "shape": ["batch", "sequence"]} for n in INPUT_NAMES],
         "outputs": [{"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch", num_labels]}],
-        "formats": {
-            "paddle-fp32": {
-                "path": f"{PADDLE_FP32}.json",
-                "params": f"{PADDLE_FP32}.pdiparams",
-                "runtime": "paddle-inference",
-                "precision": "fp32",
-            },
-            "onnx-fp32": {"path": ONNX_FP32, "runtime": "onnxruntime", "precision": "fp32", "opset": ONNX_OPSET},
-        },
-        "default_format": "onnx-fp32",
+        "formats": formats,
+        "default_format": "onnx-int8" if int8 is not None else "onnx-fp32",
         "metrics": {**metrics, "training": {k: training_metrics.get(k) for k in ("dev", "test") if training_metrics}},
         "checks": checks,
         "provenance": {

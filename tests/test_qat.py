@@ -1,0 +1,153 @@
+"""QAT wraps exactly the intended layers; the INT8 ONNX is explicit QDQ with QAT scales; bad pairings are refused."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from ernie_cls.artifact import verify_artifact
+from ernie_cls.errors import ConfigError
+from training.export import ExportConfig, export
+from training.qat import QATConfig, quantizable_linears, quantize_model, run_qat
+
+
+@pytest.fixture(scope="module")
+def qat_run(trained_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("qat")
+    metrics = run_qat(QATConfig(checkpoint=str(trained_run / "best"), output=str(out), max_steps=6, progress=False))
+    return out, metrics
+
+
+@pytest.fixture(scope="module")
+def int8_artifact(trained_run, qat_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("exported") / "tiny-int8"
+    export(ExportConfig(checkpoint=str(trained_run / "best"), qat=str(qat_run[0] / "best"), output=str(out)))
+    return out
+
+
+def test_qat_wraps_encoder_linears_only(trained_run):
+    from paddle.nn.quant.qat import QuantedLinear
+
+    from training.modeling import load_checkpoint
+
+    model, _, _ = load_checkpoint(trained_run / "best")
+    expected = set(quantizable_linears(model))
+    assert len(expected) == 6 * model.config.num_hidden_layers  # q, k, v, out, ffn in, ffn out
+    quantize_model(model)
+    wrapped = {name for name, layer in model.named_sublayers() if isinstance(layer, QuantedLinear)}
+    assert wrapped == expected
+    assert not any("embeddings" in n or "pooler" in n or "classifier" in n for n in wrapped)
+
+
+def test_qat_checkpoint_records_scales_and_fp32_vs_int8_metrics(qat_run):
+    out, metrics = qat_run
+    scales = json.loads((out / "best" / "quant_scales.json").read_text())
+    assert len(scales) == 12
+    layer = scales["ernie.encoder.layers.0.linear1"]
+    assert layer["activation_scale"] > 0 and layer["weight_axis"] == 1 and len(layer["weight_scales"]) == 128
+    assert set(metrics["fp32"]) == set(metrics["int8_simulated"]) == {"dev", "test"}
+
+
+def test_int8_onnx_is_qdq_around_every_intended_matmul_with_zero_point_zero(int8_artifact):
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(int8_artifact / "onnx/model.int8.onnx"))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    quantized = [
+        n
+        for n in model.graph.node
+        if n.op_type == "MatMul"
+        and all(producer.get(i) is not None and producer[i].op_type == "DequantizeLinear" for i in n.input)
+    ]
+    assert len(quantized) == 12
+    for mm in quantized:
+        act_dq, w_dq = producer[mm.input[0]], producer[mm.input[1]]
+        assert producer[act_dq.input[0]].op_type == "QuantizeLinear"  # activation: Q -> DQ
+        weight = inits[w_dq.input[0]]
+        assert weight.dtype == np.int8  # stored as INT8
+        assert {a.name: a.i for a in w_dq.attribute}.get("axis") == 1
+        assert inits[w_dq.input[1]].shape == (weight.shape[1],)  # one scale per output channel
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            zp = inits[node.input[2]]
+            assert zp.dtype == np.int8 and not zp.any()
+    # attention score/context matmuls (2 per layer) and the pooler + classifier head stay float
+    assert sum(1 for n in model.graph.node if n.op_type == "MatMul") - len(quantized) == 2 * 2 + 2
+    # embeddings are INT8 weight-only
+    gathers = [n for n in model.graph.node if n.op_type == "Gather"]
+    assert all(producer[g.input[0]].op_type == "DequantizeLinear" for g in gathers)
+
+
+def test_int8_artifact_passes_its_checks_and_verification(int8_artifact):
+    artifact = verify_artifact(int8_artifact)
+    m = artifact.manifest
+    assert m["default_format"] == "onnx-int8"
+    assert {"onnx-int8", "paddle-int8", "triton"} <= set(m["formats"])
+    assert m["checks"]["qat_vs_onnx_int8"]["argmax_agreement"] >= 0.99
+    assert m["checks"]["int8_accuracy_drop"]["passed"]
+    config = (int8_artifact / "triton/ernie_cls/config.pbtxt").read_text()
+    assert "dynamic_batching" in config and 'name: "logits"' in config
+    assert (int8_artifact / "triton/ernie_cls/1/model.onnx").read_bytes() == (
+        int8_artifact / "onnx/model.int8.onnx"
+    ).read_bytes()
+
+
+def test_int8_file_is_much_smaller_than_fp32(int8_artifact):
+    fp32 = (int8_artifact / "onnx/model.fp32.onnx").stat().st_size
+    int8 = (int8_artifact / "onnx/model.int8.onnx").stat().st_size
+    assert int8 < 0.35 * fp32  # toy sizes carry relatively more FP32 biases/LayerNorms; nano is under 30 %
+
+
+def test_qat_and_fp32_checkpoints_cannot_be_swapped(trained_run, qat_run, tmp_path):
+    with pytest.raises(ConfigError, match="already a QAT checkpoint"):
+        run_qat(QATConfig(checkpoint=str(qat_run[0] / "best"), output=str(tmp_path / "q")))
+    with pytest.raises(ConfigError, match="expects a QAT checkpoint"):
+        export(
+            ExportConfig(
+                checkpoint=str(trained_run / "best"), qat=str(trained_run / "best"), output=str(tmp_path / "e")
+            )
+        )
+    with pytest.raises(ConfigError, match="is a QAT checkpoint"):
+        export(ExportConfig(checkpoint=str(qat_run[0] / "best"), output=str(tmp_path / "e")))
+
+
+def test_paddle_int8_inference_model_matches_the_qat_model(int8_artifact, qat_run, trained_run):
+    from training.export import PaddleInferenceRunner
+    from training.finetune import predict_logits
+    from training.modeling import load_checkpoint
+    from training.qat import load_qat_checkpoint
+
+    _, tok, _ = load_checkpoint(trained_run / "best")
+    ids = tok.encode_ids(["送餐很快，味道不错", "太难吃了"])
+    expected = predict_logits(load_qat_checkpoint(qat_run[0] / "best"), tok, ids)
+    runner = PaddleInferenceRunner(int8_artifact / "paddle/int8/model")
+    got = np.concatenate([runner(*tok.pad([i])) for i in ids])
+    assert np.abs(got - expected).max() < 1e-4
+
+
+def test_export_leaves_the_callers_model_callable(qat_run, tmp_path):
+    """to_static converts a Layer in place; a converted QAT model fails when called again (Paddle 3.3.1)."""
+    from training.export import export_paddle_inference
+    from training.finetune import predict_logits
+    from training.modeling import load_checkpoint
+    from training.qat import load_qat_checkpoint
+
+    qat_model = load_qat_checkpoint(qat_run[0] / "best")
+    _, tok, _ = load_checkpoint(qat_run[0] / "best")
+    before = predict_logits(qat_model, tok, tok.encode_ids(["好吃"]))
+    export_paddle_inference(qat_model, tmp_path / "m")
+    assert np.array_equal(predict_logits(qat_model, tok, tok.encode_ids(["好吃"])), before)
+
+
+def test_copying_a_qat_dir_with_another_vocab_is_refused(trained_run, qat_run, tmp_path):
+    other = tmp_path / "q"
+    shutil.copytree(qat_run[0] / "best", other)
+    with open(other / "vocab.txt", "a", encoding="utf-8") as fh:
+        fh.write("新词\n")
+    with pytest.raises(ConfigError, match="different vocabulary"):
+        export(ExportConfig(checkpoint=str(trained_run / "best"), qat=str(other), output=str(tmp_path / "e")))

@@ -68,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dropout", type=float, default=0.1, help="hidden dropout")
     t.add_argument("--attention-dropout", type=float, default=0.0)
     t.add_argument("--vocab-size", type=int, default=8000, help="max corpus vocabulary size for scratch presets")
+    t.add_argument(
+        "--pretrain-epochs",
+        type=int,
+        default=0,
+        help="scratch presets: masked-LM epochs on the training texts before fine-tuning",
+    )
     t.add_argument("--test-size", type=float, default=0.2)
     t.add_argument("--dev-size", type=float, default=0.1)
     t.add_argument("--seed", type=int, default=42)

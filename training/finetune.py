@@ -69,6 +69,7 @@ class TrainConfig:
     dropout: float = 0.1
     attention_dropout: float = 0.0
     vocab_size: int = 8000
+    pretrain_epochs: int = 0  # scratch only: masked-LM epochs on the training texts before fine-tuning
     test_size: float = 0.2
     dev_size: float = 0.1
     seed: int = 42
@@ -382,6 +383,26 @@ def train(cfg: TrainConfig) -> dict:
     dev_data = encode(splits.dev, tokenizer, label_map)
     test_data = encode(splits.test, tokenizer, label_map) if splits.test else None
 
+    t_wall = time.perf_counter()
+    pretrain_record = None
+    if cfg.pretrain_epochs:
+        if source.kind != "scratch":
+            raise ConfigError(
+                "--pretrain-epochs is for scratch:<size> models.", "Pretrained weights need no MLM stage; drop it."
+            )
+        from training.pretrain import PretrainConfig, pretrain_mlm
+
+        pre = pretrain_mlm(
+            model.config,
+            tokenizer,
+            train_data.ids,
+            PretrainConfig(epochs=cfg.pretrain_epochs, seed=cfg.seed, progress=cfg.progress),
+        )
+        missing, _ = model.set_state_dict(pre.pop("state"))
+        assert all(not k.startswith("ernie.") for k in missing), missing
+        pretrain_record = pre
+        log.info("MLM pretraining: %s", pre)
+
     lr = cfg.learning_rate or (3e-4 if source.kind == "scratch" else 5e-5)
     config_record = {**asdict(cfg), "learning_rate": lr, "base_model_kind": source.kind}
 
@@ -389,7 +410,6 @@ def train(cfg: TrainConfig) -> dict:
         extra = {TRAINING_CONFIG_FILE: config_record, METRICS_FILE: {"dev": dev_metrics}}
         save_checkpoint(model, tokenizer, label_map, extra, out / BEST_DIR)
 
-    t_wall = time.perf_counter()
     result = fit(model, tokenizer, label_map, train_data, dev_data, cfg, lr, save_best, use_amp)
     wall = time.perf_counter() - t_wall
 
@@ -403,6 +423,7 @@ def train(cfg: TrainConfig) -> dict:
         "best_step": result.best_step,
         "steps": result.steps,
         "train_seconds": round(result.train_seconds, 1),
+        "pretrain": pretrain_record,
         "wall_seconds": round(wall, 1),
         "train_samples_per_second": round(result.seen / result.train_seconds, 2) if result.train_seconds else None,
         "history": result.history,

@@ -1,0 +1,124 @@
+"""In-domain masked-LM pretraining for scratch models: ERNIE's own first stage, on the training split's texts.
+
+    scratch:<size> config + corpus vocabulary -> ErnieForMaskedLM (random init)
+    -> `epochs` of MLM on the *training* texts only (labels unused; dev/test texts never seen)
+       15 % of the non-special tokens chosen; of those 80 % -> [MASK], 10 % -> a random token, 10 % unchanged;
+       logits computed only at the chosen positions (masked_positions) to keep the vocabulary projection cheap
+    -> encoder weights copied into the classifier before fine-tuning
+
+Without pretrained weights (no hub access), a randomly initialised encoder must learn Chinese character
+statistics from the labels alone; a few minutes of MLM on the same texts gives the classifier a better start
+(measured in docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ernie_cls.tokenization import ErnieTokenizerFast
+from training.finetune import length_bucketed_batches
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PretrainConfig:
+    epochs: int = 3
+    batch_size: int = 32
+    learning_rate: float = 5e-4
+    mask_prob: float = 0.15
+    warmup_ratio: float = 0.05
+    seed: int = 42
+    progress: bool = True
+
+
+def mask_batch(
+    ids: list[list[int]], tokenizer: ErnieTokenizerFast, rng: np.random.Generator, mask_prob: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """-> (input_ids, token_type_ids, flat masked positions, their original ids). At least one masked per text."""
+    input_ids, token_type_ids = tokenizer.pad(ids)
+    width = input_ids.shape[1]
+    special = {tokenizer.pad_id, tokenizer.cls_id, tokenizer.sep_id}
+    mask_id = tokenizer.vocab["[MASK]"]
+    positions, labels = [], []
+    for row, seq in enumerate(ids):
+        candidates = [j for j, t in enumerate(seq) if t not in special]
+        if not candidates:
+            continue
+        n = max(1, round(len(candidates) * mask_prob))
+        for j in rng.choice(candidates, size=n, replace=False):
+            labels.append(input_ids[row, j])
+            positions.append(row * width + j)
+            roll = rng.random()
+            if roll < 0.8:
+                input_ids[row, j] = mask_id
+            elif roll < 0.9:
+                input_ids[row, j] = rng.integers(len(special) + 2, tokenizer.vocab_size)
+    return input_ids, token_type_ids, np.array(positions, dtype=np.int64), np.array(labels, dtype=np.int64)
+
+
+def pretrain_mlm(config, tokenizer: ErnieTokenizerFast, ids: list[list[int]], cfg: PretrainConfig) -> dict:
+    """MLM-pretrain a fresh ERNIE of `config` on pre-tokenised texts; returns the encoder's state dict."""
+    import paddle
+    from paddlenlp.transformers import ErnieForMaskedLM
+    from tqdm import tqdm
+
+    paddle.seed(cfg.seed)
+    model = ErnieForMaskedLM(config)
+    model.train()
+    steps_per_epoch = -(-len(ids) // cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    warmup = max(1, int(cfg.warmup_ratio * total))
+    schedule = paddle.optimizer.lr.LambdaDecay(
+        cfg.learning_rate, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup)))
+    )
+    optimizer = paddle.optimizer.AdamW(
+        learning_rate=schedule,
+        parameters=model.parameters(),
+        weight_decay=0.01,
+        grad_clip=paddle.nn.ClipGradByGlobalNorm(1.0),
+    )
+    rng = np.random.default_rng(cfg.seed)
+    order_rng = random.Random(cfg.seed)
+    lengths = [len(x) for x in ids]
+    t0, seen, loss_value = time.perf_counter(), 0, float("nan")
+    for epoch in range(cfg.epochs):
+        bar = tqdm(
+            length_bucketed_batches(lengths, cfg.batch_size, order_rng),
+            desc=f"mlm {epoch + 1}/{cfg.epochs}",
+            disable=not cfg.progress,
+            mininterval=1.0,
+            dynamic_ncols=True,
+        )
+        for batch in bar:
+            input_ids, token_type_ids, positions, labels = mask_batch(
+                [ids[i] for i in batch], tokenizer, rng, cfg.mask_prob
+            )
+            if len(positions) == 0:
+                continue
+            out = model(
+                paddle.to_tensor(input_ids),
+                token_type_ids=paddle.to_tensor(token_type_ids),
+                masked_positions=paddle.to_tensor(positions),
+                labels=paddle.to_tensor(labels),
+                return_dict=True,
+            )
+            out.loss.backward()
+            optimizer.step()
+            optimizer.clear_grad()
+            schedule.step()
+            loss_value = float(out.loss)
+            seen += len(batch)
+            bar.set_postfix(
+                loss=f"{loss_value:.3f}", samples_s=f"{seen / (time.perf_counter() - t0):.1f}", refresh=False
+            )
+        bar.close()
+        log.info("mlm epoch %d: loss %.3f", epoch + 1, loss_value)
+    seconds = time.perf_counter() - t0
+    state = {k: v for k, v in model.state_dict().items() if k.startswith("ernie.")}
+    return {"state": state, "seconds": round(seconds, 1), "final_loss": loss_value, "samples": seen}

@@ -28,6 +28,13 @@ def _parse_label_names(value: str | None) -> dict[str, str]:
     return {k.strip(): v.strip() for k, v in pairs}
 
 
+def _int_list(value: str) -> list[int]:
+    try:
+        return [int(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError("use comma-separated integers, e.g. 1,8,32") from None
+
+
 def _add_data_cols(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-col", help="column holding the text (default: text/review/sentence/content/...)")
     p.add_argument("--label-col", help="column holding the label (default: label/class/category/...)")
@@ -122,6 +129,17 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--threads", type=int)
     q.add_argument("--no-progress", action="store_true")
 
+    b = sub.add_parser("bench", help="benchmarks: `bench model <artifact>` (formats x batch sizes x lengths)")
+    bsub = b.add_subparsers(dest="bench_target", required=True)
+    bm = bsub.add_parser("model", help="latency/throughput of every format of an artifact, JSON + PNG")
+    bm.add_argument("artifact", help="exported/<name>")
+    bm.add_argument("--batch-sizes", type=_int_list, default=[1, 8, 32, 64])
+    bm.add_argument("--seq-lens", type=_int_list, default=[16, 32, 64, 128, 256])
+    bm.add_argument("--formats", type=lambda v: v.split(","), help="default: all runtime formats in the artifact")
+    bm.add_argument("--threads", type=int, default=0, help="inference threads (default: all cores)")
+    bm.add_argument("--min-seconds", type=float, default=1.0, help="timed seconds per format and shape")
+    bm.add_argument("--output", default="reports/bench-model.json")
+
     p = sub.add_parser("predict", help="label texts from a file or stdin (JSON lines out)")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--input", default="-", help="- for stdin (one text per line), .txt, or CSV/TSV/JSONL")
@@ -174,7 +192,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-PADDLE_COMMANDS = {"train", "qat", "evaluate", "predict", "export"}
+PADDLE_COMMANDS = {"train", "qat", "evaluate", "predict", "export", "bench"}
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -203,8 +221,20 @@ def _cmd_qat(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from training.bench import BenchConfig, run_bench
+
+    fields = BenchConfig.__dataclass_fields__
+    report = run_bench(BenchConfig(**{k: v for k, v in vars(args).items() if k in fields}))
+    for row in report["int8_vs_fp32"]:
+        print(json.dumps(row))
+    print(f"wrote {args.output} and {args.output.rsplit('.', 1)[0]}.png", file=sys.stderr)
+    return 0
+
+
 COMMANDS = {
     "train": _cmd_train,
+    "bench": _cmd_bench,
     "qat": _cmd_qat,
     "export": _cmd_export,
     "evaluate": _cmd_evaluate,

@@ -151,3 +151,22 @@ def test_copying_a_qat_dir_with_another_vocab_is_refused(trained_run, qat_run, t
         fh.write("新词\n")
     with pytest.raises(ConfigError, match="different vocabulary"):
         export(ExportConfig(checkpoint=str(trained_run / "best"), qat=str(other), output=str(tmp_path / "e")))
+
+
+def test_bench_model_measures_every_format_and_writes_json_and_plot(int8_artifact, tmp_path):
+    from training.bench import BenchConfig, run_bench
+
+    out = tmp_path / "bench.json"
+    report = run_bench(
+        BenchConfig(str(int8_artifact), batch_sizes=[1, 4], seq_lens=[16], min_seconds=0.01, output=str(out))
+    )
+    assert {r["format"] for r in report["results"]} == {"paddle-fp32", "paddle-int8", "onnx-fp32", "onnx-int8"}
+    assert all(r["items_per_second"] > 0 and r["runs"] >= 5 for r in report["results"])
+    assert {(r["runtime"], r["batch_size"]) for r in report["int8_vs_fp32"]} == {
+        ("paddle", 1),
+        ("paddle", 4),
+        ("onnx", 1),
+        ("onnx", 4),
+    }
+    assert report["threads"] >= 1 and report["machine"]["cpu"]
+    assert json.loads(out.read_text()) == report and out.with_suffix(".png").stat().st_size > 1000

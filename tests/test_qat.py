@@ -170,3 +170,43 @@ def test_bench_model_measures_every_format_and_writes_json_and_plot(int8_artifac
     }
     assert report["threads"] >= 1 and report["machine"]["cpu"]
     assert json.loads(out.read_text()) == report and out.with_suffix(".png").stat().st_size > 1000
+
+
+def test_int8_onnx_is_under_30_percent_of_fp32_with_ernie_sized_vocabulary(tmp_path):
+    """With ERNIE 3.0's 40 000-token vocabulary the embedding table dominates; it must be stored INT8 too."""
+    import paddle
+    from paddlenlp.transformers import ErnieConfig, ErnieForSequenceClassification
+
+    from training.export import export_onnx, export_paddle_inference
+    from training.qat import quantizable_linears
+    from training.quantize_onnx import write_int8_qdq
+
+    paddle.seed(0)
+    config = ErnieConfig(
+        vocab_size=40000,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        num_labels=2,
+        max_position_embeddings=512,
+    )
+    saved = export_paddle_inference(ErnieForSequenceClassification(config), tmp_path / "p" / "model")
+    export_onnx(tmp_path / "p" / "model", tmp_path / "fp32.onnx")
+    scales = {
+        layer.weight.name: {
+            "activation_scale": 0.05,
+            "weight_scales": (np.abs(layer.weight.numpy()).max(axis=0) / 127).tolist(),
+            "weight_axis": 1,
+        }
+        for layer in quantizable_linears(saved).values()
+    }
+    ids = np.array([[1, 50, 60, 2]], dtype=np.int64)
+    write_int8_qdq(
+        tmp_path / "fp32.onnx",
+        tmp_path / "int8.onnx",
+        scales,
+        [{"input_ids": ids, "token_type_ids": np.zeros_like(ids)}],
+    )
+    ratio = (tmp_path / "int8.onnx").stat().st_size / (tmp_path / "fp32.onnx").stat().st_size
+    assert ratio <= 0.30, ratio

@@ -90,7 +90,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     artifact = verify_artifact(cfg.artifact)
     available = [f for f in RUNTIME_FORMATS if f in artifact.manifest["formats"]]
     formats = cfg.formats or available
-    threads = cfg.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+    threads = cfg.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()) or 1
     runners = {fmt: make_runner(artifact, fmt, threads) for fmt in formats}
     vocab_size = int(artifact.manifest["tokenizer"]["vocab_size"])
     rng = np.random.default_rng(0)

@@ -23,6 +23,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -46,7 +47,7 @@ SCALES_FILE = "quant_scales.json"
 INT8_MAX = 127
 
 
-def quantizable_linears(model) -> dict[str, object]:
+def quantizable_linears(model) -> dict[str, Any]:
     """The Linear layers QAT wraps: every Linear inside the encoder (attention projections and FFN)."""
     import paddle
 
@@ -119,6 +120,7 @@ def read_scales(qat_model) -> dict[str, dict]:
     scales = {}
     for name, layer in qat_model.named_sublayers():
         if isinstance(layer, QuantedLinear):
+            assert layer.activation_quanter is not None
             threshold = float(layer.activation_quanter.scales().numpy().reshape(-1)[0])
             weight = layer.weight.numpy()
             w_scales = np.maximum(np.abs(weight).max(axis=0), 1e-8) / INT8_MAX
@@ -271,6 +273,7 @@ def load_qat_checkpoint(directory: str | Path):
 
     for name, layer in qat_model.named_sublayers():
         if isinstance(layer, QuantedLinear):
+            assert layer.activation_quanter is not None
             threshold = scales[name]["activation_scale"] * INT8_MAX
             layer.activation_quanter._scale.set_value(paddle.to_tensor([threshold], dtype="float32"))
     qat_model.eval()

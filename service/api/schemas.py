@@ -1,0 +1,93 @@
+"""Request and response bodies of the v1 API (the OpenAPI schema shown in /docs is generated from these)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+
+EXAMPLES: list[Any] = [
+    {"texts": ["送餐很快，味道不错，下次还点", "等了两个小时，饭都凉了，差评"]},
+    {"text": "人工客服", "top_k": 2},
+    {"texts": ["菜品分量太少了，而且还洒了一半"], "truncate": True},
+]
+
+
+class ClassifyRequestBase(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": EXAMPLES})
+
+    text: str | None = Field(None, description="One text. Give either `text` or `texts`.")
+    texts: list[str] | None = Field(None, description="Several texts, classified independently, answered in order.")
+    top_k: int = Field(1, ge=1, description="How many labels with scores to return per text, best first.")
+    truncate: bool = Field(
+        False, description="Cut texts longer than the character cap instead of rejecting them (flagged `truncated`)."
+    )
+
+    @model_validator(mode="after")
+    def _one_of_text_or_texts(self) -> ClassifyRequestBase:
+        if (self.text is None) == (self.texts is None):
+            raise ValueError("give exactly one of `text` or `texts`")
+        return self
+
+    def all_texts(self) -> list[str]:
+        return [self.text] if self.text is not None else list(self.texts or [])
+
+
+def classify_request_model(max_texts: int, num_labels: int) -> type[ClassifyRequestBase]:
+    """The request model with this deployment's limits, so the schema carries the real bounds."""
+    model: type[ClassifyRequestBase] = create_model(
+        "ClassifyRequest",
+        __base__=ClassifyRequestBase,
+        texts=(
+            list[str] | None,
+            Field(None, min_length=1, max_length=max_texts, description="Several texts, answered in order."),
+        ),
+        top_k=(int, Field(1, ge=1, le=num_labels, description="How many labels with scores per text.")),
+    )
+    return model
+
+
+class LabelScore(BaseModel):
+    label: str = Field(examples=["negative"])
+    score: float = Field(ge=0, le=1, examples=[0.93])
+
+
+class Prediction(BaseModel):
+    label: str = Field(description="The most likely label.", examples=["negative"])
+    score: float = Field(ge=0, le=1, description="Its probability (softmax of the logits).", examples=[0.93])
+    top_k: list[LabelScore] = Field(description="The `top_k` best labels with their probabilities.")
+    truncated: bool = Field(description="The text was cut (character cap with truncate=true, or max_seq_len).")
+    low_confidence: bool = Field(description="score is below the service's low-confidence threshold.")
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+    backend: str = Field(examples=["onnxruntime"])
+    precision: str = Field(examples=["int8"])
+
+
+class ClassifyResponse(BaseModel):
+    predictions: list[Prediction]
+    model: ModelInfo
+
+
+class ErrorBody(BaseModel):
+    type: str = Field(examples=["validation_error"])
+    message: str
+    hint: str = ""
+    details: Any = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class ModelsResponse(BaseModel):
+    name: str
+    version: str
+    labels: list[str]
+    max_seq_len: int
+    serving: ModelInfo
+    formats: dict[str, Any]
+    metrics: dict[str, Any]

@@ -1,0 +1,11 @@
+"""Queue + dynamic batcher. Imports neither FastAPI nor a model runtime."""
+
+from service.batching.batcher import (
+    Batcher,
+    ClientGoneError,
+    DeadlineExceededError,
+    InferenceError,
+    QueueFullError,
+)
+
+__all__ = ["Batcher", "ClientGoneError", "DeadlineExceededError", "InferenceError", "QueueFullError"]

@@ -1,0 +1,251 @@
+"""Dynamic batching: concurrent requests' texts -> length-aware batches -> one model call -> each text its row.
+
+    submit(texts' token ids, deadline, gone?) -- admission: queue counted in texts, full -> QueueFullError (429)
+        -> pending texts (one asyncio task owns them)
+        -> batch = the oldest pending text + the pending texts closest to it in token length,
+                   limited by max_batch_size and a padded-token budget (batch size x longest sequence)
+           texts past their deadline or whose client has gone are dropped here, before inference
+        -> infer(padded ids) in a worker thread (the event loop keeps accepting requests)
+        -> row i of the logits resolves text i's future; an exception fails only that batch's texts
+
+Anchoring every batch on the oldest text bounds how long any text can be passed over: it waits at most for the
+texts queued before it, never for later arrivals of a better-fitting length.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ernie_cls.errors import ErnieClsError
+
+log = logging.getLogger(__name__)
+
+InferFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+class QueueFullError(ErnieClsError):
+    http_status = 429
+
+    def __init__(self, retry_after_s: float) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(
+            "The service is at capacity.", f"Retry after {retry_after_s:.0f} s, or send fewer texts per second."
+        )
+
+
+class DeadlineExceededError(ErnieClsError):
+    http_status = 504
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The request's deadline passed before it could be processed; the work was not done.",
+            "Retry later, or allow more time with the X-Request-Timeout-Ms header.",
+        )
+
+
+class ClientGoneError(ErnieClsError):
+    http_status = 499
+
+
+class InferenceError(ErnieClsError):
+    http_status = 500
+
+    def __init__(self) -> None:
+        super().__init__("Inference failed for this batch.", "Retry; if it persists, check the service logs.")
+
+
+@dataclass(eq=False)
+class _Text:
+    ids: list[int]
+    future: asyncio.Future
+    enqueued: float
+    deadline: float
+    gone: Callable[[], bool]
+
+
+@dataclass
+class BatchStats:
+    """Counters the service exports as metrics; plain ints so the batcher needs no metrics library."""
+
+    batches: int = 0
+    texts: int = 0
+    real_tokens: int = 0
+    padded_tokens: int = 0
+    dropped_deadline: int = 0
+    dropped_disconnected: int = 0
+    failed_batches: int = 0
+    rejected_texts: int = 0
+    batch_sizes: list[int] = field(default_factory=list)
+
+
+class Batcher:
+    def __init__(
+        self,
+        infer: InferFn,
+        pad_id: int,
+        max_batch_size: int = 32,
+        max_batch_tokens: int = 8192,
+        max_wait_s: float = 0.005,
+        queue_capacity: int = 1024,
+        on_batch: Callable[[int, int, int, float], None] | None = None,
+    ) -> None:
+        if max_batch_size < 1 or max_batch_tokens < 1 or queue_capacity < 1:
+            raise ValueError("max_batch_size, max_batch_tokens and queue_capacity must be >= 1")
+        self._infer = infer
+        self._pad_id = pad_id
+        self.max_batch_size = max_batch_size
+        self.max_batch_tokens = max_batch_tokens
+        self.max_wait_s = max_wait_s
+        self.queue_capacity = queue_capacity
+        self._on_batch = on_batch
+        self._pending: list[_Text] = []
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._inflight = 0
+        self._avg_batch_s = 0.05
+        self.stats = BatchStats()
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name="batcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for text in self._pending:
+            if not text.future.done():
+                text.future.set_exception(InferenceError())
+        self._pending.clear()
+
+    @property
+    def queued_texts(self) -> int:
+        return len(self._pending)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._pending) or self._inflight > 0
+
+    # ------------------------------------------------------------------ admission
+    async def submit(
+        self, sequences: Sequence[list[int]], deadline: float, gone: Callable[[], bool] = lambda: False
+    ) -> list[np.ndarray]:
+        """Logits rows for `sequences` (token ids incl. [CLS]/[SEP]), in order. Raises the errors above."""
+        if len(self._pending) + len(sequences) > self.queue_capacity:
+            self.stats.rejected_texts += len(sequences)
+            raise QueueFullError(self.retry_after_s())
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        texts = [_Text(list(ids), loop.create_future(), now, deadline, gone) for ids in sequences]
+        self._pending.extend(texts)
+        self._wakeup.set()
+        try:
+            return list(await asyncio.gather(*(t.future for t in texts)))
+        except BaseException:
+            for t in texts:  # the caller gave up (cancelled) or one text failed: stop the others' work too
+                if not t.future.done():
+                    t.future.cancel()
+            raise
+
+    def retry_after_s(self) -> float:
+        batches_ahead = len(self._pending) / self.max_batch_size + 1
+        return max(1.0, round(batches_ahead * self._avg_batch_s))
+
+    # ------------------------------------------------------------------ batching
+    def _take_batch(self) -> list[_Text]:
+        """The oldest text plus the pending texts nearest to it in length, within the size and token budgets."""
+        anchor = self._pending[0]
+        rest = sorted(self._pending[1:], key=lambda t: abs(len(t.ids) - len(anchor.ids)))
+        batch = [anchor]
+        longest = len(anchor.ids)
+        for text in rest:
+            if len(batch) >= self.max_batch_size:
+                break
+            width = max(longest, len(text.ids))
+            if width * (len(batch) + 1) > self.max_batch_tokens:
+                continue
+            batch.append(text)
+            longest = width
+        chosen = set(map(id, batch))
+        self._pending = [t for t in self._pending if id(t) not in chosen]
+        return batch
+
+    def _drop_dead(self) -> None:
+        now = time.monotonic()
+        alive = []
+        for t in self._pending:
+            if t.future.done():  # cancelled by its caller
+                self.stats.dropped_disconnected += 1
+            elif t.gone():
+                self.stats.dropped_disconnected += 1
+                t.future.set_exception(ClientGoneError("The client disconnected.", ""))
+            elif now > t.deadline:
+                self.stats.dropped_deadline += 1
+                t.future.set_exception(DeadlineExceededError())
+            else:
+                alive.append(t)
+        self._pending = alive
+
+    async def _loop(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._pending:
+                # Give concurrent requests up to max_wait_s to join, unless a full batch is already waiting.
+                oldest_age = time.monotonic() - self._pending[0].enqueued
+                if len(self._pending) < self.max_batch_size and oldest_age < self.max_wait_s:
+                    try:
+                        await asyncio.wait_for(self._wakeup.wait(), self.max_wait_s - oldest_age)
+                        self._wakeup.clear()
+                        continue
+                    except TimeoutError:
+                        pass
+                self._drop_dead()
+                if not self._pending:
+                    break
+                batch = self._take_batch()
+                await self._run_batch(batch)
+
+    async def _run_batch(self, batch: list[_Text]) -> None:
+        width = max(len(t.ids) for t in batch)
+        input_ids = np.full((len(batch), width), self._pad_id, dtype=np.int64)
+        for row, t in enumerate(batch):
+            input_ids[row, : len(t.ids)] = t.ids
+        started = time.monotonic()
+        self._inflight = len(batch)
+        try:
+            logits = await asyncio.to_thread(self._infer, input_ids, np.zeros_like(input_ids))
+            if logits.shape[0] != len(batch):
+                raise RuntimeError(f"backend returned {logits.shape[0]} rows for a batch of {len(batch)}")
+        except Exception:
+            log.exception("inference failed for a batch of %d texts", len(batch))
+            self.stats.failed_batches += 1
+            for t in batch:
+                if not t.future.done():
+                    t.future.set_exception(InferenceError())
+            return
+        finally:
+            self._inflight = 0
+        elapsed = time.monotonic() - started
+        self._avg_batch_s = 0.8 * self._avg_batch_s + 0.2 * elapsed
+        real = sum(len(t.ids) for t in batch)
+        self.stats.batches += 1
+        self.stats.texts += len(batch)
+        self.stats.real_tokens += real
+        self.stats.padded_tokens += width * len(batch)
+        self.stats.batch_sizes.append(len(batch))
+        if self._on_batch is not None:
+            self._on_batch(len(batch), real, width * len(batch), elapsed)
+        for row, t in enumerate(batch):
+            if not t.future.done():
+                t.future.set_result(logits[row])

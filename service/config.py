@@ -1,0 +1,52 @@
+"""Service settings: every field is an environment variable with the ERNIE_CLS_ prefix (e.g. ERNIE_CLS_ARTIFACT).
+
+Validated at start-up, so a bad setting stops the process with a message instead of failing on first request.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ERNIE_CLS_", extra="ignore")
+
+    artifact: str = Field("exported/waimai-sentiment", description="Artifact directory written by `ernie-cls export`.")
+    format: str | None = Field(None, description="Artifact format to serve (default: the manifest's default, INT8).")
+    threads: int = Field(default_factory=_cores, ge=1, description="Inference threads.")
+    host: str = Field("127.0.0.1", description="Bind address for `python -m service`.")
+    port: int = Field(8000, ge=1, le=65535, description="Bind port for `python -m service`.")
+
+    max_batch_size: int = Field(32, ge=1, description="Most texts in one model call.")
+    max_batch_tokens: int = Field(4096, ge=16, description="Most padded tokens (batch x longest) in one model call.")
+    max_wait_ms: float = Field(2.0, ge=0, description="How long a batch waits for more texts before it runs.")
+    queue_capacity: int = Field(2048, ge=1, description="Most texts waiting; beyond this requests get 429.")
+    request_timeout_ms: int = Field(10_000, ge=1, description="Default deadline per request (X-Request-Timeout-Ms).")
+
+    max_texts_per_request: int = Field(64, ge=1, description="Most texts in one request.")
+    max_chars_per_text: int = Field(2000, ge=1, description="Longest text accepted (or truncated with truncate=true).")
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body; larger gets 413.")
+    low_confidence_threshold: float = Field(0.6, ge=0, le=1, description="Scores below are flagged low_confidence.")
+    cache_size: int = Field(10_000, ge=0, description="Result cache entries (0 disables the cache).")
+
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="Comma-separated Bearer keys; empty means no auth."
+    )
+    docs_require_auth: bool = Field(False, description="Protect /docs and /openapi.json with the API keys too.")
+    drain_timeout_s: float = Field(20.0, ge=0, description="On SIGTERM, how long in-flight work may finish.")
+    log_json: bool = Field(True, description="JSON log lines (for containers).")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value

@@ -1,0 +1,229 @@
+"""The classification engine: texts -> predictions, with no HTTP in it.
+
+    raw texts -> character cap (reject, or cut when truncate=true) -> normalize_text (training's exact function)
+      -> empty after normalisation? reject naming the index
+      -> result cache (key: normalised text + model sha256) -> misses tokenised ([CLS] ... [SEP], max_seq_len)
+      -> Batcher.submit (deadline, disconnect) -> logits -> softmax, top-k, low-confidence flag -> cache
+
+Start-up (`Engine.load`): verify every artifact file's sha256, load tokenizer and backend, warm up on
+representative shapes, start the batcher. Any failure leaves the engine not ready, with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ernie_cls.artifact import Artifact, verify_artifact
+from ernie_cls.errors import UserInputError
+from ernie_cls.tokenization import ErnieTokenizerFast, normalize_text
+from service.backends import Backend, load_backend
+from service.batching import Batcher
+from service.config import Settings
+
+log = logging.getLogger(__name__)
+
+WARMUP_SHAPES = [(1, 16), (1, 64), (8, 32), (32, 32), (32, 128)]
+UNHEALTHY_AFTER_FAILED_BATCHES = 3
+
+
+@dataclass
+class Result:
+    label: str
+    score: float
+    top_k: list[tuple[str, float]]
+    truncated: bool
+    low_confidence: bool
+
+
+class LRUCache:
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._data: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: str) -> np.ndarray | None:
+        if self.size == 0:
+            return None
+        value = self._data.get(key)
+        if value is None:
+            self.misses += 1
+            return None
+        self._data.move_to_end(key)
+        self.hits += 1
+        return value
+
+    def put(self, key: str, value: np.ndarray) -> None:
+        if self.size == 0:
+            return
+        self._data[key] = value
+        self._data.move_to_end(key)
+        while len(self._data) > self.size:
+            self._data.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+class Engine:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.artifact: Artifact | None = None
+        self.tokenizer: ErnieTokenizerFast | None = None
+        self.backend: Backend | None = None
+        self.batcher: Batcher | None = None
+        self.cache = LRUCache(settings.cache_size)
+        self.labels: list[str] = []
+        self.format = ""
+        self.model_key = ""
+        self.ready = False
+        self.not_ready_reason = "starting"
+        self.draining = False
+        self.consecutive_failures = 0
+        self.on_batch: Callable[[int, int, int, float], None] | None = None
+
+    # ------------------------------------------------------------------ start-up
+    def load(self) -> None:
+        """Blocking: verify, load, warm up. Sets `ready` or `not_ready_reason`; never raises."""
+        started = time.perf_counter()
+        try:
+            artifact = verify_artifact(self.settings.artifact)
+            fmt = self.settings.format or artifact.manifest.get("default_format", "onnx-fp32")
+            tokenizer = ErnieTokenizerFast.load(artifact.root / artifact.manifest["tokenizer"]["path"])
+            backend = load_backend(artifact, fmt, self.settings.threads)
+            backend.warmup(WARMUP_SHAPES)
+        except Exception as err:  # any failure: stay up, not ready, say why
+            self.not_ready_reason = str(err)
+            log.error("model not loaded, service stays not-ready: %s", err)
+            return
+        self.artifact, self.tokenizer, self.backend, self.format = artifact, tokenizer, backend, fmt
+        self.labels = artifact.labels
+        self.model_key = artifact.manifest["files"][artifact.manifest["formats"][fmt]["path"]]["sha256"]
+        log.info(
+            "model %s (%s, %s) ready in %.2f s",
+            artifact.manifest.get("name"),
+            fmt,
+            backend.precision,
+            time.perf_counter() - started,
+        )
+
+    def start(self) -> None:
+        """In the event loop: start the batcher. Ready only if load() succeeded."""
+        if self.backend is None or self.tokenizer is None:
+            return
+        s = self.settings
+        self.batcher = Batcher(
+            self._infer,
+            self.tokenizer.pad_id,
+            s.max_batch_size,
+            s.max_batch_tokens,
+            s.max_wait_ms / 1000,
+            s.queue_capacity,
+            on_batch=self.on_batch,
+        )
+        self.batcher.start()
+        self.ready, self.not_ready_reason = True, ""
+
+    async def stop(self) -> None:
+        if self.batcher is not None:
+            await self.batcher.stop()
+
+    def _infer(self, input_ids: np.ndarray, token_type_ids: np.ndarray) -> np.ndarray:
+        assert self.backend is not None
+        try:
+            logits = self.backend.infer(input_ids, token_type_ids)
+        except Exception:
+            self.consecutive_failures += 1
+            if self.consecutive_failures >= UNHEALTHY_AFTER_FAILED_BATCHES:
+                self.not_ready_reason = f"{self.consecutive_failures} consecutive inference failures"
+            raise
+        self.consecutive_failures = 0
+        return logits
+
+    @property
+    def is_ready(self) -> bool:
+        return self.ready and not self.draining and self.consecutive_failures < UNHEALTHY_AFTER_FAILED_BATCHES
+
+    # ------------------------------------------------------------------ requests
+    def prepare(self, texts: list[str], truncate: bool) -> tuple[list[str], list[bool]]:
+        """Guards on raw texts -> (normalised texts, cut flags). Raises UserInputError naming the index."""
+        cap = self.settings.max_chars_per_text
+        normalized, cut = [], []
+        for i, text in enumerate(texts):
+            was_cut = len(text) > cap
+            if was_cut and not truncate:
+                raise UserInputError(
+                    f"texts[{i}] has {len(text)} characters; the limit is {cap}.",
+                    "Shorten it, split it, or send truncate=true to classify its first characters.",
+                )
+            norm = normalize_text(text[:cap] if was_cut else text)
+            if not norm:
+                raise UserInputError(
+                    f"texts[{i}] is empty after normalisation (only whitespace, control or invisible characters).",
+                    "Send text with visible characters, or drop this item.",
+                )
+            normalized.append(norm)
+            cut.append(was_cut)
+        return normalized, cut
+
+    async def classify(
+        self, texts: list[str], top_k: int, truncate: bool, deadline: float, gone: Callable[[], bool]
+    ) -> list[Result]:
+        assert self.tokenizer is not None and self.batcher is not None
+        normalized, cut = self.prepare(texts, truncate)
+        logits: list[np.ndarray | None] = [self.cache.get(self._key(t)) for t in normalized]
+        misses = [i for i, row in enumerate(logits) if row is None]
+        overflow = [False] * len(texts)
+        if misses:
+            encoded = self.tokenizer.encode_with_overflow([normalized[i] for i in misses], normalized=True)
+            rows = await self.batcher.submit([ids for ids, _ in encoded], deadline, gone)
+            for i, (_, over), row in zip(misses, encoded, rows, strict=True):
+                logits[i] = row
+                overflow[i] = over
+                self.cache.put(self._key(normalized[i]), row)
+        return [
+            self._result(row, cut[i] or overflow[i] or self._overflows(normalized[i], row), top_k)
+            for i, row in enumerate(logits)
+        ]
+
+    def _overflows(self, text: str, row: np.ndarray | None) -> bool:
+        # cache hits do not carry the overflow flag; recompute cheaply only for long texts
+        assert self.tokenizer is not None
+        return (
+            len(text) > self.tokenizer.max_seq_len - 2
+            and self.tokenizer.encode_with_overflow([text], normalized=True)[0][1]
+        )
+
+    def _key(self, normalized: str) -> str:
+        return f"{self.model_key}:{normalized}"
+
+    def _result(self, row: np.ndarray | None, truncated: bool, top_k: int) -> Result:
+        assert row is not None
+        z = row.astype(np.float64) - row.max()
+        probs = np.exp(z) / np.exp(z).sum()
+        order = np.argsort(-probs)[:top_k]
+        best = int(order[0])
+        score = float(probs[best])
+        return Result(
+            label=self.labels[best],
+            score=score,
+            top_k=[(self.labels[int(j)], float(probs[j])) for j in order],
+            truncated=truncated,
+            low_confidence=score < self.settings.low_confidence_threshold,
+        )
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no text is queued or in flight (for drain); True if idle within `timeout`."""
+        end = time.monotonic() + timeout
+        while self.batcher is not None and self.batcher.busy:
+            if time.monotonic() > end:
+                return False
+            await asyncio.sleep(0.01)
+        return True

@@ -1,0 +1,293 @@
+"""Assembly: settings -> engine (model) -> FastAPI app with guards, auth, routes, metrics and lifespan.
+
+Routes:  POST /v1/classify   GET /v1/models   GET /healthz (live)   GET /readyz (ready)   GET /metrics
+         GET /docs (Swagger UI served from the package, no CDN)   GET /openapi.json
+
+Error mapping (one place): ErnieClsError subclasses -> their http_status with {"error": {type, message, hint}};
+request validation -> 422; anything else -> a generic 500, traceback to the log only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Coroutine, MutableMapping
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi_offline import FastAPIOffline
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ernie_cls import __version__
+from ernie_cls.errors import ErnieClsError
+from service.api.guards import GuardMiddleware
+from service.api.schemas import (
+    ClassifyRequestBase,
+    ClassifyResponse,
+    ErrorResponse,
+    LabelScore,
+    ModelInfo,
+    ModelsResponse,
+    Prediction,
+    classify_request_model,
+)
+from service.config import Settings
+from service.engine import Engine
+from service.errors import (
+    ClientGoneError,
+    NotReadyError,
+    QueueFullError,
+    UnauthorizedError,
+    UnsupportedMediaTypeError,
+)
+from service.metrics import Metrics
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+ERROR_RESPONSES: dict[int | str, dict] = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in {
+        401: "Missing or wrong API key.",
+        413: "Body larger than the limit.",
+        415: "Body is not application/json.",
+        422: "Invalid request: bad JSON, too many texts, a text too long or empty after normalisation.",
+        429: "Queue full: retry after the Retry-After header's seconds.",
+        503: "Not ready (loading, draining, or the model failed verification).",
+        504: "Deadline passed before the request could run; no work was done.",
+    }.items()
+}
+
+
+def _error(
+    status: int, kind: str, message: str, hint: str = "", details: object = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    body = {"error": {"type": kind, "message": message, "hint": hint, "details": details}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
+    settings = settings or Settings()
+    engine = engine or Engine(settings)
+    metrics = Metrics()
+    engine.on_batch = metrics.on_batch
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await asyncio.to_thread(engine.load)
+        engine.start()
+        metrics.ready.set(1 if engine.is_ready else 0)
+        yield
+        engine.draining = True
+        metrics.ready.set(0)
+        await engine.wait_idle(settings.drain_timeout_s)
+        await engine.stop()
+
+    docs_enabled = True
+    app = FastAPIOffline(
+        title="ernie-cls",
+        version=__version__,
+        description="Chinese text classification with ERNIE (INT8 ONNX Runtime by default). "
+        "Send one text or a list; each text gets its label, score and top-k labels.",
+        lifespan=lifespan,
+        docs_url="/docs" if docs_enabled else None,
+        redoc_url=None,
+    )
+    app.state.engine = engine
+    app.state.metrics = metrics
+
+    def count_response(scope: MutableMapping[str, Any], status: int) -> None:
+        route = scope.get("route")
+        metrics.requests.labels(getattr(route, "path", "unmatched"), str(status)).inc()
+
+    app.add_middleware(GuardMiddleware, max_body_bytes=settings.max_body_bytes, on_response=count_response)
+
+    keys = [k.get_secret_value().encode() for k in settings.api_keys]
+
+    async def require_key(request: Request) -> None:
+        if not keys:
+            return
+        header = request.headers.get("authorization", "")
+        token = header[7:].encode() if header.lower().startswith("bearer ") else b""
+        if not any(hmac.compare_digest(token, k) for k in keys):  # constant time per key
+            raise UnauthorizedError()
+
+    # ---------------------------------------------------------------- error mapping
+    @app.exception_handler(ErnieClsError)
+    async def _ernie_error(request: Request, err: ErnieClsError) -> JSONResponse:
+        headers = None
+        if isinstance(err, QueueFullError):
+            headers = {"Retry-After": str(int(err.retry_after_s))}
+            metrics.rejected.inc()
+        if isinstance(err, UnauthorizedError):
+            headers = {"WWW-Authenticate": "Bearer"}
+        kind = re.sub(r"(?<!^)(?=[A-Z])", "_", type(err).__name__.removesuffix("Error")).lower()
+        return _error(err.http_status, kind, err.message, err.hint, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, err: RequestValidationError) -> JSONResponse:
+        details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in err.errors()]
+        first = details[0] if details else {"loc": [], "msg": "invalid"}
+        kind = "invalid_json" if any(e.get("type") == "json_invalid" for e in err.errors()) else "validation_error"
+        return _error(
+            422,
+            kind,
+            f"Invalid request at {'.'.join(map(str, first['loc']))}: {first['msg']}.",
+            'Send JSON like {"texts": ["送餐很快"]}; see /docs for the schema.',
+            details,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        return _error(err.status_code, "http_error", str(err.detail), "See /docs for the routes.")
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, err: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return _error(500, "internal_error", "Internal error.", "Retry; if it persists, report the X-Request-ID.")
+
+    # ---------------------------------------------------------------- routes
+    request_model = classify_request_model(settings.max_texts_per_request, _label_count(settings))
+
+    @app.post(
+        "/v1/classify",
+        response_model=ClassifyResponse,
+        responses=ERROR_RESPONSES,
+        dependencies=[Depends(require_key)],
+        tags=["classify"],
+    )
+    async def classify(body: request_model, request: Request) -> ClassifyResponse:  # type: ignore[valid-type]
+        if "application/json" not in request.headers.get("content-type", ""):
+            raise UnsupportedMediaTypeError()
+        if not engine.is_ready or engine.batcher is None:
+            raise NotReadyError(_reason(engine))
+        started = time.perf_counter()
+        payload: ClassifyRequestBase = body
+        texts = payload.all_texts()
+        timeout_ms = _timeout_ms(request, settings.request_timeout_ms)
+        deadline = time.monotonic() + timeout_ms / 1000
+        hits_before, misses_before = engine.cache.hits, engine.cache.misses
+        results = await _run_until_disconnect(
+            request,
+            engine.classify(texts, min(payload.top_k, len(engine.labels)), payload.truncate, deadline, lambda: False),
+        )
+        metrics.cache_hits.inc(engine.cache.hits - hits_before)
+        metrics.cache_misses.inc(engine.cache.misses - misses_before)
+        metrics.latency.observe(time.perf_counter() - started)
+        return ClassifyResponse(
+            predictions=[
+                Prediction(
+                    label=r.label,
+                    score=r.score,
+                    top_k=[LabelScore(label=lb, score=s) for lb, s in r.top_k],
+                    truncated=r.truncated,
+                    low_confidence=r.low_confidence,
+                )
+                for r in results
+            ],
+            model=_model_info(engine),
+        )
+
+    @app.get("/v1/models", response_model=ModelsResponse, dependencies=[Depends(require_key)], tags=["model"])
+    async def models() -> ModelsResponse:
+        if engine.artifact is None:
+            raise NotReadyError(_reason(engine))
+        m = engine.artifact.manifest
+        return ModelsResponse(
+            name=m.get("name", ""),
+            version=str(m.get("version", "")),
+            labels=engine.labels,
+            max_seq_len=engine.artifact.max_seq_len,
+            serving=_model_info(engine),
+            formats={k: {kk: vv for kk, vv in v.items() if kk != "quantization"} for k, v in m["formats"].items()},
+            metrics=m.get("metrics", {}),
+        )
+
+    @app.get("/healthz", tags=["operations"])
+    async def healthz() -> dict:
+        return {"status": "alive"}
+
+    @app.get("/readyz", tags=["operations"], responses={503: {"model": ErrorResponse}})
+    async def readyz() -> Response:
+        metrics.ready.set(1 if engine.is_ready else 0)
+        if engine.is_ready:
+            return JSONResponse({"status": "ready", "format": engine.format})
+        return _error(503, "not_ready", f"Not ready: {_reason(engine)}.", "Wait for start-up, or check the logs.")
+
+    @app.get("/metrics", tags=["operations"], include_in_schema=False)
+    async def metrics_route() -> Response:
+        if engine.batcher is not None:
+            metrics.queue_texts.set(engine.batcher.queued_texts)
+            stats = engine.batcher.stats
+            for reason, value in (("deadline", stats.dropped_deadline), ("disconnected", stats.dropped_disconnected)):
+                child = metrics.dropped.labels(reason)
+                child.inc(max(0, value - child._value.get()))
+            metrics.failed_batches.inc(max(0, stats.failed_batches - metrics.failed_batches._value.get()))
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+# ------------------------------------------------------------------------- helpers
+def _reason(engine: Engine) -> str:
+    return "draining" if engine.draining else (engine.not_ready_reason or "loading")
+
+
+def _label_count(settings: Settings) -> int:
+    """Labels in the artifact's manifest (for the schema's top_k bound); the full verification runs at start-up."""
+    from ernie_cls.artifact import ArtifactError, read_manifest
+
+    try:
+        return max(2, len(read_manifest(settings.artifact).manifest.get("labels", {})))
+    except ArtifactError:
+        return 2
+
+
+def _timeout_ms(request: Request, default: int) -> int:
+    raw = request.headers.get("x-request-timeout-ms")
+    if raw is None:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= 600_000:
+        from ernie_cls.errors import UserInputError
+
+        raise UserInputError("X-Request-Timeout-Ms must be an integer from 1 to 600000.", "E.g. 2000 for 2 s.")
+    return int(raw)
+
+
+def _model_info(engine: Engine) -> ModelInfo:
+    assert engine.artifact is not None and engine.backend is not None
+    m = engine.artifact.manifest
+    return ModelInfo(
+        name=m.get("name", ""),
+        version=str(m.get("version", "")),
+        backend=engine.backend.runtime,
+        precision=engine.backend.precision,
+    )
+
+
+async def _run_until_disconnect(request: Request, work: Coroutine[Any, Any, T]) -> T:
+    """Run `work`; if the client disconnects first, cancel it (its texts are dropped before inference)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_disconnect(request))
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            return task.result()
+        task.cancel()
+        raise ClientGoneError("Client disconnected.", "")
+    finally:
+        watcher.cancel()
+
+
+async def _wait_disconnect(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return

@@ -1,0 +1,165 @@
+"""Dynamic batcher invariants with a fake backend (no model): every text gets exactly its own row, in order."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from service.batching import Batcher, DeadlineExceededError, InferenceError, QueueFullError
+
+
+class FakeBackend:
+    """Logits row = [sum of token ids, length]: each text's answer is recognisable. Records every batch."""
+
+    def __init__(self, delay: float = 0.0, fail_when=None) -> None:
+        self.delay = delay
+        self.fail_when = fail_when
+        self.batches: list[np.ndarray] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, input_ids: np.ndarray, token_type_ids: np.ndarray) -> np.ndarray:
+        with self.lock:
+            self.batches.append(input_ids.copy())
+        if self.delay:
+            time.sleep(self.delay)
+        if self.fail_when is not None and self.fail_when(input_ids):
+            raise RuntimeError("backend exploded")
+        real = input_ids != 0
+        return np.stack([(input_ids * real).sum(1), real.sum(1)], axis=1).astype(np.float32)
+
+
+def expected(ids: list[int]) -> list[float]:
+    return [float(sum(ids)), float(len(ids))]
+
+
+def far() -> float:
+    return time.monotonic() + 60
+
+
+async def _with_batcher(backend, coro_fn, **kwargs):
+    batcher = Batcher(backend, pad_id=0, **kwargs)
+    batcher.start()
+    try:
+        return await coro_fn(batcher)
+    finally:
+        await batcher.stop()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.lists(st.lists(st.integers(1, 50), min_size=1, max_size=40), min_size=1, max_size=6), min_size=1, max_size=25
+    )
+)
+def test_every_text_gets_its_own_row_in_order_and_batches_respect_limits(requests):
+    backend = FakeBackend()
+
+    async def run(batcher):
+        return await asyncio.gather(*(batcher.submit(r, far()) for r in requests))
+
+    results = asyncio.run(
+        _with_batcher(backend, run, max_batch_size=8, max_batch_tokens=120, max_wait_s=0.002, queue_capacity=10_000)
+    )
+    for request, rows in zip(requests, results, strict=True):
+        assert [r.tolist() for r in rows] == [expected(ids) for ids in request]
+    for batch in backend.batches:
+        assert batch.shape[0] <= 8
+        assert batch.shape[0] == 1 or batch.size <= 120  # a single over-budget text still runs, alone
+    assert sum(b.shape[0] for b in backend.batches) == sum(map(len, requests))
+
+
+def test_concurrent_requests_are_batched():
+    backend = FakeBackend(delay=0.01)
+
+    async def run(batcher):
+        await asyncio.gather(*(batcher.submit([[1, 5, 2]], far()) for _ in range(12)))
+        return batcher.stats
+
+    stats = asyncio.run(_with_batcher(backend, run, max_batch_size=4, max_wait_s=0.05))
+    assert stats.texts == 12 and stats.batches == 3 and stats.batch_sizes == [4, 4, 4]
+
+
+def test_length_aware_grouping_pads_less_than_fifo():
+    backend = FakeBackend()
+    lengths = [3, 60, 4, 58, 5, 61, 3, 59] * 4
+
+    async def run(batcher):
+        await asyncio.gather(*(batcher.submit([[1] * n], far()) for n in lengths))
+        return batcher.stats
+
+    stats = asyncio.run(_with_batcher(backend, run, max_batch_size=4, max_wait_s=0.05))
+    fifo_padded = sum(max(lengths[i : i + 4]) * 4 for i in range(0, len(lengths), 4))
+    assert stats.padded_tokens / stats.real_tokens < 1.2 < fifo_padded / sum(lengths)
+
+
+def test_full_queue_rejects_with_retry_after_counting_texts_not_requests():
+    backend = FakeBackend(delay=0.05)
+
+    async def run(batcher):
+        first = asyncio.ensure_future(batcher.submit([[1, 2]] * 6, far()))
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFullError) as err:
+            await batcher.submit([[1, 2]] * 5, far())  # one list request may not bypass admission
+        assert err.value.retry_after_s >= 1 and err.value.http_status == 429
+        await first
+        return batcher.stats
+
+    stats = asyncio.run(_with_batcher(backend, run, queue_capacity=10, max_wait_s=0.001))
+    assert stats.rejected_texts == 5
+
+
+def test_expired_texts_are_not_run():
+    backend = FakeBackend()
+
+    async def run(batcher):
+        with pytest.raises(DeadlineExceededError):
+            await batcher.submit([[7, 7]], time.monotonic() - 1)
+        return batcher.stats
+
+    stats = asyncio.run(_with_batcher(backend, run))
+    assert stats.dropped_deadline == 1 and not backend.batches
+
+
+def test_texts_of_clients_that_left_are_dropped_before_inference():
+    backend = FakeBackend()
+
+    async def run(batcher):
+        task = asyncio.ensure_future(batcher.submit([[9, 9, 9]], far()))
+        await asyncio.sleep(0)
+        task.cancel()  # the HTTP layer cancels the request's task when the client disconnects
+        await asyncio.sleep(0.05)
+        await batcher.submit([[1, 1]], far())
+        return batcher.stats
+
+    stats = asyncio.run(_with_batcher(backend, run, max_wait_s=0.01))
+    assert stats.dropped_disconnected == 1
+    assert all(9 not in b for b in backend.batches)
+
+
+def test_a_failing_batch_fails_only_its_own_texts():
+    backend = FakeBackend(fail_when=lambda ids: (ids == 13).any())
+
+    async def run(batcher):
+        bad = asyncio.ensure_future(batcher.submit([[13, 13]], far()))
+        await asyncio.sleep(0.05)
+        good = await batcher.submit([[1, 2, 3]], far())
+        with pytest.raises(InferenceError):
+            await bad
+        return good, batcher.stats
+
+    good, stats = asyncio.run(_with_batcher(backend, run, max_wait_s=0.001))
+    assert good[0].tolist() == [6.0, 3.0] and stats.failed_batches == 1
+
+
+def test_backend_returning_wrong_row_count_is_an_inference_error():
+    async def run(batcher):
+        with pytest.raises(InferenceError):
+            await batcher.submit([[1], [2]], far())
+
+    asyncio.run(_with_batcher(lambda ids, tt: np.zeros((1, 2), np.float32), run, max_wait_s=0.001))

@@ -45,7 +45,6 @@ from service.errors import (
     NotReadyError,
     QueueFullError,
     UnauthorizedError,
-    UnsupportedMediaTypeError,
 )
 from service.metrics import Metrics
 
@@ -81,6 +80,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine.draining = False
         await asyncio.to_thread(engine.load)
         engine.start()
         metrics.ready.set(1 if engine.is_ready else 0)
@@ -146,6 +146,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        if err.status_code == 400 and "parsing the body" in str(err.detail):  # FastAPI's answer to invalid UTF-8
+            return _error(422, "invalid_json", "The body is not valid UTF-8 JSON.", "Encode the JSON body as UTF-8.")
         return _error(err.status_code, "http_error", str(err.detail), "See /docs for the routes.")
 
     @app.exception_handler(Exception)
@@ -156,16 +158,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     # ---------------------------------------------------------------- routes
     request_model = classify_request_model(settings.max_texts_per_request, _label_count(settings))
 
-    @app.post(
-        "/v1/classify",
-        response_model=ClassifyResponse,
-        responses=ERROR_RESPONSES,
-        dependencies=[Depends(require_key)],
-        tags=["classify"],
-    )
-    async def classify(body: request_model, request: Request) -> ClassifyResponse:  # type: ignore[valid-type]
-        if "application/json" not in request.headers.get("content-type", ""):
-            raise UnsupportedMediaTypeError()
+    async def classify(body: ClassifyRequestBase, request: Request) -> ClassifyResponse:
         if not engine.is_ready or engine.batcher is None:
             raise NotReadyError(_reason(engine))
         started = time.perf_counter()
@@ -194,6 +187,19 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             ],
             model=_model_info(engine),
         )
+
+    # The request model carries this deployment's limits; annotations are strings here (PEP 563), so set the real
+    # class before FastAPI reads the signature.
+    classify.__annotations__["body"] = request_model
+    app.add_api_route(
+        "/v1/classify",
+        classify,
+        methods=["POST"],
+        response_model=ClassifyResponse,
+        responses=ERROR_RESPONSES,
+        dependencies=[Depends(require_key)],
+        tags=["classify"],
+    )
 
     @app.get("/v1/models", response_model=ModelsResponse, dependencies=[Depends(require_key)], tags=["model"])
     async def models() -> ModelsResponse:

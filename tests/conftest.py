@@ -68,3 +68,23 @@ def trained_run(tmp_path_factory, small_csv) -> Path:
     out = tmp_path_factory.mktemp("run")
     train(tiny_train_config(out, small_csv, label_names={"0": "negative", "1": "positive"}))
     return out
+
+
+@pytest.fixture(scope="session")
+def qat_run(trained_run, tmp_path_factory):
+    """(QAT run directory, metrics) for the tiny trained model; a few steps only."""
+    from training.qat import QATConfig, run_qat
+
+    out = tmp_path_factory.mktemp("qat")
+    metrics = run_qat(QATConfig(checkpoint=str(trained_run / "best"), output=str(out), max_steps=6, progress=False))
+    return out, metrics
+
+
+@pytest.fixture(scope="session")
+def int8_artifact(trained_run, qat_run, tmp_path_factory) -> Path:
+    """A complete artifact (FP32 + INT8 + Triton) exported from the tiny model."""
+    from training.export import ExportConfig, export
+
+    out = tmp_path_factory.mktemp("exported") / "tiny-int8"
+    export(ExportConfig(checkpoint=str(trained_run / "best"), qat=str(qat_run[0] / "best"), output=str(out)))
+    return out

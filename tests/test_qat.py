@@ -14,20 +14,6 @@ from training.export import ExportConfig, export
 from training.qat import QATConfig, quantizable_linears, quantize_model, run_qat
 
 
-@pytest.fixture(scope="module")
-def qat_run(trained_run, tmp_path_factory):
-    out = tmp_path_factory.mktemp("qat")
-    metrics = run_qat(QATConfig(checkpoint=str(trained_run / "best"), output=str(out), max_steps=6, progress=False))
-    return out, metrics
-
-
-@pytest.fixture(scope="module")
-def int8_artifact(trained_run, qat_run, tmp_path_factory):
-    out = tmp_path_factory.mktemp("exported") / "tiny-int8"
-    export(ExportConfig(checkpoint=str(trained_run / "best"), qat=str(qat_run[0] / "best"), output=str(out)))
-    return out
-
-
 def test_qat_wraps_encoder_linears_only(trained_run):
     from paddle.nn.quant.qat import QuantedLinear
 

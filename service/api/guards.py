@@ -23,10 +23,6 @@ def error_body(kind: str, message: str, hint: str = "") -> bytes:
     return json.dumps({"error": {"type": kind, "message": message, "hint": hint, "details": None}}).encode()
 
 
-class BodyTooLargeError(Exception):
-    pass
-
-
 class GuardMiddleware:
     def __init__(
         self, app: ASGIApp, max_body_bytes: int, on_response: Callable[[Scope, int], None] | None = None
@@ -58,35 +54,47 @@ class GuardMiddleware:
                 message["headers"] = list(message.get("headers", [])) + extra
             await send(message)
 
+        if scope["method"] in ("POST", "PUT", "PATCH") and not _is_json(headers.get("content-type", "")):
+            body = error_body(
+                "unsupported_media_type", "The body must be JSON.", "Send the header `Content-Type: application/json`."
+            )
+            await _respond(send_with_headers, 415, body)
+            return
+
         declared = headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             await self._reject(send_with_headers, limit)
             return
 
         received = 0
+        too_large = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            # Past the limit, end the body stream here (nothing more is read) and remember to answer 413.
+            nonlocal received, too_large
+            if too_large:
+                return {"type": "http.request", "body": b"", "more_body": False}
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise BodyTooLargeError
+                    too_large = True
+                    return {"type": "http.request", "body": b"", "more_body": False}
             return message
 
-        response_started = False
+        replaced = False
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal response_started
-            if message["type"] == "http.response.start":
-                response_started = True
+        async def guarded_send(message: Message) -> None:
+            # Whatever the app made of a cut-off body, the client gets the 413.
+            nonlocal replaced
+            if too_large:
+                if not replaced:
+                    replaced = True
+                    await self._reject(send_with_headers, limit)
+                return
             await send_with_headers(message)
 
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except BodyTooLargeError:
-            if not response_started:
-                await self._reject(send_with_headers, limit)
+        await self.app(scope, limited_receive, guarded_send)
 
     @staticmethod
     async def _reject(send: Send, limit: int) -> None:
@@ -107,3 +115,16 @@ class GuardMiddleware:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
+async def _respond(send: Send, status: int, body: bytes, close: bool = False) -> None:
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if close:  # the rest of the body is not read: the connection cannot be reused
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

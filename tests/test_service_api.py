@@ -1,0 +1,236 @@
+"""The HTTP API over httpx's ASGI transport, on a real exported INT8 artifact: every route and guard."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+
+import httpx
+import pytest
+
+from service.config import Settings
+from service.main import create_app
+
+
+def settings_for(artifact, **overrides) -> Settings:
+    values = dict(
+        artifact=str(artifact),
+        threads=1,
+        max_wait_ms=5.0,
+        max_texts_per_request=8,
+        max_chars_per_text=50,
+        max_body_bytes=4096,
+        cache_size=100,
+    )
+    values.update(overrides)
+    return Settings(**values)
+
+
+def metric(text: str, name: str) -> float:
+    return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")))
+
+
+def call(app, fn):
+    """Run `fn(client)` with the app's lifespan (model load, warm-up, batcher) around it."""
+
+    async def main():
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                return await fn(client)
+
+    return asyncio.run(main())
+
+
+@pytest.fixture(scope="module")
+def app(int8_artifact):
+    return create_app(settings_for(int8_artifact))
+
+
+def test_classify_one_text_and_a_list(app):
+    async def fn(client):
+        one = await client.post("/v1/classify", json={"text": "送餐很快，味道不错"})
+        many = await client.post("/v1/classify", json={"texts": ["好吃", "太难吃了", "一般般"], "top_k": 2})
+        return one, many
+
+    one, many = call(app, fn)
+    assert one.status_code == 200, one.text
+    body = one.json()
+    assert len(body["predictions"]) == 1
+    p = body["predictions"][0]
+    assert p["label"] in {"negative", "positive"} and 0.5 <= p["score"] <= 1
+    assert p["truncated"] is False and isinstance(p["low_confidence"], bool)
+    assert body["model"] == {"name": "tiny-int8", "version": "1", "backend": "onnxruntime", "precision": "int8"}
+    assert [len(p["top_k"]) for p in many.json()["predictions"]] == [2, 2, 2]
+    assert one.headers["x-request-id"] and float(one.headers["x-process-time-ms"]) > 0
+
+
+def test_answers_match_the_exported_model(app, int8_artifact, trained_run):
+    import numpy as np
+
+    from ernie_cls.tokenization import ErnieTokenizerFast
+    from training.export import OnnxRunner
+
+    texts = ["送餐很快，味道不错", "太难吃了，差评", "ＡＢＣ全角😀"]
+    tok = ErnieTokenizerFast.load(int8_artifact / "tokenizer")
+    logits = OnnxRunner(int8_artifact / "onnx/model.int8.onnx")(*tok(texts))
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+
+    async def fn(client):
+        return await client.post("/v1/classify", json={"texts": texts})
+
+    got = [p["score"] for p in call(app, fn).json()["predictions"]]
+    assert got == pytest.approx(probs.max(1).tolist(), abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "needle"),
+    [
+        ({"texts": ["好", "  \u200b\t "]}, 422, "texts[1] is empty after normalisation"),
+        ({"texts": ["x" * 51]}, 422, "texts[0] has 51 characters"),
+        ({"texts": ["好"] * 9}, 422, "texts"),
+        ({"texts": []}, 422, "texts"),
+        ({"text": "好", "texts": ["好"]}, 422, "exactly one"),
+        ({}, 422, "exactly one"),
+        ({"text": "好", "top_k": 0}, 422, "top_k"),
+        ({"text": "好", "extra": 1}, 422, "extra"),
+        ({"text": 5}, 422, "text"),
+    ],
+)
+def test_invalid_requests_get_422_with_a_message_and_hint(app, body, status, needle):
+    async def fn(client):
+        return await client.post("/v1/classify", json=body)
+
+    response = call(app, fn)
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert needle in error["message"] + json.dumps(error["details"]) and error["hint"]
+
+
+def test_truncate_true_cuts_and_flags_instead_of_rejecting(app):
+    async def fn(client):
+        return await client.post("/v1/classify", json={"texts": ["好吃" * 40, "好吃"], "truncate": True})
+
+    flags = [p["truncated"] for p in call(app, fn).json()["predictions"]]
+    assert flags == [True, False]
+
+
+def test_wrong_content_type_malformed_json_and_oversized_bodies(app):
+    async def fn(client):
+        text = await client.post("/v1/classify", content='{"text": "好"}', headers={"content-type": "text/plain"})
+        broken = await client.post("/v1/classify", content=b'{"text": "', headers={"content-type": "application/json"})
+        bad_utf8 = await client.post(
+            "/v1/classify", content=b'{"text": "\xff\xfe"}', headers={"content-type": "application/json"}
+        )
+        big = await client.post("/v1/classify", json={"texts": ["好" * 40] * 200})
+
+        async def chunks():
+            for _ in range(100):
+                yield b"x" * 100
+
+        chunked = await client.post("/v1/classify", content=chunks(), headers={"content-type": "application/json"})
+        return text, broken, bad_utf8, big, chunked
+
+    text, broken, bad_utf8, big, chunked = call(app, fn)
+    assert text.status_code == 415 and "Content-Type" in text.json()["error"]["hint"]
+    assert broken.status_code == 422 and broken.json()["error"]["type"] == "invalid_json"
+    assert bad_utf8.status_code == 422
+    assert big.status_code == 413 and chunked.status_code == 413
+    assert "Send fewer" in big.json()["error"]["hint"]
+
+
+def test_health_readiness_models_and_metrics(app):
+    async def fn(client):
+        before = (await client.get("/metrics")).text
+        await client.post("/v1/classify", json={"text": "我要退款"})
+        await client.post("/v1/classify", json={"text": "我要退款"})  # cache hit
+        return [before] + [await client.get(p) for p in ("/healthz", "/readyz", "/v1/models", "/metrics")]
+
+    before, health, ready, models, metrics = call(app, fn)
+    assert health.json() == {"status": "alive"}
+    assert ready.status_code == 200 and ready.json()["format"] == "onnx-int8"
+    m = models.json()
+    assert m["labels"] == ["negative", "positive"] and m["serving"]["precision"] == "int8"
+    assert "onnx-int8" in m["formats"] and "onnx-int8" in m["metrics"]
+    text = metrics.text
+    assert metric(text, "ernie_cls_cache_hits_total") == metric(before, "ernie_cls_cache_hits_total") + 1
+    assert metric(text, "ernie_cls_cache_misses_total") == metric(before, "ernie_cls_cache_misses_total") + 1
+    assert 'ernie_cls_requests_total{route="/v1/classify",status="200"}' in text
+
+
+def test_concurrent_requests_are_batched_per_the_services_own_metrics(int8_artifact):
+    app = create_app(settings_for(int8_artifact, max_wait_ms=50.0, cache_size=0))
+
+    async def fn(client):
+        replies = await asyncio.gather(
+            *(client.post("/v1/classify", json={"text": f"第{i}个评论，送餐很快"}) for i in range(16))
+        )
+        return replies, (await client.get("/metrics")).text
+
+    replies, metrics = call(app, fn)
+    assert all(r.status_code == 200 for r in replies)
+    assert metric(metrics, "ernie_cls_batches_total") < 16  # fewer model calls than requests
+
+
+def test_tampered_artifact_keeps_the_service_not_ready(int8_artifact, tmp_path, caplog):
+    copy = tmp_path / "a"
+    shutil.copytree(int8_artifact, copy)
+    with open(copy / "tokenizer/vocab.txt", "a", encoding="utf-8") as fh:
+        fh.write("evil\n")
+    app = create_app(settings_for(copy))
+
+    async def fn(client):
+        return (
+            await client.get("/readyz"),
+            await client.post("/v1/classify", json={"text": "好"}),
+            (await client.get("/healthz")),
+        )
+
+    ready, classify, health = call(app, fn)
+    assert ready.status_code == 503 and "sha256 mismatch" in ready.json()["error"]["message"]
+    assert classify.status_code == 503 and health.status_code == 200
+    assert any("sha256 mismatch" in r.message for r in caplog.records)
+
+
+def test_api_keys_protect_classify_but_not_health(int8_artifact):
+    app = create_app(settings_for(int8_artifact, api_keys="k1,k2"))
+
+    async def fn(client):
+        return (
+            await client.post("/v1/classify", json={"text": "好"}),
+            await client.post("/v1/classify", json={"text": "好"}, headers={"authorization": "Bearer nope"}),
+            await client.post("/v1/classify", json={"text": "好"}, headers={"authorization": "Bearer k2"}),
+            await client.get("/healthz"),
+            await client.get("/metrics"),
+        )
+
+    missing, wrong, right, health, metrics = call(app, fn)
+    assert missing.status_code == wrong.status_code == 401
+    assert missing.headers["www-authenticate"] == "Bearer" and "Bearer" in missing.json()["error"]["hint"]
+    assert right.status_code == 200 and health.status_code == 200 and metrics.status_code == 200
+
+
+def test_docs_are_served_without_a_cdn(app):
+    async def fn(client):
+        docs = await client.get("/docs")
+        schema = await client.get("/openapi.json")
+        return docs, schema
+
+    docs, schema = call(app, fn)
+    assert docs.status_code == 200
+    assert "cdn.jsdelivr.net" not in docs.text and "unpkg.com" not in docs.text
+    request_schema = schema.json()["components"]["schemas"]["ClassifyRequest"]
+    assert request_schema["properties"]["texts"]["anyOf"][0]["maxItems"] == 8
+    assert "送餐很快" in json.dumps(schema.json(), ensure_ascii=False)
+
+
+def test_request_id_is_echoed_and_timeout_header_validated(app):
+    async def fn(client):
+        echoed = await client.post("/v1/classify", json={"text": "好"}, headers={"x-request-id": "abc-123"})
+        bad = await client.post("/v1/classify", json={"text": "好"}, headers={"x-request-timeout-ms": "soon"})
+        return echoed, bad
+
+    echoed, bad = call(app, fn)
+    assert echoed.headers["x-request-id"] == "abc-123"
+    assert bad.status_code == 422 and "X-Request-Timeout-Ms" in bad.json()["error"]["message"]

@@ -1,0 +1,76 @@
+"""`python -m service`: serve the configured artifact with uvicorn, JSON logs and a graceful drain.
+
+SIGTERM/SIGINT: readiness turns 503 at once (load balancers stop sending), uvicorn stops accepting connections,
+requests already accepted finish (up to ERNIE_CLS_DRAIN_TIMEOUT_S), then the process exits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from types import FrameType
+
+import uvicorn
+
+from service.config import Settings
+from service.engine import Engine
+from service.main import create_app
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure_logging(json_logs: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonFormatter() if json_logs else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers = [handler]
+        logging.getLogger(name).propagate = False
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)  # per-request lines: use the metrics instead
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn.Server that marks the engine draining the moment a shutdown signal arrives."""
+
+    def __init__(self, config: uvicorn.Config, engine: Engine) -> None:
+        super().__init__(config)
+        self.engine = engine
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.engine.draining = True
+        super().handle_exit(sig, frame)
+
+
+def main() -> None:
+    settings = Settings()
+    configure_logging(settings.log_json)
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        timeout_graceful_shutdown=int(settings.drain_timeout_s) or None,
+        limit_concurrency=settings.queue_capacity * 2,
+        http="h11",
+    )
+    DrainingServer(config, app.state.engine).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""The real `python -m service` process (uvicorn): start, ready, classify, drain on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_service(artifact: Path, **env: str) -> tuple[subprocess.Popen, str, float]:
+    port = free_port()
+    environment = {
+        **os.environ,
+        "ERNIE_CLS_ARTIFACT": str(artifact),
+        "ERNIE_CLS_PORT": str(port),
+        "ERNIE_CLS_THREADS": "1",
+        **env,
+    }
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service"],
+        cwd=ROOT,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    while time.monotonic() - started < 30:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                return proc, base, time.monotonic() - started
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            raise AssertionError(f"service exited: {proc.stdout.read() if proc.stdout else ''}")
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("service not ready within 30 s")
+
+
+def queued(base: str) -> float:
+    text = httpx.get(f"{base}/metrics", timeout=2).text
+    return float(next(x.split()[-1] for x in text.splitlines() if x.startswith("ernie_cls_queue_texts ")))
+
+
+@pytest.fixture
+def service(int8_artifact):
+    proc, base, ready_after = start_service(int8_artifact)
+    yield proc, base, ready_after
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def test_real_process_is_ready_fast_and_classifies(service):
+    _, base, ready_after = service
+    assert ready_after < 15  # includes interpreter start and imports; docs/benchmarks.md has the measured figure
+    r = httpx.post(f"{base}/v1/classify", json={"texts": ["送餐很快", "太难吃了"]}, timeout=10)
+    assert r.status_code == 200 and len(r.json()["predictions"]) == 2
+
+
+def test_sigterm_drains_accepted_requests_then_exits(int8_artifact):
+    # A long batching wait keeps the accepted requests queued while the signal arrives.
+    proc, base, _ = start_service(int8_artifact, ERNIE_CLS_MAX_WAIT_MS="3000", ERNIE_CLS_CACHE_SIZE="0")
+    with ThreadPoolExecutor(16) as pool:
+        futures = [
+            pool.submit(httpx.post, f"{base}/v1/classify", json={"text": f"评论{i}"}, timeout=20) for i in range(16)
+        ]
+        deadline = time.monotonic() + 5
+        while queued(base) < 16 and time.monotonic() < deadline:  # all accepted, none answered yet
+            time.sleep(0.02)
+        assert queued(base) == 16
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        with pytest.raises(httpx.HTTPError):  # no new connections once draining
+            httpx.get(f"{base}/healthz", timeout=1)
+        statuses = [f.result().status_code for f in futures]
+    assert statuses == [200] * 16  # nothing accepted is lost
+    assert proc.wait(timeout=25) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after draining
+    log = proc.stdout.read() if proc.stdout else ""
+    assert "Shutting down" in log and "Traceback" not in log

@@ -72,15 +72,35 @@ def test_int8_onnx_is_qdq_around_every_intended_matmul_with_zero_point_zero(int8
 def test_int8_artifact_passes_its_checks_and_verification(int8_artifact):
     artifact = verify_artifact(int8_artifact)
     m = artifact.manifest
-    assert m["default_format"] == "onnx-int8"
-    assert {"onnx-int8", "paddle-int8", "triton"} <= set(m["formats"])
+    assert m["default_format"] == "onnx-int8-cpu"
+    assert {"onnx-int8", "onnx-int8-cpu", "paddle-int8", "triton"} <= set(m["formats"])
     assert m["checks"]["qat_vs_onnx_int8"]["argmax_agreement"] >= 0.99
+    assert m["checks"]["qat_vs_onnx_int8_cpu"]["argmax_agreement"] >= 0.99
     assert m["checks"]["int8_accuracy_drop"]["passed"]
     config = (int8_artifact / "triton/ernie_cls/config.pbtxt").read_text()
     assert "dynamic_batching" in config and 'name: "logits"' in config
     assert (int8_artifact / "triton/ernie_cls/1/model.onnx").read_bytes() == (
         int8_artifact / "onnx/model.int8.onnx"
     ).read_bytes()
+
+
+def test_cpu_int8_flavour_uses_the_same_qat_scales_as_the_qdq_one(int8_artifact):
+    import onnx
+    from onnx import numpy_helper
+
+    def scales(path, suffix):
+        model = onnx.load(str(int8_artifact / path))
+        return {
+            i.name.removesuffix(suffix): numpy_helper.to_array(i)
+            for i in model.graph.initializer
+            if i.name.endswith(suffix) and i.name.startswith("linear_")
+        }
+
+    qdq = scales("onnx/model.int8.onnx", "_scale")
+    cpu = scales("onnx/model.int8-cpu.onnx", "_scale")
+    assert len(qdq) == 12 and qdq.keys() == cpu.keys()  # one per-channel scale vector per quantised weight
+    for name in qdq:
+        np.testing.assert_allclose(qdq[name], cpu[name], rtol=1e-6)
 
 
 def test_int8_file_is_much_smaller_than_fp32(int8_artifact):
@@ -146,13 +166,11 @@ def test_bench_model_measures_every_format_and_writes_json_and_plot(int8_artifac
     report = run_bench(
         BenchConfig(str(int8_artifact), batch_sizes=[1, 4], seq_lens=[16], min_seconds=0.01, output=str(out))
     )
-    assert {r["format"] for r in report["results"]} == {"paddle-fp32", "paddle-int8", "onnx-fp32", "onnx-int8"}
+    formats = {"paddle-fp32", "paddle-int8", "onnx-fp32", "onnx-int8", "onnx-int8-cpu"}
+    assert {r["format"] for r in report["results"]} == formats
     assert all(r["items_per_second"] > 0 and r["runs"] >= 5 for r in report["results"])
-    assert {(r["runtime"], r["batch_size"]) for r in report["int8_vs_fp32"]} == {
-        ("paddle", 1),
-        ("paddle", 4),
-        ("onnx", 1),
-        ("onnx", 4),
+    assert {(r["format"], r["vs"], r["batch_size"]) for r in report["int8_vs_fp32"]} == {
+        (f, f.split("-")[0] + "-fp32", b) for f in formats if "int8" in f for b in (1, 4)
     }
     assert report["threads"] >= 1 and report["machine"]["cpu"]
     assert json.loads(out.read_text()) == report and out.with_suffix(".png").stat().st_size > 1000

@@ -74,7 +74,7 @@ def test_answers_match_the_exported_model(app, int8_artifact, trained_run):
 
     texts = ["送餐很快，味道不错", "太难吃了，差评", "ＡＢＣ全角😀"]
     tok = ErnieTokenizerFast.load(int8_artifact / "tokenizer")
-    logits = OnnxRunner(int8_artifact / "onnx/model.int8.onnx")(*tok(texts))
+    logits = OnnxRunner(int8_artifact / "onnx/model.int8-cpu.onnx")(*tok(texts))
     probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
 
     async def fn(client):
@@ -149,10 +149,10 @@ def test_health_readiness_models_and_metrics(app):
 
     before, health, ready, models, metrics = call(app, fn)
     assert health.json() == {"status": "alive"}
-    assert ready.status_code == 200 and ready.json()["format"] == "onnx-int8"
+    assert ready.status_code == 200 and ready.json()["format"] == "onnx-int8-cpu"
     m = models.json()
     assert m["labels"] == ["negative", "positive"] and m["serving"]["precision"] == "int8"
-    assert "onnx-int8" in m["formats"] and "onnx-int8" in m["metrics"]
+    assert {"onnx-int8", "onnx-int8-cpu"} <= set(m["formats"]) and "onnx-int8-cpu" in m["metrics"]
     text = metrics.text
     assert metric(text, "ernie_cls_cache_hits_total") == metric(before, "ernie_cls_cache_hits_total") + 1
     assert metric(text, "ernie_cls_cache_misses_total") == metric(before, "ernie_cls_cache_misses_total") + 1

@@ -4,6 +4,9 @@ Importing this package sets Paddle's CPU environment (threads, MKL on AMD) befor
 training/paddle_env.py. Paddle itself is imported lazily, inside the functions that need it.
 """
 
+import os
+
 from training import paddle_env
 
-paddle_env.configure()
+if not os.environ.get("ERNIE_CLS_NO_PADDLE_ENV"):  # set by training.bench_speed to measure Paddle's defaults
+    paddle_env.configure()

@@ -24,7 +24,7 @@ import numpy as np
 
 from ernie_cls.artifact import verify_artifact
 
-RUNTIME_FORMATS = ("paddle-fp32", "paddle-int8", "onnx-fp32", "onnx-int8")
+RUNTIME_FORMATS = ("paddle-fp32", "paddle-int8", "onnx-fp32", "onnx-int8", "onnx-int8-cpu")
 
 
 @dataclass
@@ -128,17 +128,19 @@ def run_bench(cfg: BenchConfig) -> dict:
 
 
 def _ratios(results: list[dict]) -> list[dict]:
-    """INT8 / FP32 throughput per runtime and shape."""
+    """Throughput of each INT8 format over its runtime's FP32 format, per shape."""
     index = {(r["format"], r["batch_size"], r["seq_len"]): r["items_per_second"] for r in results}
     ratios = []
     for (fmt, b, s), ips in index.items():
-        if fmt.endswith("int8") and (fmt.replace("int8", "fp32"), b, s) in index:
+        base = f"{fmt.split('-')[0]}-fp32"
+        if "int8" in fmt and (base, b, s) in index:
             ratios.append(
                 {
-                    "runtime": fmt.split("-")[0],
+                    "format": fmt,
+                    "vs": base,
                     "batch_size": b,
                     "seq_len": s,
-                    "speedup": round(ips / index[(fmt.replace("int8", "fp32"), b, s)], 3),
+                    "speedup": round(ips / index[(base, b, s)], 3),
                 }
             )
     return ratios

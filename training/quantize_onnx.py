@@ -151,3 +151,53 @@ def write_int8_qdq(
     onnx.checker.check_model(quantized)
     onnx.save(quantized, str(out_path))
     return {"matmuls": len(matmuls), "embedding_tables_int8": embeddings}
+
+
+def write_int8_cpu(
+    fp32_path: Path, out_path: Path, scales_by_weight: dict[str, dict], calibration: list[dict[str, np.ndarray]]
+) -> dict:
+    """The CPU-tuned INT8 flavour from the same QAT scales: QOperator, uint8 activations, int8 weights.
+
+    On x86 without VNNI, ONNX Runtime's u8s8 integer GEMM kernels are the fast path; its kernels for the QDQ form
+    with int8 activations (the TensorRT form) are not. uint8 with zero point 128 and the QAT scale s is the same
+    quantisation grid as symmetric int8 with scale s, shifted: the learned ranges carry over unchanged.
+    """
+    import onnx
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    model = onnx.load(str(fp32_path))
+    _name_nodes(model)
+    matmuls = linear_matmuls(model, set(scales_by_weight))
+    overrides: dict[str, list[dict]] = {}
+    for activation, weight in matmuls.values():
+        s = scales_by_weight[weight]["activation_scale"]
+        prev = float(overrides.get(activation, [{"scale": np.zeros(1)}])[0]["scale"][0])
+        overrides[activation] = [{"scale": _f32(max(prev, s)), "zero_point": np.array([128], dtype=np.uint8)}]
+        channel = [
+            {"scale": np.float32(v), "zero_point": np.array(0, dtype=np.int8)}
+            for v in scales_by_weight[weight]["weight_scales"]
+        ]
+        channel[0]["axis"] = scales_by_weight[weight]["weight_axis"]
+        overrides[weight] = channel
+    named = out_path.with_suffix(".named.onnx")
+    onnx.save(model, str(named))
+    try:
+        quantize_static(
+            str(named),
+            str(out_path),
+            calibration_data_reader=_Batches(calibration),
+            quant_format=QuantFormat.QOperator,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            op_types_to_quantize=["MatMul"],
+            nodes_to_quantize=list(matmuls),
+            extra_options={"WeightSymmetric": True, "TensorQuantOverrides": overrides},
+        )
+    finally:
+        named.unlink(missing_ok=True)
+    quantized = onnx.load(str(out_path))
+    embeddings = quantize_embeddings_weight_only(quantized)
+    onnx.checker.check_model(quantized)
+    onnx.save(quantized, str(out_path))
+    return {"matmuls": len(matmuls), "embedding_tables_int8": embeddings}

@@ -105,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--qat", help="QAT checkpoint from `ernie-cls qat` (adds INT8 Paddle/ONNX models + Triton repo)")
     x.add_argument("--min-int8-agreement", type=float, default=0.99, help="INT8 vs QAT argmax agreement on dev")
     x.add_argument("--max-int8-accuracy-drop", type=float, default=0.005, help="INT8 vs FP32 test accuracy")
+    x.add_argument(
+        "--formats",
+        dest="keep_formats",
+        type=lambda v: v.split(","),
+        help="formats to ship (comma-separated); all are still checked. Default: all",
+    )
     x.add_argument("--name", help="model name in the manifest (default: the output directory's name)")
     x.add_argument("--version", default="1", help="model version in the manifest")
     x.add_argument("--data", help="labelled file for the export checks (default: the training split)")

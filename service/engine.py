@@ -174,7 +174,13 @@ class Engine:
         return normalized, cut
 
     async def classify(
-        self, texts: list[str], top_k: int, truncate: bool, deadline: float, gone: Callable[[], bool]
+        self,
+        texts: list[str],
+        top_k: int,
+        truncate: bool,
+        deadline: float,
+        gone: Callable[[], bool],
+        timings: dict[str, float] | None = None,
     ) -> list[Result]:
         assert self.tokenizer is not None and self.batcher is not None
         normalized, cut = self.prepare(texts, truncate)
@@ -183,7 +189,7 @@ class Engine:
         overflow = [False] * len(texts)
         if misses:
             encoded = self.tokenizer.encode_with_overflow([normalized[i] for i in misses], normalized=True)
-            rows = await self.batcher.submit([ids for ids, _ in encoded], deadline, gone)
+            rows = await self.batcher.submit([ids for ids, _ in encoded], deadline, gone, timings)
             for i, (_, over), row in zip(misses, encoded, rows, strict=True):
                 logits[i] = row
                 overflow[i] = over

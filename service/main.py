@@ -158,7 +158,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     # ---------------------------------------------------------------- routes
     request_model = classify_request_model(settings.max_texts_per_request, _label_count(settings))
 
-    async def classify(body: ClassifyRequestBase, request: Request) -> ClassifyResponse:
+    async def classify(body: ClassifyRequestBase, request: Request, response: Response) -> ClassifyResponse:
         if not engine.is_ready or engine.batcher is None:
             raise NotReadyError(_reason(engine))
         started = time.perf_counter()
@@ -167,10 +167,15 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         timeout_ms = _timeout_ms(request, settings.request_timeout_ms)
         deadline = time.monotonic() + timeout_ms / 1000
         hits_before, misses_before = engine.cache.hits, engine.cache.misses
+        timings = {"queue_s": 0.0, "inference_s": 0.0}  # stays 0 when every text came from the cache
         results = await _run_until_disconnect(
             request,
-            engine.classify(texts, min(payload.top_k, len(engine.labels)), payload.truncate, deadline, lambda: False),
+            engine.classify(
+                texts, min(payload.top_k, len(engine.labels)), payload.truncate, deadline, lambda: False, timings
+            ),
         )
+        response.headers["X-Queue-Time-Ms"] = f"{timings['queue_s'] * 1000:.2f}"
+        response.headers["X-Inference-Time-Ms"] = f"{timings['inference_s'] * 1000:.2f}"
         metrics.cache_hits.inc(engine.cache.hits - hits_before)
         metrics.cache_misses.inc(engine.cache.misses - misses_before)
         metrics.latency.observe(time.perf_counter() - started)

@@ -126,6 +126,25 @@ def test_expired_texts_are_not_run():
     assert stats.dropped_deadline == 1 and not backend.batches
 
 
+def test_deadline_is_answered_on_time_while_the_model_is_busy():
+    """A queued request gets its 504 at its deadline even while a long batch occupies the model."""
+    backend = FakeBackend(delay=0.5)
+
+    async def run(batcher):
+        busy = asyncio.ensure_future(batcher.submit([[1, 2]], far()))
+        await asyncio.sleep(0.05)  # the first batch is now running for 0.5 s
+        start = time.monotonic()
+        with pytest.raises(DeadlineExceededError):
+            await batcher.submit([[5, 5]], time.monotonic() + 0.1)
+        waited = time.monotonic() - start
+        await busy
+        return waited, batcher.stats
+
+    waited, stats = asyncio.run(_with_batcher(backend, run, max_wait_s=0.001))
+    assert waited < 0.3 and stats.dropped_deadline == 1
+    assert all(5 not in b for b in backend.batches)  # never run
+
+
 def test_texts_of_clients_that_left_are_dropped_before_inference():
     backend = FakeBackend()
 

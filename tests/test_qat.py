@@ -214,3 +214,31 @@ def test_int8_onnx_is_under_30_percent_of_fp32_with_ernie_sized_vocabulary(tmp_p
     )
     ratio = (tmp_path / "int8.onnx").stat().st_size / (tmp_path / "fp32.onnx").stat().st_size
     assert ratio <= 0.30, ratio
+
+
+def test_export_can_ship_a_subset_of_formats(trained_run, qat_run, tmp_path):
+    from ernie_cls.artifact import verify_artifact
+
+    out = tmp_path / "small"
+    export(
+        ExportConfig(
+            checkpoint=str(trained_run / "best"),
+            qat=str(qat_run[0] / "best"),
+            output=str(out),
+            keep_formats=["onnx-int8-cpu", "onnx-int8", "triton"],
+        )
+    )
+    artifact = verify_artifact(out)
+    assert set(artifact.manifest["formats"]) == {"onnx-int8-cpu", "onnx-int8", "triton"}
+    assert set(artifact.manifest["omitted_formats"]) == {"onnx-fp32", "paddle-fp32", "paddle-int8"}
+    assert "onnx-fp32" in artifact.manifest["metrics"]  # measured before it was left out
+    assert not (out / "paddle").exists() and not (out / "onnx/model.fp32.onnx").exists()
+    with pytest.raises(ConfigError, match="default format"):
+        export(
+            ExportConfig(
+                checkpoint=str(trained_run / "best"),
+                qat=str(qat_run[0] / "best"),
+                output=str(tmp_path / "x"),
+                keep_formats=["onnx-int8"],
+            )
+        )

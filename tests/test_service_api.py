@@ -64,6 +64,7 @@ def test_classify_one_text_and_a_list(app):
     assert body["model"] == {"name": "tiny-int8", "version": "1", "backend": "onnxruntime", "precision": "int8"}
     assert [len(p["top_k"]) for p in many.json()["predictions"]] == [2, 2, 2]
     assert one.headers["x-request-id"] and float(one.headers["x-process-time-ms"]) > 0
+    assert float(one.headers["x-inference-time-ms"]) > 0 and float(one.headers["x-queue-time-ms"]) >= 0
 
 
 def test_answers_match_the_exported_model(app, int8_artifact, trained_run):
@@ -234,3 +235,49 @@ def test_request_id_is_echoed_and_timeout_header_validated(app):
     echoed, bad = call(app, fn)
     assert echoed.headers["x-request-id"] == "abc-123"
     assert bad.status_code == 422 and "X-Request-Timeout-Ms" in bad.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("fmt", "precision"), [("paddle-fp32", "fp32"), ("paddle-int8", "int8-simulated"), ("onnx-fp32", "fp32")]
+)
+def test_other_backends_and_precisions_are_selectable(int8_artifact, fmt, precision):
+    app = create_app(settings_for(int8_artifact, format=fmt))
+
+    async def fn(client):
+        return await client.post("/v1/classify", json={"texts": ["送餐很快", "太难吃了"]})
+
+    body = call(app, fn).json()
+    assert len(body["predictions"]) == 2
+    assert body["model"]["precision"] == precision
+    assert body["model"]["backend"] == ("paddle-inference" if fmt.startswith("paddle") else "onnxruntime")
+
+
+def test_unknown_format_keeps_the_service_not_ready_with_the_choices(int8_artifact):
+    app = create_app(settings_for(int8_artifact, format="tensorrt"))
+
+    async def fn(client):
+        return await client.get("/readyz")
+
+    ready = call(app, fn)
+    assert ready.status_code == 503 and "onnx-int8-cpu" in ready.json()["error"]["message"]
+
+
+def test_serving_an_onnx_artifact_imports_no_paddle_and_unpickles_nothing(int8_artifact):
+    """The ONNX serving path must not need Paddle (not in the serve extra) nor unpickle anything."""
+    import subprocess
+    import sys
+
+    code = f"""
+import pickle, sys
+def refuse(*args, **kwargs):
+    raise AssertionError("something unpickled on the serving path")
+pickle.load = pickle.loads = pickle.Unpickler = refuse
+from service.config import Settings
+from service.engine import Engine
+engine = Engine(Settings(artifact={str(int8_artifact)!r}, threads=1))
+engine.load()
+assert engine.backend is not None, engine.not_ready_reason
+print(sorted(m for m in sys.modules if m.split(".")[0] in ("paddle", "paddlenlp")))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

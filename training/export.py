@@ -63,6 +63,7 @@ class ExportConfig:
     text_col: str | None = None
     label_col: str | None = None
     parity_tolerance: float = 1e-4
+    keep_formats: list[str] | None = None  # formats to ship; None = all (every format is still checked)
     min_int8_agreement: float = 0.99  # INT8 ONNX vs QAT model argmax agreement on dev
     max_int8_accuracy_drop: float = 0.005  # INT8 ONNX test accuracy vs FP32 (absolute)
     overwrite: bool = False
@@ -280,6 +281,9 @@ def export(cfg: ExportConfig) -> dict:
         int8 = _export_int8(cfg, tmp, tokenizer, label_map, dev) if cfg.qat else None
         manifest = _check_and_describe(cfg, tmp, model, tokenizer, label_map, dev, test, training_config, onnx, int8)
         manifest["provenance"]["data_path"] = os.path.basename(data_path)
+        if cfg.keep_formats is not None:
+            _drop_formats(tmp, manifest, cfg.keep_formats)
+        (tmp / "MODEL_CARD.md").write_text(model_card(manifest), encoding="utf-8")
         write_manifest(tmp, manifest)
         if out.exists():
             shutil.rmtree(out)
@@ -320,6 +324,78 @@ def _export_int8(cfg: ExportConfig, tmp: Path, tokenizer, label_map: LabelMap, d
     info["qat_model"] = qat_model
     info["qat_checkpoint"] = json.loads((qat_dir / "qat_config.json").read_text(encoding="utf-8"))
     return info
+
+
+def model_card(manifest: dict) -> str:
+    """A human summary of the artifact, generated from its manifest so the two cannot disagree."""
+    prov, metrics, checks = manifest["provenance"], manifest["metrics"], manifest["checks"]
+    train = prov.get("training_config") or {}
+    rows = "\n".join(
+        f"| {fmt} | {m['test_accuracy'] * 100:.2f} % | {m['test_macro_f1']:.4f} | {m['n_test']} |"
+        for fmt, m in metrics.items()
+        if isinstance(m, dict) and "test_accuracy" in m
+    )
+    check_rows = "\n".join(f"| {name} | {'pass' if c['passed'] else 'FAIL'} |" for name, c in checks.items())
+    shipped = ", ".join(f"`{f}`" for f in manifest["formats"])
+    omitted = ", ".join(f"`{f}`" for f in manifest.get("omitted_formats", {})) or "none"
+    return f"""# Model card: {manifest["name"]} (version {manifest["version"]})
+
+Text classification of Chinese texts into {", ".join(manifest["labels"].values())}.
+Written by `ernie-cls export` on {prov.get("created")} (git {str(prov.get("git_commit"))[:12]}).
+
+## Training
+- Base model: `{prov.get("base_model")}`; data: `{prov.get("data_path")}` (sha256 {prov.get("training_data_sha256")}).
+- Recipe: {", ".join(f"{k}={v}" for k, v in train.items())}.
+- QAT: {prov.get("qat")}.
+- Tokenizer: ERNIE WordPiece, {manifest["tokenizer"]["vocab_size"]} tokens, max_seq_len {manifest["max_seq_len"]},
+  normalisation v{manifest["tokenizer"]["normalization_version"]} (see tokenizers/README.md of ernie-cls).
+
+## Test metrics (held-out split, measured at export on every format)
+| format | accuracy | macro-F1 | n |
+|---|---|---|---|
+{rows}
+
+## Export checks
+| check | result |
+|---|---|
+{check_rows}
+
+## Formats
+Shipped: {shipped}. Left out of this copy: {omitted}.
+
+## Intended use and limits
+Routing and triage of short customer messages in the domain of the training data. Scores are softmax
+probabilities, not calibrated; texts from other domains, very long texts (cut at max_seq_len tokens) and other
+languages are outside what it was evaluated on. Review low_confidence answers by hand.
+"""
+
+
+def _drop_formats(root: Path, manifest: dict, keep: list[str]) -> None:
+    """Delete the files of formats not in `keep` (after every check ran on them) and record what was left out."""
+    unknown = set(keep) - set(manifest["formats"])
+    if unknown:
+        raise ConfigError(
+            f"--formats names {sorted(unknown)}, which this export does not produce.",
+            f"Choose from {sorted(manifest['formats'])}.",
+        )
+    omitted = {}
+    for fmt in [f for f in manifest["formats"] if f not in keep]:
+        spec = manifest["formats"].pop(fmt)
+        for key in ("path", "params", "model"):
+            if key in spec:
+                (root / spec[key]).unlink(missing_ok=True)
+        if fmt == "triton":
+            shutil.rmtree(root / TRITON_MODEL.split("/")[0], ignore_errors=True)
+        omitted[fmt] = "checked at export, then left out (--formats); `make default-model` rebuilds all formats"
+    for d in sorted((p for p in root.rglob("*") if p.is_dir()), reverse=True):
+        if not any(d.iterdir()):
+            d.rmdir()
+    if manifest["default_format"] not in manifest["formats"]:
+        raise ConfigError(
+            f"--formats leaves out the default format {manifest['default_format']}.",
+            "Keep it: the service serves it by default.",
+        )
+    manifest["omitted_formats"] = omitted
 
 
 def write_triton_repository(model_dir: Path, onnx_path: Path, num_labels: int, max_batch_size: int = 64) -> None:

@@ -68,6 +68,8 @@ class _Text:
     enqueued: float
     deadline: float
     gone: Callable[[], bool]
+    queue_s: float = 0.0
+    inference_s: float = 0.0
 
 
 @dataclass
@@ -138,9 +140,16 @@ class Batcher:
 
     # ------------------------------------------------------------------ admission
     async def submit(
-        self, sequences: Sequence[list[int]], deadline: float, gone: Callable[[], bool] = lambda: False
+        self,
+        sequences: Sequence[list[int]],
+        deadline: float,
+        gone: Callable[[], bool] = lambda: False,
+        timings: dict[str, float] | None = None,
     ) -> list[np.ndarray]:
-        """Logits rows for `sequences` (token ids incl. [CLS]/[SEP]), in order. Raises the errors above."""
+        """Logits rows for `sequences` (token ids incl. [CLS]/[SEP]), in order. Raises the errors above.
+
+        `timings`, if given, receives the longest queue wait and model-call time among these texts (seconds).
+        """
         if len(self._pending) + len(sequences) > self.queue_capacity:
             self.stats.rejected_texts += len(sequences)
             raise QueueFullError(self.retry_after_s())
@@ -150,12 +159,33 @@ class Batcher:
         self._pending.extend(texts)
         self._wakeup.set()
         try:
-            return list(await asyncio.gather(*(t.future for t in texts)))
+            rows = list(
+                await asyncio.wait_for(
+                    asyncio.gather(*(t.future for t in texts)), timeout=max(0.0, deadline - time.monotonic())
+                )
+            )
+        except TimeoutError:
+            # Answer 504 at the deadline, not at the next batch; texts still queued are never run.
+            self.stats.dropped_deadline += self._withdraw(texts)
+            raise DeadlineExceededError() from None
         except BaseException:
-            for t in texts:  # the caller gave up (cancelled) or one text failed: stop the others' work too
+            # The caller gave up (client gone: its task was cancelled) or a text failed: withdraw the rest.
+            self.stats.dropped_disconnected += self._withdraw(texts)
+            for t in texts:
                 if not t.future.done():
                     t.future.cancel()
             raise
+        if timings is not None:
+            timings["queue_s"] = max(t.queue_s for t in texts)
+            timings["inference_s"] = max(t.inference_s for t in texts)
+        return rows
+
+    def _withdraw(self, texts: list[_Text]) -> int:
+        """Remove these texts from the queue if still there; returns how many were removed."""
+        ids = set(map(id, texts))
+        before = len(self._pending)
+        self._pending = [t for t in self._pending if id(t) not in ids]
+        return before - len(self._pending)
 
     def retry_after_s(self) -> float:
         batches_ahead = len(self._pending) / self.max_batch_size + 1
@@ -184,8 +214,8 @@ class Batcher:
         now = time.monotonic()
         alive = []
         for t in self._pending:
-            if t.future.done():  # cancelled by its caller
-                self.stats.dropped_disconnected += 1
+            if t.future.done():  # cancelled by its caller (already counted when withdrawn)
+                continue
             elif t.gone():
                 self.stats.dropped_disconnected += 1
                 t.future.set_exception(ClientGoneError("The client disconnected.", ""))
@@ -247,5 +277,6 @@ class Batcher:
         if self._on_batch is not None:
             self._on_batch(len(batch), real, width * len(batch), elapsed)
         for row, t in enumerate(batch):
+            t.queue_s, t.inference_s = started - t.enqueued, elapsed
             if not t.future.done():
                 t.future.set_result(logits[row])

@@ -96,3 +96,27 @@ def test_sigterm_drains_accepted_requests_then_exits(int8_artifact):
     assert proc.wait(timeout=25) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after draining
     log = proc.stdout.read() if proc.stdout else ""
     assert "Shutting down" in log and "Traceback" not in log
+
+
+def test_real_process_serves_the_bundled_default_model_correctly():
+    proc, base, ready_after = start_service(ROOT / "exported" / "waimai-sentiment")
+    print(f"default model ready {ready_after:.2f} s after process start")  # figure in docs/benchmarks.md
+    try:
+        texts = [
+            "送餐很快，味道很好，下次还点",
+            "很好吃，服务也好，五星好评",
+            "等了两个小时，饭都凉了，差评",
+            "太难吃了，再也不点了",
+        ]
+        r = httpx.post(f"{base}/v1/classify", json={"texts": texts}, timeout=10)
+        body = r.json()
+        assert [p["label"] for p in body["predictions"]] == ["positive", "positive", "negative", "negative"]
+        assert body["model"] == {
+            "name": "waimai-sentiment",
+            "version": "1",
+            "backend": "onnxruntime",
+            "precision": "int8",
+        }
+    finally:
+        proc.kill()
+        proc.wait()

@@ -606,6 +606,9 @@ def _check_and_describe(
                     "dropout",
                     "test_size",
                     "dev_size",
+                    "pretrain_epochs",
+                    "vocab_size",
+                    "base_model",
                 )
             },
             "versions": _versions(),

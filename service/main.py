@@ -108,15 +108,15 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         metrics.requests.labels(getattr(route, "path", "unmatched"), str(status)).inc()
 
     app.add_middleware(GuardMiddleware, max_body_bytes=settings.max_body_bytes, on_response=count_response)
+    if settings.docs_require_auth and settings.api_keys:
+        app.add_middleware(DocsAuthMiddleware, keys=[k.get_secret_value().encode() for k in settings.api_keys])
 
     keys = [k.get_secret_value().encode() for k in settings.api_keys]
 
     async def require_key(request: Request) -> None:
         if not keys:
             return
-        header = request.headers.get("authorization", "")
-        token = header[7:].encode() if header.lower().startswith("bearer ") else b""
-        if not any(hmac.compare_digest(token, k) for k in keys):  # constant time per key
+        if not key_matches(request.headers.get("authorization", ""), keys):
             raise UnauthorizedError()
 
     # ---------------------------------------------------------------- error mapping
@@ -247,6 +247,38 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
 
 # ------------------------------------------------------------------------- helpers
+DOCS_PATHS = ("/docs", "/openapi.json", "/static-offline-docs")
+
+
+def key_matches(header: str, keys: list[bytes]) -> bool:
+    """Bearer token against every configured key, each compared in constant time."""
+    token = header[7:].encode() if header.lower().startswith("bearer ") else b""
+    return any(hmac.compare_digest(token, k) for k in keys)
+
+
+class DocsAuthMiddleware:
+    """With ERNIE_CLS_DOCS_REQUIRE_AUTH, /docs and /openapi.json need the API key too (browsers: use a proxy)."""
+
+    def __init__(self, app: Any, keys: list[bytes]) -> None:
+        self.app = app
+        self.keys = keys
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(DOCS_PATHS):
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+            if not key_matches(headers.get("authorization", ""), self.keys):
+                response = _error(
+                    401,
+                    "unauthorized",
+                    "Missing or wrong API key.",
+                    "Send `Authorization: Bearer <key>`; the docs are protected (DOCS_REQUIRE_AUTH).",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def _reason(engine: Engine) -> str:
     return "draining" if engine.draining else (engine.not_ready_reason or "loading")
 

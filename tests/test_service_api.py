@@ -281,3 +281,18 @@ print(sorted(m for m in sys.modules if m.split(".")[0] in ("paddle", "paddlenlp"
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_docs_can_require_the_api_key(int8_artifact):
+    open_docs = create_app(settings_for(int8_artifact, api_keys="k1"))
+    closed_docs = create_app(settings_for(int8_artifact, api_keys="k1", docs_require_auth=True))
+
+    async def fn(client):
+        return (
+            (await client.get("/docs")).status_code,
+            (await client.get("/openapi.json")).status_code,
+            (await client.get("/openapi.json", headers={"authorization": "Bearer k1"})).status_code,
+        )
+
+    assert call(open_docs, fn) == (200, 200, 200)
+    assert call(closed_docs, fn) == (401, 401, 200)

@@ -7,6 +7,8 @@
            weight     (MatMul input 1): the QAT per-output-channel scale, axis 1
       -> embedding tables (Gather data) stored INT8 weight-only, per-row scale, via DequantizeLinear
     = model.int8.onnx: explicit quantisation (Q/DQ pairs) in the form TensorRT builds INT8 engines from.
+    The same scales written in QOperator form with uint8 activations (zero point 128) = model.int8-cpu.onnx, the
+    flavour ONNX Runtime runs fast on x86 CPUs without VNNI (docs/benchmarks.md).
 
 quantize_static still runs a calibration pass (its API requires one); with every quantised tensor overridden,
 the calibrated ranges are not used. The one hand-written graph edit is the embedding weight-only step, because
@@ -58,14 +60,16 @@ def _zero() -> np.ndarray:
     return np.zeros(1, dtype=np.int8)
 
 
-def build_overrides(matmuls: dict[str, tuple[str, str]], scales_by_weight: dict[str, dict]) -> dict[str, list[dict]]:
+def build_overrides(
+    matmuls: dict[str, tuple[str, str]], scales_by_weight: dict[str, dict], activation_zero_point: np.ndarray
+) -> dict[str, list[dict]]:
     """TensorQuantOverrides pinning every activation and weight scale of the quantised MatMuls to the QAT ones."""
     overrides: dict[str, list[dict]] = {}
     for activation, weight in matmuls.values():
         s = scales_by_weight[weight]
         # q/k/v projections read the same tensor; their QAT quanters observed the same values, take the largest.
         prev = float(overrides.get(activation, [{"scale": np.zeros(1)}])[0]["scale"][0])
-        overrides[activation] = [{"scale": _f32(max(prev, s["activation_scale"])), "zero_point": _zero()}]
+        overrides[activation] = [{"scale": _f32(max(prev, s["activation_scale"])), "zero_point": activation_zero_point}]
         # per-channel entries: one scalar each (ORT stacks them into the [channels] scale vector)
         channel = [{"scale": np.float32(v), "zero_point": np.array(0, dtype=np.int8)} for v in s["weight_scales"]]
         channel[0]["axis"] = s["weight_axis"]
@@ -115,42 +119,8 @@ def quantize_embeddings_weight_only(model) -> list[str]:
 def write_int8_qdq(
     fp32_path: Path, out_path: Path, scales_by_weight: dict[str, dict], calibration: list[dict[str, np.ndarray]]
 ) -> dict:
-    """Write the QDQ INT8 model; returns what was quantised (for the manifest)."""
-    import onnx
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-
-    model = onnx.load(str(fp32_path))
-    _name_nodes(model)
-    matmuls = linear_matmuls(model, set(scales_by_weight))
-    missing = set(scales_by_weight) - {w for _, w in matmuls.values()}
-    if missing:
-        raise ValueError(f"QAT layers without a MatMul in the ONNX graph: {sorted(missing)}")
-    named = out_path.with_suffix(".named.onnx")
-    onnx.save(model, str(named))
-    try:
-        quantize_static(
-            str(named),
-            str(out_path),
-            calibration_data_reader=_Batches(calibration),
-            quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            op_types_to_quantize=["MatMul"],
-            nodes_to_quantize=list(matmuls),
-            extra_options={
-                "ActivationSymmetric": True,
-                "WeightSymmetric": True,
-                "TensorQuantOverrides": build_overrides(matmuls, scales_by_weight),
-            },
-        )
-    finally:
-        named.unlink(missing_ok=True)
-    quantized = onnx.load(str(out_path))
-    embeddings = quantize_embeddings_weight_only(quantized)
-    onnx.checker.check_model(quantized)
-    onnx.save(quantized, str(out_path))
-    return {"matmuls": len(matmuls), "embedding_tables_int8": embeddings}
+    """The TensorRT form: QDQ, int8 activations and weights, symmetric, zero point 0. Returns what was quantised."""
+    return _write_int8(fp32_path, out_path, scales_by_weight, calibration, tensorrt_form=True)
 
 
 def write_int8_cpu(
@@ -162,23 +132,32 @@ def write_int8_cpu(
     with int8 activations (the TensorRT form) are not. uint8 with zero point 128 and the QAT scale s is the same
     quantisation grid as symmetric int8 with scale s, shifted: the learned ranges carry over unchanged.
     """
+    return _write_int8(fp32_path, out_path, scales_by_weight, calibration, tensorrt_form=False)
+
+
+def _write_int8(
+    fp32_path: Path,
+    out_path: Path,
+    scales_by_weight: dict[str, dict],
+    calibration: list[dict[str, np.ndarray]],
+    tensorrt_form: bool,
+) -> dict:
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     model = onnx.load(str(fp32_path))
     _name_nodes(model)
     matmuls = linear_matmuls(model, set(scales_by_weight))
-    overrides: dict[str, list[dict]] = {}
-    for activation, weight in matmuls.values():
-        s = scales_by_weight[weight]["activation_scale"]
-        prev = float(overrides.get(activation, [{"scale": np.zeros(1)}])[0]["scale"][0])
-        overrides[activation] = [{"scale": _f32(max(prev, s)), "zero_point": np.array([128], dtype=np.uint8)}]
-        channel = [
-            {"scale": np.float32(v), "zero_point": np.array(0, dtype=np.int8)}
-            for v in scales_by_weight[weight]["weight_scales"]
-        ]
-        channel[0]["axis"] = scales_by_weight[weight]["weight_axis"]
-        overrides[weight] = channel
+    missing = set(scales_by_weight) - {w for _, w in matmuls.values()}
+    if missing:
+        raise ValueError(f"QAT layers without a MatMul in the ONNX graph: {sorted(missing)}")
+    if tensorrt_form:
+        fmt, act_type, zero = QuantFormat.QDQ, QuantType.QInt8, _zero()
+    else:
+        fmt, act_type, zero = QuantFormat.QOperator, QuantType.QUInt8, np.array([128], dtype=np.uint8)
+    extra = {"WeightSymmetric": True, "TensorQuantOverrides": build_overrides(matmuls, scales_by_weight, zero)}
+    if tensorrt_form:
+        extra["ActivationSymmetric"] = True
     named = out_path.with_suffix(".named.onnx")
     onnx.save(model, str(named))
     try:
@@ -186,13 +165,13 @@ def write_int8_cpu(
             str(named),
             str(out_path),
             calibration_data_reader=_Batches(calibration),
-            quant_format=QuantFormat.QOperator,
-            activation_type=QuantType.QUInt8,
+            quant_format=fmt,
+            activation_type=act_type,
             weight_type=QuantType.QInt8,
             per_channel=True,
             op_types_to_quantize=["MatMul"],
             nodes_to_quantize=list(matmuls),
-            extra_options={"WeightSymmetric": True, "TensorQuantOverrides": overrides},
+            extra_options=extra,
         )
     finally:
         named.unlink(missing_ok=True)

@@ -10,7 +10,7 @@ import pytest
 
 from ernie_cls.artifact import ArtifactError, read_manifest, verify_artifact
 from ernie_cls.errors import ConfigError, ModelLoadError, OutputExistsError
-from training.export import ExportCheckError, ExportConfig, OnnxRunner, export
+from training.export import ExportCheckError, ExportConfig, export, onnx_backend
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def test_onnx_has_named_dynamic_axes_and_matches_the_checkpoint(artifact, traine
     for batch in (["好"], ["送餐很快，味道不错", "太难吃了，再也不点了，差评差评差评"]):
         ids, tt = tok(batch)
         expected = model(paddle.to_tensor(ids), token_type_ids=paddle.to_tensor(tt)).numpy()
-        assert np.abs(OnnxRunner(artifact / "onnx/model.fp32.onnx")(ids, tt) - expected).max() < 1e-4
+        assert np.abs(onnx_backend(artifact / "onnx/model.fp32.onnx").infer(ids, tt) - expected).max() < 1e-4
 
 
 def test_tampered_missing_or_newer_artifacts_fail_verification(artifact, tmp_path):

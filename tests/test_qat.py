@@ -123,7 +123,7 @@ def test_qat_and_fp32_checkpoints_cannot_be_swapped(trained_run, qat_run, tmp_pa
 
 
 def test_paddle_int8_inference_model_matches_the_qat_model(int8_artifact, qat_run, trained_run):
-    from training.export import PaddleInferenceRunner
+    from training.export import paddle_backend
     from training.finetune import predict_logits
     from training.modeling import load_checkpoint
     from training.qat import load_qat_checkpoint
@@ -131,8 +131,8 @@ def test_paddle_int8_inference_model_matches_the_qat_model(int8_artifact, qat_ru
     _, tok, _ = load_checkpoint(trained_run / "best")
     ids = tok.encode_ids(["送餐很快，味道不错", "太难吃了"])
     expected = predict_logits(load_qat_checkpoint(qat_run[0] / "best"), tok, ids)
-    runner = PaddleInferenceRunner(int8_artifact / "paddle/int8/model")
-    got = np.concatenate([runner(*tok.pad([i])) for i in ids])
+    runner = paddle_backend(int8_artifact / "paddle/int8/model")
+    got = np.concatenate([runner.infer(*tok.pad([i])) for i in ids])
     assert np.abs(got - expected).max() < 1e-4
 
 

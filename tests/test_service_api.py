@@ -71,11 +71,11 @@ def test_answers_match_the_exported_model(app, int8_artifact, trained_run):
     import numpy as np
 
     from ernie_cls.tokenization import ErnieTokenizerFast
-    from training.export import OnnxRunner
+    from training.export import onnx_backend
 
     texts = ["送餐很快，味道不错", "太难吃了，差评", "ＡＢＣ全角😀"]
     tok = ErnieTokenizerFast.load(int8_artifact / "tokenizer")
-    logits = OnnxRunner(int8_artifact / "onnx/model.int8-cpu.onnx")(*tok(texts))
+    logits = onnx_backend(int8_artifact / "onnx/model.int8-cpu.onnx").infer(*tok(texts))
     probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
 
     async def fn(client):

@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from ernie_cls.artifact import verify_artifact
+from service.backends import load_backend
+from training.paddle_env import cpuinfo
 
 RUNTIME_FORMATS = ("paddle-fp32", "paddle-int8", "onnx-fp32", "onnx-int8", "onnx-int8-cpu")
 
@@ -39,33 +41,12 @@ class BenchConfig:
 
 
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    return cpuinfo("model name") or platform.processor() or "unknown"
 
 
 def cpu_flags() -> list[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                return sorted(f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags)
-    except OSError:
-        pass
-    return []
-
-
-def make_runner(artifact, fmt: str, threads: int):
-    from training.export import OnnxRunner, PaddleInferenceRunner
-
-    path = artifact.path_of(fmt)
-    if fmt.startswith("onnx"):
-        return OnnxRunner(path, threads)
-    return PaddleInferenceRunner(path.with_suffix(""), threads)
+    flags = set(cpuinfo("flags").split())
+    return sorted(f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags)
 
 
 def synthetic_batch(vocab_size: int, batch: int, seq: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -91,7 +72,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     available = [f for f in RUNTIME_FORMATS if f in artifact.manifest["formats"]]
     formats = cfg.formats or available
     threads = cfg.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()) or 1
-    runners = {fmt: make_runner(artifact, fmt, threads) for fmt in formats}
+    runners = {fmt: load_backend(artifact, fmt, threads) for fmt in formats}  # exactly as the service loads
     vocab_size = int(artifact.manifest["tokenizer"]["vocab_size"])
     rng = np.random.default_rng(0)
     results = []
@@ -99,7 +80,7 @@ def run_bench(cfg: BenchConfig) -> dict:
         for batch in cfg.batch_sizes:
             inputs = synthetic_batch(vocab_size, batch, seq, rng)
             for fmt, runner in runners.items():
-                times = _time(runner, inputs, cfg.min_seconds)
+                times = _time(runner.infer, inputs, cfg.min_seconds)
                 median = statistics.median(times)
                 results.append(
                     {

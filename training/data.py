@@ -112,11 +112,12 @@ def _pick_column(columns: list[str], wanted: str | None, guesses: tuple[str, ...
     )
 
 
-def _read_rows(path: Path) -> tuple[list[str], list[dict]]:
-    """Rows as dicts plus the column names, for any supported format."""
+def _read_rows(path: Path) -> tuple[list[str], list[dict], str]:
+    """Rows as dicts, the column names and the file's sha256, for any supported format (one read)."""
     if not path.is_file():
         raise DataError(f"Data file {path} does not exist.", "Check the path, e.g. `ls data/`.")
     raw = path.read_bytes()
+    digest = hashlib.sha256(raw).hexdigest()
     try:
         content = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
@@ -141,20 +142,20 @@ def _read_rows(path: Path) -> tuple[list[str], list[dict]]:
                 raise DataError(f"{path}:{lineno} is not a JSON object.", 'Write {"text": ..., "label": ...}.')
             rows.append({k: "" if v is None else str(v) for k, v in obj.items()})
         columns = sorted({k for r in rows for k in r})
-        return columns, rows
+        return columns, rows, digest
     delimiter = "\t" if suffix in (".tsv", ".txt") else ","
     reader = csv.DictReader(content.splitlines(), delimiter=delimiter)
     columns = list(reader.fieldnames or [])
     rows = [{k: (v or "") for k, v in r.items() if k is not None} for r in reader]
-    return columns, rows
+    return columns, rows, digest
 
 
 def load_examples(
     path: str | Path, text_col: str | None = None, label_col: str | None = None, require_labels: bool = True
 ) -> tuple[list[Example], LoadReport]:
     path = Path(path)
-    columns, rows = _read_rows(path)
-    report = LoadReport(str(path), rows=len(rows), sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+    columns, rows, digest = _read_rows(path)
+    report = LoadReport(str(path), rows=len(rows), sha256=digest)
     if not rows:
         raise DataError(f"{path} has a header but no data rows.", "Add labelled rows below the header.")
     tcol = _pick_column(columns, text_col, TEXT_COLUMN_GUESSES, "text", path)

@@ -25,6 +25,7 @@ import subprocess
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -32,7 +33,14 @@ from ernie_cls import __version__
 from ernie_cls.artifact import TOKENIZER_DIR, write_manifest
 from ernie_cls.errors import ConfigError, ErnieClsError, ModelLoadError, OutputExistsError
 from training.data import Example, LabelMap, check_known_labels, load_examples, stratified_split
-from training.finetune import LABEL_MAP_FILE, METRICS_FILE, TRAINING_CONFIG_FILE, encode, predict_logits
+from training.finetune import (
+    LABEL_MAP_FILE,
+    METRICS_FILE,
+    TRAINING_CONFIG_FILE,
+    encode,
+    logits_in_batches,
+    predict_logits,
+)
 from training.metrics import classification_metrics
 
 log = logging.getLogger(__name__)
@@ -183,50 +191,20 @@ def export_onnx(prefix: Path, onnx_path: Path) -> None:
     _rename_onnx_io(onnx_path)
 
 
-class PaddleInferenceRunner:
-    """Paddle Inference predictor on an exported model (no pickle: model.json + binary params)."""
+def onnx_backend(path: Path, threads: int = 0):
+    """The service's ONNX Runtime backend, so export checks load models exactly as serving does."""
+    from service.backends.onnxruntime import OnnxRuntimeBackend
 
-    def __init__(self, prefix: Path, threads: int = 0) -> None:
-        from paddle import inference
-
-        config = inference.Config(f"{prefix}.json", f"{prefix}.pdiparams")
-        config.disable_gpu()
-        config.set_cpu_math_library_num_threads(threads or os.cpu_count() or 1)
-        config.disable_glog_info()
-        self.predictor = inference.create_predictor(config)
-
-    def __call__(self, input_ids: np.ndarray, token_type_ids: np.ndarray) -> np.ndarray:
-        for name, array in zip(self.predictor.get_input_names(), (input_ids, token_type_ids), strict=True):
-            handle = self.predictor.get_input_handle(name)
-            handle.reshape(array.shape)
-            handle.copy_from_cpu(array)
-        self.predictor.run()
-        return self.predictor.get_output_handle(self.predictor.get_output_names()[0]).copy_to_cpu()
+    return OnnxRuntimeBackend(path, "", threads or os.cpu_count() or 1)
 
 
-class OnnxRunner:
-    def __init__(self, path: Path, threads: int = 0) -> None:
-        import onnxruntime as ort
+def paddle_backend(prefix: Path, threads: int = 0):
+    """The service's Paddle Inference backend on `<prefix>.json` + `<prefix>.pdiparams`."""
+    from service.backends.paddle_inference import PaddleInferenceBackend
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or os.cpu_count() or 1
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-    def __call__(self, input_ids: np.ndarray, token_type_ids: np.ndarray) -> np.ndarray:
-        return self.session.run([OUTPUT_NAME], {"input_ids": input_ids, "token_type_ids": token_type_ids})[0]
-
-
-def run_batched(runner, tokenizer, ids: list[list[int]], batch_size: int = 64) -> np.ndarray:
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    out: np.ndarray | None = None
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        logits = runner(*tokenizer.pad([ids[i] for i in idx]))
-        if out is None:
-            out = np.zeros((len(ids), logits.shape[1]), dtype=np.float32)
-        out[idx] = logits
-    assert out is not None
-    return out
+    return PaddleInferenceBackend(
+        Path(f"{prefix}.json"), Path(f"{prefix}.pdiparams"), "", threads or os.cpu_count() or 1
+    )
 
 
 def _git_commit() -> str | None:
@@ -439,14 +417,14 @@ def _check_and_describe(
     onnx.checker.check_model(str(tmp / ONNX_FP32))
     checks["onnx_checker"] = {"passed": True}
 
-    paddle_runner = PaddleInferenceRunner(tmp / PADDLE_FP32)
-    onnx_runner = OnnxRunner(tmp / ONNX_FP32)
+    paddle_runner = paddle_backend(tmp / PADDLE_FP32)
+    onnx_runner = onnx_backend(tmp / ONNX_FP32)
     checks["onnxruntime_loads"] = {"passed": True, "formats": ["onnx-fp32"]}
 
     dev_enc = encode(dev, tokenizer, label_map)
     dygraph = predict_logits(model, tokenizer, dev_enc.ids)
-    paddle_dev = run_batched(paddle_runner, tokenizer, dev_enc.ids)
-    onnx_dev = run_batched(onnx_runner, tokenizer, dev_enc.ids)
+    paddle_dev = logits_in_batches(paddle_runner.infer, tokenizer, dev_enc.ids)
+    onnx_dev = logits_in_batches(onnx_runner.infer, tokenizer, dev_enc.ids)
     diff = float(np.abs(paddle_dev - onnx_dev).max())
     diff_dygraph = float(np.abs(paddle_dev - dygraph).max())
     checks["paddle_fp32_vs_onnx_fp32"] = {
@@ -460,17 +438,17 @@ def _check_and_describe(
         "tolerance": cfg.parity_tolerance,
         "passed": diff_dygraph <= cfg.parity_tolerance,
     }
-    runners: dict[str, object] = {"paddle-fp32": paddle_runner, "onnx-fp32": onnx_runner}
+    runners: dict[str, Any] = {"paddle-fp32": paddle_runner, "onnx-fp32": onnx_runner}
     if int8 is not None:
         onnx.checker.check_model(str(tmp / ONNX_INT8))
         onnx.checker.check_model(str(tmp / ONNX_INT8_CPU))
-        runners["paddle-int8"] = PaddleInferenceRunner(tmp / PADDLE_INT8)
-        runners["onnx-int8"] = OnnxRunner(tmp / ONNX_INT8)
-        runners["onnx-int8-cpu"] = OnnxRunner(tmp / ONNX_INT8_CPU)
+        runners["paddle-int8"] = paddle_backend(tmp / PADDLE_INT8)
+        runners["onnx-int8"] = onnx_backend(tmp / ONNX_INT8)
+        runners["onnx-int8-cpu"] = onnx_backend(tmp / ONNX_INT8_CPU)
         checks["onnxruntime_loads"]["formats"] += ["onnx-int8", "onnx-int8-cpu"]
         qat_dev = predict_logits(int8["qat_model"], tokenizer, dev_enc.ids)
         for fmt in ("onnx-int8", "onnx-int8-cpu"):
-            int8_dev = run_batched(runners[fmt], tokenizer, dev_enc.ids)
+            int8_dev = logits_in_batches(runners[fmt].infer, tokenizer, dev_enc.ids)
             agreement = float((qat_dev.argmax(-1) == int8_dev.argmax(-1)).mean())
             checks[f"qat_vs_{fmt.replace('-', '_')}"] = {
                 "argmax_agreement": agreement,
@@ -490,7 +468,7 @@ def _check_and_describe(
     names = [label_map.display(i) for i in range(len(label_map))]
     metrics = {}
     for fmt, runner in runners.items():
-        logits = run_batched(runner, tokenizer, test_enc.ids)
+        logits = logits_in_batches(runner.infer, tokenizer, test_enc.ids)
         m = classification_metrics(test_enc.labels.tolist(), logits.argmax(-1).tolist(), names)
         metrics[fmt] = {"test_accuracy": m["accuracy"], "test_macro_f1": m["macro_f1"], "n_test": m["n"]}
     if int8 is not None:

@@ -162,20 +162,47 @@ def _set_seed(seed: int) -> None:
     paddle.seed(seed)
 
 
+def logits_in_batches(
+    infer: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    tokenizer: ErnieTokenizerFast,
+    ids: list[list[int]],
+    batch_size: int = 64,
+) -> np.ndarray:
+    """Logits for pre-tokenised sequences, in input order, from any infer(input_ids, token_type_ids) function;
+    batches are sorted by length so they pad little."""
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    out: np.ndarray | None = None
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        logits = infer(*tokenizer.pad([ids[i] for i in idx]))
+        if out is None:
+            out = np.zeros((len(ids), logits.shape[1]), dtype=np.float32)
+        out[idx] = logits
+    return out if out is not None else np.zeros((0, 0), dtype=np.float32)
+
+
 def predict_logits(model, tokenizer: ErnieTokenizerFast, ids: list[list[int]], batch_size: int = 64) -> np.ndarray:
-    """Logits for pre-tokenised sequences, in input order; batches sorted by length for speed."""
+    """Logits of a Paddle model (dygraph) for pre-tokenised sequences, in input order."""
     import paddle
 
     model.eval()
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    out = np.zeros((len(ids), model.config.num_labels), dtype=np.float32)
+
+    def infer(input_ids: np.ndarray, token_type_ids: np.ndarray) -> np.ndarray:
+        return model(paddle.to_tensor(input_ids), token_type_ids=paddle.to_tensor(token_type_ids)).numpy()
+
     with paddle.no_grad():
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            input_ids, token_type_ids = tokenizer.pad([ids[i] for i in idx])
-            logits = model(paddle.to_tensor(input_ids), token_type_ids=paddle.to_tensor(token_type_ids))
-            out[idx] = logits.numpy()
-    return out
+        return logits_in_batches(infer, tokenizer, ids, batch_size)
+
+
+def warmup_then_linear_decay(learning_rate: float, total_steps: int, warmup_steps: int):
+    """Paddle LR schedule: linear warmup to `learning_rate`, then linear decay to 0 at `total_steps`."""
+    import paddle
+
+    warmup = max(1, warmup_steps)
+    return paddle.optimizer.lr.LambdaDecay(
+        learning_rate,
+        lambda step: min((step + 1) / warmup, max(0.0, (total_steps - step) / max(1, total_steps - warmup))),
+    )
 
 
 def evaluate_encoded(model, tokenizer, data: Encoded, label_map: LabelMap) -> dict:
@@ -263,11 +290,7 @@ def fit(
     total_steps = steps_per_epoch * cfg.epochs
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
-    warmup = max(1, int(cfg.warmup_ratio * total_steps))
-    schedule = paddle.optimizer.lr.LambdaDecay(
-        learning_rate,
-        lambda step: min((step + 1) / warmup, max(0.0, (total_steps - step) / max(1, total_steps - warmup))),
-    )
+    schedule = warmup_then_linear_decay(learning_rate, total_steps, int(cfg.warmup_ratio * total_steps))
     no_decay = {p.name for n, p in model.named_parameters() if "bias" in n or "norm" in n}
     optimizer = paddle.optimizer.AdamW(
         learning_rate=schedule,

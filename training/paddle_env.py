@@ -24,14 +24,19 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def cpu_vendor() -> str:
+def cpuinfo(field: str) -> str:
+    """The first value of `field` in /proc/cpuinfo ("" where there is none, e.g. not Linux)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("vendor_id"):
+            if line.split(":", 1)[0].strip() == field:
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return ""
+
+
+def cpu_vendor() -> str:
+    return cpuinfo("vendor_id")
 
 
 def configure(threads: int | None = None) -> dict[str, str]:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ernie_cls.tokenization import ErnieTokenizerFast
-from training.finetune import length_bucketed_batches
+from training.finetune import length_bucketed_batches, warmup_then_linear_decay
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +73,7 @@ def pretrain_mlm(config, tokenizer: ErnieTokenizerFast, ids: list[list[int]], cf
     model.train()
     steps_per_epoch = -(-len(ids) // cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
-    warmup = max(1, int(cfg.warmup_ratio * total))
-    schedule = paddle.optimizer.lr.LambdaDecay(
-        cfg.learning_rate, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup)))
-    )
+    schedule = warmup_then_linear_decay(cfg.learning_rate, total, int(cfg.warmup_ratio * total))
     optimizer = paddle.optimizer.AdamW(
         learning_rate=schedule,
         parameters=model.parameters(),

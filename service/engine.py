@@ -42,14 +42,17 @@ class Result:
     low_confidence: bool
 
 
+Cached = tuple[np.ndarray, bool]  # (logits row, the tokenizer cut the text at max_seq_len)
+
+
 class LRUCache:
     def __init__(self, size: int) -> None:
         self.size = size
-        self._data: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._data: OrderedDict[str, Cached] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
-    def get(self, key: str) -> np.ndarray | None:
+    def get(self, key: str) -> Cached | None:
         if self.size == 0:
             return None
         value = self._data.get(key)
@@ -60,7 +63,7 @@ class LRUCache:
         self.hits += 1
         return value
 
-    def put(self, key: str, value: np.ndarray) -> None:
+    def put(self, key: str, value: Cached) -> None:
         if self.size == 0:
             return
         self._data[key] = value
@@ -179,39 +182,29 @@ class Engine:
         top_k: int,
         truncate: bool,
         deadline: float,
-        gone: Callable[[], bool],
         timings: dict[str, float] | None = None,
     ) -> list[Result]:
         assert self.tokenizer is not None and self.batcher is not None
         normalized, cut = self.prepare(texts, truncate)
-        logits: list[np.ndarray | None] = [self.cache.get(self._key(t)) for t in normalized]
-        misses = [i for i, row in enumerate(logits) if row is None]
-        overflow = [False] * len(texts)
+        found: list[Cached | None] = [self.cache.get(self._key(t)) for t in normalized]
+        misses = [i for i, hit in enumerate(found) if hit is None]
         if misses:
             encoded = self.tokenizer.encode_with_overflow([normalized[i] for i in misses], normalized=True)
-            rows = await self.batcher.submit([ids for ids, _ in encoded], deadline, gone, timings)
-            for i, (_, over), row in zip(misses, encoded, rows, strict=True):
-                logits[i] = row
-                overflow[i] = over
-                self.cache.put(self._key(normalized[i]), row)
-        return [
-            self._result(row, cut[i] or overflow[i] or self._overflows(normalized[i], row), top_k)
-            for i, row in enumerate(logits)
-        ]
-
-    def _overflows(self, text: str, row: np.ndarray | None) -> bool:
-        # cache hits do not carry the overflow flag; recompute cheaply only for long texts
-        assert self.tokenizer is not None
-        return (
-            len(text) > self.tokenizer.max_seq_len - 2
-            and self.tokenizer.encode_with_overflow([text], normalized=True)[0][1]
-        )
+            rows = await self.batcher.submit([ids for ids, _ in encoded], deadline, timings)
+            for i, (_, overflowed), row in zip(misses, encoded, rows, strict=True):
+                found[i] = (row, overflowed)
+                self.cache.put(self._key(normalized[i]), (row, overflowed))
+        results = []
+        for i, hit in enumerate(found):
+            assert hit is not None
+            row, overflowed = hit
+            results.append(self._result(row, cut[i] or overflowed, top_k))
+        return results
 
     def _key(self, normalized: str) -> str:
         return f"{self.model_key}:{normalized}"
 
-    def _result(self, row: np.ndarray | None, truncated: bool, top_k: int) -> Result:
-        assert row is not None
+    def _result(self, row: np.ndarray, truncated: bool, top_k: int) -> Result:
         z = row.astype(np.float64) - row.max()
         probs = np.exp(z) / np.exp(z).sum()
         order = np.argsort(-probs)[:top_k]

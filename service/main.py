@@ -75,7 +75,7 @@ def _error(
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
     settings = settings or Settings()
     engine = engine or Engine(settings)
-    metrics = Metrics()
+    metrics = Metrics(engine)
     engine.on_batch = metrics.on_batch
 
     @asynccontextmanager
@@ -83,21 +83,18 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         engine.draining = False
         await asyncio.to_thread(engine.load)
         engine.start()
-        metrics.ready.set(1 if engine.is_ready else 0)
         yield
         engine.draining = True
-        metrics.ready.set(0)
         await engine.wait_idle(settings.drain_timeout_s)
         await engine.stop()
 
-    docs_enabled = True
     app = FastAPIOffline(
         title="ernie-cls",
         version=__version__,
         description="Chinese text classification with ERNIE (INT8 ONNX Runtime by default). "
         "Send one text or a list; each text gets its label, score and top-k labels.",
         lifespan=lifespan,
-        docs_url="/docs" if docs_enabled else None,
+        docs_url="/docs",
         redoc_url=None,
     )
     app.state.engine = engine
@@ -107,11 +104,10 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         route = scope.get("route")
         metrics.requests.labels(getattr(route, "path", "unmatched"), str(status)).inc()
 
-    app.add_middleware(GuardMiddleware, max_body_bytes=settings.max_body_bytes, on_response=count_response)
-    if settings.docs_require_auth and settings.api_keys:
-        app.add_middleware(DocsAuthMiddleware, keys=[k.get_secret_value().encode() for k in settings.api_keys])
-
     keys = [k.get_secret_value().encode() for k in settings.api_keys]
+    app.add_middleware(GuardMiddleware, max_body_bytes=settings.max_body_bytes, on_response=count_response)
+    if settings.docs_require_auth and keys:
+        app.add_middleware(DocsAuthMiddleware, keys=keys)
 
     async def require_key(request: Request) -> None:
         if not keys:
@@ -125,7 +121,6 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         headers = None
         if isinstance(err, QueueFullError):
             headers = {"Retry-After": str(int(err.retry_after_s))}
-            metrics.rejected.inc()
         if isinstance(err, UnauthorizedError):
             headers = {"WWW-Authenticate": "Bearer"}
         kind = re.sub(r"(?<!^)(?=[A-Z])", "_", type(err).__name__.removesuffix("Error")).lower()
@@ -166,18 +161,13 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         texts = payload.all_texts()
         timeout_ms = _timeout_ms(request, settings.request_timeout_ms)
         deadline = time.monotonic() + timeout_ms / 1000
-        hits_before, misses_before = engine.cache.hits, engine.cache.misses
         timings = {"queue_s": 0.0, "inference_s": 0.0}  # stays 0 when every text came from the cache
         results = await _run_until_disconnect(
             request,
-            engine.classify(
-                texts, min(payload.top_k, len(engine.labels)), payload.truncate, deadline, lambda: False, timings
-            ),
+            engine.classify(texts, min(payload.top_k, len(engine.labels)), payload.truncate, deadline, timings),
         )
         response.headers["X-Queue-Time-Ms"] = f"{timings['queue_s'] * 1000:.2f}"
         response.headers["X-Inference-Time-Ms"] = f"{timings['inference_s'] * 1000:.2f}"
-        metrics.cache_hits.inc(engine.cache.hits - hits_before)
-        metrics.cache_misses.inc(engine.cache.misses - misses_before)
         metrics.latency.observe(time.perf_counter() - started)
         return ClassifyResponse(
             predictions=[
@@ -227,20 +217,12 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
     @app.get("/readyz", tags=["operations"], responses={503: {"model": ErrorResponse}})
     async def readyz() -> Response:
-        metrics.ready.set(1 if engine.is_ready else 0)
         if engine.is_ready:
             return JSONResponse({"status": "ready", "format": engine.format})
         return _error(503, "not_ready", f"Not ready: {_reason(engine)}.", "Wait for start-up, or check the logs.")
 
     @app.get("/metrics", tags=["operations"], include_in_schema=False)
     async def metrics_route() -> Response:
-        if engine.batcher is not None:
-            metrics.queue_texts.set(engine.batcher.queued_texts)
-            stats = engine.batcher.stats
-            for reason, value in (("deadline", stats.dropped_deadline), ("disconnected", stats.dropped_disconnected)):
-                child = metrics.dropped.labels(reason)
-                child.inc(max(0, value - child._value.get()))
-            metrics.failed_batches.inc(max(0, stats.failed_batches - metrics.failed_batches._value.get()))
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

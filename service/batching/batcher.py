@@ -1,10 +1,11 @@
 """Dynamic batching: concurrent requests' texts -> length-aware batches -> one model call -> each text its row.
 
-    submit(texts' token ids, deadline, gone?) -- admission: queue counted in texts, full -> QueueFullError (429)
+    submit(texts' token ids, deadline) -- admission: queue counted in texts, full -> QueueFullError (429)
         -> pending texts (one asyncio task owns them)
         -> batch = the oldest pending text + the pending texts closest to it in token length,
                    limited by max_batch_size and a padded-token budget (batch size x longest sequence)
-           texts past their deadline or whose client has gone are dropped here, before inference
+           texts past their deadline are dropped here, before inference; a caller that gives up (client
+           disconnected: its task is cancelled) has its texts withdrawn from the queue
         -> infer(padded ids) in a worker thread (the event loop keeps accepting requests)
         -> row i of the logits resolves text i's future; an exception fails only that batch's texts
 
@@ -67,7 +68,6 @@ class _Text:
     future: asyncio.Future
     enqueued: float
     deadline: float
-    gone: Callable[[], bool]
     queue_s: float = 0.0
     inference_s: float = 0.0
 
@@ -84,7 +84,8 @@ class BatchStats:
     dropped_disconnected: int = 0
     failed_batches: int = 0
     rejected_texts: int = 0
-    batch_sizes: list[int] = field(default_factory=list)
+    batch_sizes: list[int] = field(default_factory=list)  # the most recent RECENT batches only
+    RECENT = 1000
 
 
 class Batcher:
@@ -143,7 +144,6 @@ class Batcher:
         self,
         sequences: Sequence[list[int]],
         deadline: float,
-        gone: Callable[[], bool] = lambda: False,
         timings: dict[str, float] | None = None,
     ) -> list[np.ndarray]:
         """Logits rows for `sequences` (token ids incl. [CLS]/[SEP]), in order. Raises the errors above.
@@ -155,7 +155,7 @@ class Batcher:
             raise QueueFullError(self.retry_after_s())
         loop = asyncio.get_running_loop()
         now = time.monotonic()
-        texts = [_Text(list(ids), loop.create_future(), now, deadline, gone) for ids in sequences]
+        texts = [_Text(list(ids), loop.create_future(), now, deadline) for ids in sequences]
         self._pending.extend(texts)
         self._wakeup.set()
         try:
@@ -216,10 +216,7 @@ class Batcher:
         for t in self._pending:
             if t.future.done():  # cancelled by its caller (already counted when withdrawn)
                 continue
-            elif t.gone():
-                self.stats.dropped_disconnected += 1
-                t.future.set_exception(ClientGoneError("The client disconnected.", ""))
-            elif now > t.deadline:
+            if now > t.deadline:
                 self.stats.dropped_deadline += 1
                 t.future.set_exception(DeadlineExceededError())
             else:
@@ -274,6 +271,7 @@ class Batcher:
         self.stats.real_tokens += real
         self.stats.padded_tokens += width * len(batch)
         self.stats.batch_sizes.append(len(batch))
+        del self.stats.batch_sizes[: -self.stats.RECENT]
         if self._on_batch is not None:
             self._on_batch(len(batch), real, width * len(batch), elapsed)
         for row, t in enumerate(batch):

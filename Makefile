@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 EXTRAS ?= train,serve,dev
 
-.PHONY: install test lint format serve demo bench-train default-model bench-model baseline lock clean
+.PHONY: install browser test lint format serve demo bench-train default-model bench-model bench-service baseline lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,7 +16,13 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-test: $(STAMP)
+# Headless Chromium for the /docs browser test (Debian package; sudo when not root).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
 	$(MAKE) --no-print-directory lint
 
@@ -61,6 +67,10 @@ demo: $(STAMP)
 		--label-names 0=negative,1=positive --base-model scratch:nano --epochs 1 --output runs/demo --overwrite
 	printf '送餐很快，味道很好，下次还点\n等了两个小时，饭都凉了，差评\n人工客服\n' | \
 		$(BIN)/ernie-cls predict --checkpoint runs/demo/best
+
+# The service under load vs the raw model (about 5 minutes): docs/benchmarks.md section 4.
+bench-service: $(STAMP)
+	$(BIN)/ernie-cls bench service exported/waimai-sentiment --output reports/bench-service.json
 
 baseline: $(STAMP)
 	$(BIN)/python -m training.baseline --data data/waimai_10k.csv --seed 42

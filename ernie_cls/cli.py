@@ -146,6 +146,20 @@ def build_parser() -> argparse.ArgumentParser:
     bm.add_argument("--min-seconds", type=float, default=1.0, help="timed seconds per format and shape")
     bm.add_argument("--output", default="reports/bench-model.json")
 
+    bs = bsub.add_parser("service", help="the HTTP service under load vs the raw model, JSON + PNG")
+    bs.add_argument("artifact", nargs="?", default="exported/waimai-sentiment")
+    bs.add_argument("--data", default="data/waimai_10k.csv", help="texts to send (CSV/TSV/JSONL)")
+    bs.add_argument("--text-col", default="review")
+    bs.add_argument("--texts", type=int, default=2000, help="how many texts (sampled with --seed)")
+    bs.add_argument("--workers", type=int, default=0, help="model instances (default: one per core)")
+    bs.add_argument("--threads", type=int, default=1, help="threads per model instance")
+    bs.add_argument("--duration", type=float, default=15.0, help="measured seconds per load run")
+    bs.add_argument("--concurrency", type=_int_list, default=[1, 8, 32, 64])
+    bs.add_argument("--raw-seconds", type=float, default=4.0, help="timed seconds per raw (no HTTP) run")
+    bs.add_argument("--port", type=int, default=8765)
+    bs.add_argument("--seed", type=int, default=0)
+    bs.add_argument("--output", default="reports/bench-service.json")
+
     p = sub.add_parser("predict", help="label texts from a file or stdin (JSON lines out)")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--input", default="-", help="- for stdin (one text per line), .txt, or CSV/TSV/JSONL")
@@ -228,6 +242,8 @@ def _cmd_qat(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    if args.bench_target == "service":
+        return _cmd_bench_service(args)
     from training.bench import BenchConfig, run_bench
 
     fields = BenchConfig.__dataclass_fields__
@@ -236,6 +252,17 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         print(json.dumps(row))
     print(f"wrote {args.output} and {args.output.rsplit('.', 1)[0]}.png", file=sys.stderr)
     return 0
+
+
+def _cmd_bench_service(args: argparse.Namespace) -> int:
+    from training.bench_service import ServiceBenchConfig, run_service_bench
+
+    fields = ServiceBenchConfig.__dataclass_fields__
+    cfg = ServiceBenchConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    report = run_service_bench(cfg, command="ernie-cls " + " ".join(sys.argv[1:]))
+    print(json.dumps(report["targets"], indent=2))
+    print(f"wrote {args.output} and {args.output.rsplit('.', 1)[0]}.png", file=sys.stderr)
+    return 0 if all(t is None or t["passed"] for t in report["targets"].values()) else 1
 
 
 COMMANDS = {

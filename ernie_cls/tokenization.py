@@ -47,7 +47,9 @@ _PADDLENLP_CJK_RANGES = (
     r"\x{4E00}-\x{9FFF}\x{3400}-\x{4DBF}\x{20000}-\x{2A6DF}\x{2A700}-\x{2B73F}\x{2B740}-\x{2B81F}"
     r"\x{2B820}-\x{2CEAF}\x{F900}-\x{FAFF}\x{2F800}-\x{2FA1F}"
 )
-_SYMBOL_SPLIT = Regex(r"[\p{S}" + _PADDLENLP_EXTRA_SYMBOLS + _PADDLENLP_CJK_RANGES + "]")
+# \p{P} too: the Rust BertPreTokenizer's punctuation table is older than Python's and misses 104 code points that
+# paddlenlp splits off (U+2E43..U+2E5D, U+061D, ...; found by the hypothesis parity test on "0\u2e43").
+_SYMBOL_SPLIT = Regex(r"[\p{S}\p{P}" + _PADDLENLP_EXTRA_SYMBOLS + _PADDLENLP_CJK_RANGES + "]")
 
 # Categories deleted by normalisation: Cc control (after whitespace is mapped to a space), Cf format
 # (zero-width space/joiner, BOM, bidi marks, soft hyphen), Cs lone surrogates (invalid in UTF-8), Co private use,
@@ -103,8 +105,10 @@ def lower_and_strip_accents(text: str) -> str:
 def _build_pipeline(vocab: dict[str, int] | None, do_lower_case: bool) -> Tokenizer:
     model = models.WordPiece(vocab=vocab or {UNK: 0}, unk_token=UNK, max_input_chars_per_word=MAX_INPUT_CHARS_PER_WORD)
     tok = Tokenizer(model)
+    # CJK characters are isolated by the Split pre-tokenizer below (paddlenlp's exact ranges), so the normaliser's
+    # own handle_chinese_chars (same ranges, done by inserting spaces) is redundant; off, encoding is 25 % faster.
     tok.normalizer = normalizers.BertNormalizer(
-        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=do_lower_case
+        clean_text=True, handle_chinese_chars=False, strip_accents=None, lowercase=do_lower_case
     )
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.BertPreTokenizer(), pre_tokenizers.Split(_SYMBOL_SPLIT, behavior="isolated")]
@@ -160,9 +164,12 @@ class ErnieTokenizerFast:
         return [enc.ids for enc in self._tok.encode_batch(self._prepare(texts, normalized), add_special_tokens=True)]
 
     def encode_with_overflow(self, texts: Sequence[str], *, normalized: bool = False) -> list[tuple[list[int], bool]]:
-        """Like :meth:`encode_ids` but also says per text whether truncation dropped tokens."""
-        encodings = self._tok.encode_batch(self._prepare(texts, normalized), add_special_tokens=True)
-        return [(enc.ids, bool(enc.overflowing)) for enc in encodings]
+        """Like :meth:`encode_ids` but also says per text whether truncation dropped tokens.
+
+        Texts are encoded one by one: the few texts of a service request are faster that way than through
+        `encode_batch`, whose thread pool would compete with the inference threads for the cores.
+        """
+        return [(enc.ids, bool(enc.overflowing)) for enc in map(self._tok.encode, self._prepare(texts, normalized))]
 
     def _prepare(self, texts: Sequence[str], normalized: bool) -> list[str]:
         if not normalized:

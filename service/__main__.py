@@ -67,7 +67,7 @@ def main() -> None:
         log_config=None,
         timeout_graceful_shutdown=int(settings.drain_timeout_s) or None,
         limit_concurrency=settings.queue_capacity * 2,
-        http="h11",
+        http=settings.http_impl,
     )
     DrainingServer(config, app.state.engine).run()
 

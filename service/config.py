@@ -6,7 +6,7 @@ Validated at start-up, so a bad setting stops the process with a message instead
 from __future__ import annotations
 
 import os
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -21,12 +21,21 @@ class Settings(BaseSettings):
 
     artifact: str = Field("exported/waimai-sentiment", description="Artifact directory written by `ernie-cls export`.")
     format: str | None = Field(None, description="Artifact format to serve (default: the manifest's default, INT8).")
-    threads: int = Field(default_factory=_cores, ge=1, description="Inference threads.")
+    workers: int = Field(
+        default_factory=_cores, ge=1, description="Model instances running batches at once (one thread pool each)."
+    )
+    threads: int = Field(1, ge=1, description="Threads per model instance (workers x threads <= cores is best).")
     host: str = Field("127.0.0.1", description="Bind address for `python -m service`.")
     port: int = Field(8000, ge=1, le=65535, description="Bind port for `python -m service`.")
 
     max_batch_size: int = Field(32, ge=1, description="Most texts in one model call.")
     max_batch_tokens: int = Field(4096, ge=16, description="Most padded tokens (batch x longest) in one model call.")
+    max_padding_ratio: float = Field(
+        1.2, ge=1.0, description="Most padded/real tokens in a batch (length-aware batching; CPU time follows padding)."
+    )
+    batch_policy: Literal["length", "fifo"] = Field(
+        "length", description="'length': group similar lengths (default); 'fifo': arrival order (for comparison)."
+    )
     max_wait_ms: float = Field(2.0, ge=0, description="How long a batch waits for more texts before it runs.")
     queue_capacity: int = Field(2048, ge=1, description="Most texts waiting; beyond this requests get 429.")
     request_timeout_ms: int = Field(10_000, ge=1, description="Default deadline per request (X-Request-Timeout-Ms).")
@@ -42,6 +51,9 @@ class Settings(BaseSettings):
     )
     docs_require_auth: bool = Field(False, description="Protect /docs and /openapi.json with the API keys too.")
     drain_timeout_s: float = Field(20.0, ge=0, description="On SIGTERM, how long in-flight work may finish.")
+    http_impl: Literal["auto", "httptools", "h11"] = Field(
+        "auto", description="uvicorn's HTTP parser: 'auto' takes httptools (C, installed with the serve extra)."
+    )
     log_json: bool = Field(True, description="JSON log lines (for containers).")
 
     @field_validator("api_keys", mode="before")

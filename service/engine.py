@@ -17,6 +17,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -80,7 +81,8 @@ class Engine:
         self.settings = settings
         self.artifact: Artifact | None = None
         self.tokenizer: ErnieTokenizerFast | None = None
-        self.backend: Backend | None = None
+        self.backend: Backend | None = None  # the first of `backends` (all alike), for its runtime and precision
+        self.backends: list[Backend] = []
         self.batcher: Batcher | None = None
         self.cache = LRUCache(settings.cache_size)
         self.labels: list[str] = []
@@ -100,21 +102,25 @@ class Engine:
             artifact = verify_artifact(self.settings.artifact)
             fmt = self.settings.format or artifact.manifest.get("default_format", "onnx-fp32")
             tokenizer = ErnieTokenizerFast.load(artifact.root / artifact.manifest["tokenizer"]["path"])
-            backend = load_backend(artifact, fmt, self.settings.threads)
-            backend.warmup(WARMUP_SHAPES)
+            backends = [load_backend(artifact, fmt, self.settings.threads) for _ in range(self.settings.workers)]
+            for backend in backends:
+                backend.warmup(WARMUP_SHAPES)
         except Exception as err:  # any failure: stay up, not ready, say why
             self.not_ready_reason = str(err)
             log.error("model not loaded, service stays not-ready: %s", err)
             return
-        self.artifact, self.tokenizer, self.backend, self.format = artifact, tokenizer, backend, fmt
+        self.artifact, self.tokenizer, self.format = artifact, tokenizer, fmt
+        self.backends, self.backend = backends, backends[0]
         self.labels = artifact.labels
         self.model_key = artifact.manifest["files"][artifact.manifest["formats"][fmt]["path"]]["sha256"]
         log.info(
-            "model %s (%s, %s) ready in %.2f s",
+            "model %s (%s, %s) ready in %.2f s: %d worker(s) x %d thread(s)",
             artifact.manifest.get("name"),
             fmt,
-            backend.precision,
+            self.backend.precision,
             time.perf_counter() - started,
+            self.settings.workers,
+            self.settings.threads,
         )
 
     def start(self) -> None:
@@ -123,13 +129,15 @@ class Engine:
             return
         s = self.settings
         self.batcher = Batcher(
-            self._infer,
+            [partial(self._infer, backend) for backend in self.backends],
             self.tokenizer.pad_id,
             s.max_batch_size,
             s.max_batch_tokens,
             s.max_wait_ms / 1000,
             s.queue_capacity,
             on_batch=self.on_batch,
+            max_padding_ratio=s.max_padding_ratio,
+            policy=s.batch_policy,
         )
         self.batcher.start()
         self.ready, self.not_ready_reason = True, ""
@@ -138,10 +146,9 @@ class Engine:
         if self.batcher is not None:
             await self.batcher.stop()
 
-    def _infer(self, input_ids: np.ndarray, token_type_ids: np.ndarray) -> np.ndarray:
-        assert self.backend is not None
+    def _infer(self, backend: Backend, input_ids: np.ndarray, token_type_ids: np.ndarray) -> np.ndarray:
         try:
-            logits = self.backend.infer(input_ids, token_type_ids)
+            logits = backend.infer(input_ids, token_type_ids)
         except Exception:
             self.consecutive_failures += 1
             if self.consecutive_failures >= UNHEALTHY_AFTER_FAILED_BATCHES:

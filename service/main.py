@@ -196,6 +196,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         tags=["classify"],
     )
 
+    # Route matching is a linear scan: the hot route goes first.
+    app.router.routes.sort(key=lambda route: getattr(route, "path", "") != "/v1/classify")
+
     @app.get("/v1/models", response_model=ModelsResponse, dependencies=[Depends(require_key)], tags=["model"])
     async def models() -> ModelsResponse:
         if engine.artifact is None:

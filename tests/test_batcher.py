@@ -182,3 +182,58 @@ def test_backend_returning_wrong_row_count_is_an_inference_error():
             await batcher.submit([[1], [2]], far())
 
     asyncio.run(_with_batcher(lambda ids, tt: np.zeros((1, 2), np.float32), run, max_wait_s=0.001))
+
+
+def _lengths_mix(n: int, seed: int = 0) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    return [[7] * int(k) for k in rng.choice([5, 6, 8, 12, 20, 40, 90], size=n)]
+
+
+@pytest.mark.parametrize("policy", ["length", "fifo"])
+def test_length_aware_batches_bound_padding_and_fifo_does_not(policy):
+    backend = FakeBackend(delay=0.005)
+    texts = _lengths_mix(300)
+
+    async def run(batcher):
+        rows = await asyncio.gather(*(batcher.submit([t], far()) for t in texts))
+        assert [r[0].tolist() for r in rows] == [expected(t) for t in texts]
+        return batcher.stats
+
+    stats = asyncio.run(
+        _with_batcher(backend, run, max_batch_size=32, max_wait_s=0.01, max_padding_ratio=1.2, policy=policy)
+    )
+    ratio = stats.padded_tokens / stats.real_tokens
+    if policy == "length":
+        assert ratio <= 1.2
+        for batch in backend.batches:  # the bound holds for every batch, not just on average
+            assert batch.size <= 1.2 * (batch != 0).sum() + 1e-9
+    else:
+        assert ratio > 1.5  # arrival order pads short texts to the long ones: what length-awareness saves
+
+
+def test_several_workers_run_batches_at_once_on_their_own_instance():
+    active, peak = [0], [0]
+    lock = threading.Lock()
+    seen: set[int] = set()
+
+    def make(k: int):
+        def infer(ids: np.ndarray, types: np.ndarray) -> np.ndarray:
+            with lock:
+                active[0] += 1
+                peak[0] = max(peak[0], active[0])
+                seen.add(k)
+            time.sleep(0.02)
+            with lock:
+                active[0] -= 1
+            return FakeBackend()(ids, types)
+
+        return infer
+
+    texts = [[k % 50 + 1] * 5 for k in range(64)]
+
+    async def run(batcher):
+        rows = await asyncio.gather(*(batcher.submit([t], far()) for t in texts))
+        assert [r[0].tolist() for r in rows] == [expected(t) for t in texts]
+
+    asyncio.run(_with_batcher([make(0), make(1)], run, max_batch_size=4, max_wait_s=0.001))
+    assert peak[0] == 2 and seen == {0, 1}

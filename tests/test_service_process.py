@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -120,3 +121,27 @@ def test_real_process_serves_the_bundled_default_model_correctly():
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_bench_service_measures_the_real_service_against_the_raw_model(int8_artifact, tmp_path):
+    out = tmp_path / "bench-service.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "ernie_cls.cli", "bench", "service", str(int8_artifact), "--texts", "80",
+         "--duration", "1", "--concurrency", "2,8", "--raw-seconds", "0.2", "--port", str(free_port()),
+         "--workers", "1", "--output", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode in (0, 1), done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert out.with_suffix(".png").stat().st_size > 10_000
+    names = [r["name"] for r in report["runs"]]
+    assert names == [
+        "length-aware c2", "length-aware c8", "open loop at 50% of max", "fifo c64", "batching off c32"
+    ]  # fmt: skip
+    for run in report["runs"]:
+        assert run["failed"] == 0 and run["requests"] > 0, run
+        assert run["items_per_second"] > 0 and run["latency_ms"]["p99"] >= run["latency_ms"]["p50"] > 0
+    assert report["raw"]["ceiling"]["items_per_second"] > 0
+    assert report["runs"][-1]["texts_per_batch"] == 1.0  # batching off really is one text per model call
+    # the exit code is the targets' verdict
+    assert (done.returncode == 0) == all(t["passed"] for t in report["targets"].values() if t)

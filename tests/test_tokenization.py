@@ -31,6 +31,7 @@ TRICKY = [
     "\U0001e000 combining glagolitic, e\u0301 decomposed",
     "unbelievably_long_token_" * 8,
     "太长了" * 300,
+    "0\u2e43 \u061d \u2e5d punctuation newer than the Rust tables",
     "",
 ]
 

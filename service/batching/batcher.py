@@ -3,14 +3,18 @@
     submit(texts' token ids, deadline) -- admission: queue counted in texts, full -> QueueFullError (429)
         -> pending texts (one asyncio task owns them)
         -> batch = the oldest pending text + the pending texts closest to it in token length,
-                   limited by max_batch_size and a padded-token budget (batch size x longest sequence)
+                   limited by max_batch_size, a padded-token budget (batch size x longest sequence) and a
+                   padding ratio (padded / real tokens of the batch; CPU time grows with padded tokens, while
+                   batching gains little on CPU, so a smaller batch beats one padded to its longest text)
            texts past their deadline are dropped here, before inference; a caller that gives up (client
            disconnected: its task is cancelled) has its texts withdrawn from the queue
-        -> infer(padded ids) in a worker thread (the event loop keeps accepting requests)
+        -> infer(padded ids) in a worker thread (the event loop keeps accepting requests); with several workers
+           (one model instance each) the next batch forms and runs while the previous one is still running
         -> row i of the logits resolves text i's future; an exception fails only that batch's texts
 
 Anchoring every batch on the oldest text bounds how long any text can be passed over: it waits at most for the
-texts queued before it, never for later arrivals of a better-fitting length.
+texts queued before it, never for later arrivals of a better-fitting length. policy="fifo" (arrival order, no
+padding bound) exists to measure what length-aware batching saves.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -91,17 +96,30 @@ class BatchStats:
 class Batcher:
     def __init__(
         self,
-        infer: InferFn,
+        infer: InferFn | Sequence[InferFn],
         pad_id: int,
         max_batch_size: int = 32,
         max_batch_tokens: int = 8192,
         max_wait_s: float = 0.005,
         queue_capacity: int = 1024,
         on_batch: Callable[[int, int, int, float], None] | None = None,
+        max_padding_ratio: float = 1.2,
+        policy: str = "length",
     ) -> None:
         if max_batch_size < 1 or max_batch_tokens < 1 or queue_capacity < 1:
             raise ValueError("max_batch_size, max_batch_tokens and queue_capacity must be >= 1")
-        self._infer = infer
+        if max_padding_ratio < 1 or policy not in ("length", "fifo"):
+            raise ValueError("max_padding_ratio must be >= 1 and policy 'length' or 'fifo'")
+        self.max_padding_ratio = max_padding_ratio
+        self.policy = policy
+        # One infer function per worker (a model instance each); a batch runs on whichever instance is free.
+        self._idle: list[InferFn] = list(infer) if isinstance(infer, Sequence) else [infer]
+        if not self._idle:
+            raise ValueError("at least one infer function is needed")
+        self.workers = len(self._idle)
+        self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="infer")
+        self._slots = asyncio.Semaphore(self.workers)
+        self._running: set[asyncio.Task] = set()
         self._pad_id = pad_id
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
@@ -111,7 +129,7 @@ class Batcher:
         self._pending: list[_Text] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
-        self._inflight = 0
+        self._inflight = 0  # texts being inferred now
         self._avg_batch_s = 0.05
         self.stats = BatchStats()
 
@@ -126,6 +144,9 @@ class Batcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._running:  # a model call cannot be interrupted: let the batches in flight finish
+            await asyncio.gather(*self._running, return_exceptions=True)
+        self._executor.shutdown(wait=False)
         for text in self._pending:
             if not text.future.done():
                 text.future.set_exception(InferenceError())
@@ -189,23 +210,30 @@ class Batcher:
 
     def retry_after_s(self) -> float:
         batches_ahead = len(self._pending) / self.max_batch_size + 1
-        return max(1.0, round(batches_ahead * self._avg_batch_s))
+        return max(1.0, round(batches_ahead * self._avg_batch_s / self.workers))
 
     # ------------------------------------------------------------------ batching
     def _take_batch(self) -> list[_Text]:
-        """The oldest text plus the pending texts nearest to it in length, within the size and token budgets."""
+        """The oldest text plus the pending texts nearest to it in length, within the size, token and padding
+        budgets (policy "length"), or the oldest texts in arrival order within the size and token budgets ("fifo")."""
         anchor = self._pending[0]
-        rest = sorted(self._pending[1:], key=lambda t: abs(len(t.ids) - len(anchor.ids)))
+        fifo = self.policy == "fifo"
+        rest = self._pending[1:] if fifo else sorted(self._pending[1:], key=lambda t: abs(len(t.ids) - len(anchor.ids)))
         batch = [anchor]
-        longest = len(anchor.ids)
+        longest = real = len(anchor.ids)
         for text in rest:
             if len(batch) >= self.max_batch_size:
                 break
             width = max(longest, len(text.ids))
-            if width * (len(batch) + 1) > self.max_batch_tokens:
+            padded = width * (len(batch) + 1)
+            if padded > self.max_batch_tokens:
+                if fifo:
+                    break
+                continue
+            if not fifo and padded > self.max_padding_ratio * (real + len(text.ids)):
                 continue
             batch.append(text)
-            longest = width
+            longest, real = width, real + len(text.ids)
         chosen = set(map(id, batch))
         self._pending = [t for t in self._pending if id(t) not in chosen]
         return batch
@@ -228,30 +256,43 @@ class Batcher:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._pending:
-                # Give concurrent requests up to max_wait_s to join, unless a full batch is already waiting.
-                oldest_age = time.monotonic() - self._pending[0].enqueued
-                if len(self._pending) < self.max_batch_size and oldest_age < self.max_wait_s:
-                    try:
-                        await asyncio.wait_for(self._wakeup.wait(), self.max_wait_s - oldest_age)
-                        self._wakeup.clear()
-                        continue
-                    except TimeoutError:
-                        pass
-                self._drop_dead()
-                if not self._pending:
+                # A free worker first: while all are busy the queue grows, so the next batch is fuller.
+                await self._slots.acquire()
+                if not await self._gather_batch():
+                    self._slots.release()
                     break
                 batch = self._take_batch()
-                await self._run_batch(batch)
+                task = asyncio.get_running_loop().create_task(self._run_batch(batch, self._idle.pop()))
+                self._running.add(task)
+                task.add_done_callback(self._running.discard)
 
-    async def _run_batch(self, batch: list[_Text]) -> None:
+    async def _gather_batch(self) -> bool:
+        """Wait up to max_wait_s for more texts unless a full batch waits; False if nothing is left to run."""
+        while self._pending:
+            # Give concurrent requests up to max_wait_s to join, unless a full batch is already waiting.
+            oldest_age = time.monotonic() - self._pending[0].enqueued
+            if len(self._pending) < self.max_batch_size and oldest_age < self.max_wait_s:
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), self.max_wait_s - oldest_age)
+                    self._wakeup.clear()
+                    continue
+                except TimeoutError:
+                    pass
+            self._drop_dead()
+            return bool(self._pending)
+        return False
+
+    async def _run_batch(self, batch: list[_Text], infer: InferFn) -> None:
         width = max(len(t.ids) for t in batch)
         input_ids = np.full((len(batch), width), self._pad_id, dtype=np.int64)
         for row, t in enumerate(batch):
             input_ids[row, : len(t.ids)] = t.ids
         started = time.monotonic()
-        self._inflight = len(batch)
+        self._inflight += len(batch)
         try:
-            logits = await asyncio.to_thread(self._infer, input_ids, np.zeros_like(input_ids))
+            logits = await asyncio.get_running_loop().run_in_executor(
+                self._executor, infer, input_ids, np.zeros_like(input_ids)
+            )
             if logits.shape[0] != len(batch):
                 raise RuntimeError(f"backend returned {logits.shape[0]} rows for a batch of {len(batch)}")
         except Exception:
@@ -262,7 +303,9 @@ class Batcher:
                     t.future.set_exception(InferenceError())
             return
         finally:
-            self._inflight = 0
+            self._inflight -= len(batch)
+            self._idle.append(infer)
+            self._slots.release()
         elapsed = time.monotonic() - started
         self._avg_batch_s = 0.8 * self._avg_batch_s + 0.2 * elapsed
         real = sum(len(t.ids) for t in batch)

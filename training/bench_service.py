@@ -1,0 +1,335 @@
+"""`ernie-cls bench service`: the HTTP service under load, measured against the raw model it wraps, in one run.
+
+    texts (waimai_10k by default) -> one JSON body per text
+    1. raw ceiling: the served backend in this process, same threads, pre-tokenised texts, no HTTP; every batch size
+       in two orders: length-grouped (the least padding possible) and arrival order. The ceiling is the best of all.
+    2. `python -m service` in a subprocess (time to /readyz recorded), cache off so every text reaches the model
+    3. load from `python -m service.loadgen` in another process: closed loop at several concurrencies, open loop at
+       half the maximum throughput (latency percentiles), the same closed loop with FIFO batching and with batching
+       off (max batch size 1), padded/real tokens read from the service's own /metrics
+    -> JSON (machine, command, every run, targets with pass/fail) + PNG
+
+The server, the load generator and the raw runs share 2 cores here: each run has the machine to itself, and the
+load generator's own CPU use is recorded next to its figures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ernie_cls.artifact import verify_artifact
+from ernie_cls.errors import ErnieClsError
+from ernie_cls.tokenization import ErnieTokenizerFast
+from training.bench import cpu_flags, cpu_model
+from training.data import load_examples
+
+
+@dataclass
+class ServiceBenchConfig:
+    artifact: str = "exported/waimai-sentiment"
+    data: str = "data/waimai_10k.csv"
+    text_col: str | None = "review"
+    texts: int = 2000
+    workers: int = 0  # model instances running batches at once; 0: one per usable core
+    threads: int = 1  # threads per instance
+    duration: float = 15.0
+    concurrency: list[int] = field(default_factory=lambda: [1, 8, 32, 64])
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 4, 8, 16, 32, 64])
+    raw_seconds: float = 4.0
+    port: int = 8765
+    seed: int = 0
+    output: str = "reports/bench-service.json"
+
+
+class BenchError(ErnieClsError):
+    pass
+
+
+# ---------------------------------------------------------------------------- raw ceiling
+def raw_ceiling(cfg: ServiceBenchConfig, texts: list[str], workers: int) -> dict:
+    from service.backends import load_backend  # the service's own loader: same session options
+
+    artifact = verify_artifact(cfg.artifact)
+    fmt = artifact.manifest.get("default_format", "onnx-fp32")
+    tokenizer = ErnieTokenizerFast.load(artifact.root / artifact.manifest["tokenizer"]["path"])
+    backends = [load_backend(artifact, fmt, cfg.threads) for _ in range(workers)]
+    encoded = tokenizer.encode_ids(texts)
+    lengths = np.array([len(e) for e in encoded])
+    for backend in backends:
+        backend.warmup([(1, 16), (8, 32), (32, 64)])
+    rows = []
+    for batch_size in cfg.batch_sizes:
+        for order in ("length-grouped", "arrival"):
+            run = _raw_run(backends, tokenizer, encoded, lengths, batch_size, order, cfg.raw_seconds, cfg.seed)
+            rows.append({"batch_size": batch_size, "order": order, **run})
+    best = max(rows, key=lambda r: r["items_per_second"])
+    by = {(r["batch_size"], r["order"]): r["items_per_second"] for r in rows}
+    return {
+        "format": fmt,
+        "workers": workers,
+        "threads": cfg.threads,
+        "tokens_per_text": {
+            "mean": round(float(lengths.mean()), 1),
+            "p50": int(np.median(lengths)),
+            "p90": int(np.percentile(lengths, 90)),
+            "max": int(lengths.max()),
+        },
+        "runs": rows,
+        "ceiling": best,
+        "batch32_over_batch1": round(by[(32, "length-grouped")] / by[(1, "arrival")], 3)
+        if (32, "length-grouped") in by and (1, "arrival") in by
+        else None,
+    }
+
+
+def _raw_run(backends, tokenizer, encoded, lengths, batch_size, order, seconds, seed) -> dict:
+    """Batches of `batch_size` run by every instance at once (as the service's workers run them) for `seconds`."""
+    if order == "length-grouped":  # sort by length, cut into batches, run the batches in random order
+        idx = np.argsort(lengths, kind="stable")
+        batches = [idx[i : i + batch_size] for i in range(0, len(idx), batch_size)]
+        random.Random(seed).shuffle(batches)
+    else:
+        idx = np.arange(len(encoded))
+        batches = [idx[i : i + batch_size] for i in range(0, len(idx), batch_size)]
+    inputs = [tokenizer.pad([encoded[i] for i in batch]) for batch in batches]
+    real = [int(lengths[batch].sum()) for batch in batches]
+    started = time.perf_counter()
+    done: list[int] = []  # indices of the batches run, appended from every instance's thread
+
+    def instance(backend, k: int) -> None:
+        for j in range(k, len(inputs), len(backends)):
+            if time.perf_counter() - started > seconds:
+                return
+            backend.infer(*inputs[j])
+            done.append(j)
+
+    with ThreadPoolExecutor(len(backends)) as pool:
+        list(pool.map(instance, backends, range(len(backends))))
+    elapsed = time.perf_counter() - started
+    items = sum(len(batches[j]) for j in done)
+    padded = sum(inputs[j][0].size for j in done)
+    return {
+        "items": items,
+        "items_per_second": round(items / elapsed, 1),
+        "padded_over_real": round(padded / sum(real[j] for j in done), 3),
+    }
+
+
+# ---------------------------------------------------------------------------- the service under load
+class ServerProcess:
+    def __init__(self, cfg: ServiceBenchConfig, workers: int, workdir: Path, **env: str) -> None:
+        self.port = cfg.port
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("ERNIE_CLS_")},
+            "ERNIE_CLS_ARTIFACT": cfg.artifact,
+            "ERNIE_CLS_WORKERS": str(workers),
+            "ERNIE_CLS_THREADS": str(cfg.threads),
+            "ERNIE_CLS_PORT": str(cfg.port),
+            "ERNIE_CLS_CACHE_SIZE": "0",
+            "ERNIE_CLS_LOG_JSON": "false",
+            "ERNIE_CLS_QUEUE_CAPACITY": "100000",
+            **env,
+        }
+        self.log = workdir / f"server-{len(list(workdir.glob('server-*')))}.log"
+        self.proc: subprocess.Popen | None = None
+        self.ready_seconds = 0.0
+
+    def __enter__(self) -> ServerProcess:
+        started = time.perf_counter()
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "service"], env=self.env, stdout=log, stderr=log)
+        while time.perf_counter() - started < 60:
+            if self.proc.poll() is not None:
+                raise BenchError(f"The service exited at start-up; see {self.log}.", "Fix the error in that log.")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=1) as reply:
+                    if reply.status == 200:
+                        self.ready_seconds = time.perf_counter() - started
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise BenchError(f"The service was not ready within 60 s; see {self.log}.", "Check the log.")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(30)
+
+    def counters(self) -> dict[str, float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as reply:
+            text = reply.read().decode()
+        found = re.findall(r"^ernie_cls_(texts|batches|real_tokens|padded_tokens)_total ([0-9.e+]+)$", text, re.M)
+        return {k: float(v) for k, v in found}
+
+    def cpu_seconds(self) -> tuple[float, float]:
+        """(event-loop thread, whole process) CPU seconds so far, from /proc (Linux); zeros elsewhere."""
+        assert self.proc is not None
+        ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        try:
+            main = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            whole = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0, 0.0
+        return (int(main[11]) + int(main[12])) / ticks, (int(whole[11]) + int(whole[12])) / ticks
+
+    def load(self, bodies: Path, duration: float, **mode: float) -> dict:
+        ((key, value),) = mode.items()
+        before = self.counters()
+        cpu_before = self.cpu_seconds()
+        cmd = [
+            sys.executable,
+            "-m",
+            "service.loadgen",
+            "--port",
+            str(self.port),
+            "--bodies",
+            str(bodies),
+            f"--{key}",
+            str(value),
+            "--duration",
+            str(duration),
+            "--warmup",
+            "2",
+        ]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise BenchError(f"The load generator failed: {done.stderr.strip()[-500:]}", "Run it by hand to see why.")
+        result = json.loads(done.stdout)
+        after = self.counters()
+        cpu_after = self.cpu_seconds()
+        served = max(1, sum(v for k, v in result["statuses"].items()))
+        # includes the warm-up seconds' requests too; an estimate of HTTP + JSON + tokenising cost per request
+        result["server_cpu_seconds"] = round(cpu_after[1] - cpu_before[1], 2)
+        result["event_loop_cpu_ms_per_request"] = round(
+            (cpu_after[0] - cpu_before[0]) * 1000 / (served * (duration + 2) / duration), 3
+        )
+        delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+        if delta.get("real_tokens"):
+            result["padded_over_real"] = round(delta["padded_tokens"] / delta["real_tokens"], 3)
+            result["texts_per_batch"] = round(delta["texts"] / max(1, delta["batches"]), 2)
+        return result
+
+
+def run_service_bench(cfg: ServiceBenchConfig, command: str | None = None) -> dict:
+    workers = cfg.workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()) or 1
+    examples, _ = load_examples(cfg.data, cfg.text_col, require_labels=False)
+    texts = [e.text for e in examples]
+    random.Random(cfg.seed).shuffle(texts)
+    texts = texts[: cfg.texts]
+    raw = raw_ceiling(cfg, texts, workers)
+    ceiling = raw["ceiling"]["items_per_second"]
+
+    with tempfile.TemporaryDirectory(prefix="ernie-cls-bench-") as tmp:
+        work = Path(tmp)
+        bodies = work / "bodies.jsonl"
+        bodies.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts), "utf-8")
+        runs: list[dict] = []
+        with ServerProcess(cfg, workers, work) as server:
+            ready_seconds = server.ready_seconds
+            for c in cfg.concurrency:
+                runs.append({"name": f"length-aware c{c}", **server.load(bodies, cfg.duration, concurrency=c)})
+            top = max(r["items_per_second"] for r in runs)
+            half = round(top / 2, 1)
+            runs.append({"name": "open loop at 50% of max", **server.load(bodies, cfg.duration, rate=half)})
+        with ServerProcess(cfg, workers, work, ERNIE_CLS_BATCH_POLICY="fifo") as server:
+            runs.append({"name": "fifo c64", **server.load(bodies, cfg.duration, concurrency=64)})
+        with ServerProcess(cfg, workers, work, ERNIE_CLS_MAX_BATCH_SIZE="1") as server:
+            runs.append({"name": "batching off c32", **server.load(bodies, cfg.duration, concurrency=32)})
+
+    by_name = {r["name"]: r for r in runs}
+    c64 = by_name.get("length-aware c64", runs[0])
+    on32, off32 = by_name.get("length-aware c32"), by_name["batching off c32"]
+    open_run = by_name["open loop at 50% of max"]
+    batching_gain = round(on32["items_per_second"] / off32["items_per_second"], 3) if on32 else None
+    raw_gain = raw["batch32_over_batch1"]
+    targets = {
+        "c64_over_raw_ceiling": _target(c64["items_per_second"] / ceiling, ">=", 0.9),
+        "batching_gain_kept": _target(batching_gain / raw_gain, ">=", 0.9) if batching_gain and raw_gain else None,
+        "p99_over_p50_at_half_load": _target(open_run["latency_ms"]["p99"] / open_run["latency_ms"]["p50"], "<=", 3.0),
+        "padded_over_real_length_aware": _target(c64.get("padded_over_real", 0.0), "<=", 1.2),
+        "ready_seconds": _target(ready_seconds, "<=", 5.0),
+    }
+    report = {
+        "artifact": cfg.artifact,
+        "texts": len(texts),
+        "workers": workers,
+        "threads": cfg.threads,
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "flags": cpu_flags(), "arch": platform.machine()},
+        "command": command,
+        "raw": raw,
+        "ready_seconds": round(ready_seconds, 2),
+        "runs": runs,
+        "batching_on_over_off_c32": batching_gain,
+        "fifo_padded_over_real": by_name["fifo c64"].get("padded_over_real"),
+        "targets": targets,
+    }
+    out = Path(cfg.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+    plot(report, out.with_suffix(".png"))
+    return report
+
+
+def _target(value: float, op: str, limit: float) -> dict:
+    passed = value >= limit if op == ">=" else value <= limit
+    return {"value": round(value, 3), "target": f"{op} {limit}", "passed": passed}
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    closed = [r for r in report["runs"] if r["name"].startswith("length-aware")]
+    conc = [r["concurrency"] for r in closed]
+    left.plot(conc, [r["items_per_second"] for r in closed], marker="o", label="service, length-aware batching")
+    for r in report["runs"]:
+        if r["name"] in ("fifo c64", "batching off c32"):
+            left.scatter([r["concurrency"]], [r["items_per_second"]], marker="s", label=f"service, {r['name']}")
+    ceiling = report["raw"]["ceiling"]
+    left.axhline(
+        ceiling["items_per_second"],
+        color="k",
+        ls="--",
+        label=f"raw ceiling (batch {ceiling['batch_size']}, {ceiling['order']})",
+    )
+    left.axhline(0.9 * ceiling["items_per_second"], color="grey", ls=":", label="90% of raw ceiling")
+    left.set_xscale("log", base=2)
+    left.set_xlabel("concurrent connections (one text per request)")
+    left.set_ylabel("texts / s")
+    left.set_ylim(bottom=0)
+    left.legend(fontsize=7)
+    left.grid(alpha=0.3)
+    names = [r["name"] for r in report["runs"]]
+    x = np.arange(len(names))
+    for i, (p, colour) in enumerate((("p50", "C0"), ("p99", "C3"))):
+        right.bar(x + (i - 0.5) * 0.38, [r["latency_ms"][p] for r in report["runs"]], 0.38, label=p, color=colour)
+    right.set_xticks(x, names, rotation=30, ha="right", fontsize=7)
+    right.set_ylabel("latency (ms)")
+    right.set_yscale("log")
+    right.legend(fontsize=8)
+    right.grid(alpha=0.3, axis="y")
+    fig.suptitle(
+        f"ernie-cls service: {report['machine']['cpu']}, {report['workers']} workers x {report['threads']} threads",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 EXTRAS ?= train,serve,dev
 
-.PHONY: install browser test lint format serve demo bench-train default-model bench-model bench-service baseline lock clean
+.PHONY: install browser test lint format serve demo bench-train default-model bench-model bench-service reliability baseline lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -71,6 +71,11 @@ demo: $(STAMP)
 # The service under load vs the raw model (about 5 minutes): docs/benchmarks.md section 4.
 bench-service: $(STAMP)
 	$(BIN)/ernie-cls bench service exported/waimai-sentiment --output reports/bench-service.json
+
+# Reliability under overload, deadlines, disconnects, backend faults, tampering and bad keys (about 8 minutes):
+# prints a table and writes reports/reliability.json (docs/reliability.md).
+reliability: $(STAMP)
+	ERNIE_CLS_RELIABILITY=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/reliability -s
 
 baseline: $(STAMP)
 	$(BIN)/python -m training.baseline --data data/waimai_10k.csv --seed 42

@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     )
     max_wait_ms: float = Field(2.0, ge=0, description="How long a batch waits for more texts before it runs.")
     queue_capacity: int = Field(2048, ge=1, description="Most texts waiting; beyond this requests get 429.")
+    inference_timeout_s: float = Field(
+        30.0, gt=0, description="A model call running longer fails its batch with 504 (the instance is then busy)."
+    )
     request_timeout_ms: int = Field(10_000, ge=1, description="Default deadline per request (X-Request-Timeout-Ms).")
 
     max_texts_per_request: int = Field(64, ge=1, description="Most texts in one request.")

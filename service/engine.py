@@ -12,6 +12,7 @@ representative shapes, start the batcher. Any failure leaves the engine not read
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -91,7 +92,7 @@ class Engine:
         self.ready = False
         self.not_ready_reason = "starting"
         self.draining = False
-        self.consecutive_failures = 0
+        self._probe: asyncio.Task | None = None
         self.on_batch: Callable[[int, int, int, float], None] | None = None
 
     # ------------------------------------------------------------------ start-up
@@ -138,28 +139,45 @@ class Engine:
             on_batch=self.on_batch,
             max_padding_ratio=s.max_padding_ratio,
             policy=s.batch_policy,
+            inference_timeout_s=s.inference_timeout_s,
         )
         self.batcher.start()
+        self._probe = asyncio.get_running_loop().create_task(self._probe_while_faulty(), name="fault-probe")
         self.ready, self.not_ready_reason = True, ""
 
     async def stop(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
         if self.batcher is not None:
             await self.batcher.stop()
 
-    def _infer(self, backend: Backend, input_ids: np.ndarray, token_type_ids: np.ndarray) -> np.ndarray:
-        try:
-            logits = backend.infer(input_ids, token_type_ids)
-        except Exception:
-            self.consecutive_failures += 1
-            if self.consecutive_failures >= UNHEALTHY_AFTER_FAILED_BATCHES:
-                self.not_ready_reason = f"{self.consecutive_failures} consecutive inference failures"
-            raise
-        self.consecutive_failures = 0
-        return logits
+    @staticmethod
+    def _infer(backend: Backend, input_ids: np.ndarray, token_type_ids: np.ndarray) -> np.ndarray:
+        return backend.infer(input_ids, token_type_ids)
+
+    @property
+    def faulty(self) -> bool:
+        """Several batches in a row failed or timed out: not ready until one succeeds (the probe keeps trying)."""
+        return self.batcher is not None and self.batcher.consecutive_faults >= UNHEALTHY_AFTER_FAILED_BATCHES
+
+    @property
+    def can_serve(self) -> bool:
+        """Loaded and not draining. Requests still run while `faulty`, so a recovered backend is noticed."""
+        return self.ready and not self.draining and self.batcher is not None
 
     @property
     def is_ready(self) -> bool:
-        return self.ready and not self.draining and self.consecutive_failures < UNHEALTHY_AFTER_FAILED_BATCHES
+        return self.can_serve and not self.faulty
+
+    async def _probe_while_faulty(self) -> None:
+        """While faulty, send one tiny text through the batcher every second: its success makes the engine ready."""
+        assert self.tokenizer is not None and self.batcher is not None
+        probe = [self.tokenizer.cls_id, self.tokenizer.unk_id, self.tokenizer.sep_id]
+        while True:
+            await asyncio.sleep(1.0)
+            if self.faulty and not self.draining:
+                with contextlib.suppress(Exception):
+                    await self.batcher.submit([probe], time.monotonic() + self.settings.inference_timeout_s + 1)
 
     # ------------------------------------------------------------------ requests
     def prepare(self, texts: list[str], truncate: bool) -> tuple[list[str], list[bool]]:

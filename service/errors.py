@@ -7,7 +7,13 @@ inference 500, client gone 499) live beside it in service/batching and are re-ex
 from __future__ import annotations
 
 from ernie_cls.errors import ErnieClsError, UserInputError
-from service.batching.batcher import ClientGoneError, DeadlineExceededError, InferenceError, QueueFullError
+from service.batching.batcher import (
+    ClientGoneError,
+    DeadlineExceededError,
+    InferenceError,
+    InferenceTimeoutError,
+    QueueFullError,
+)
 
 
 class UnauthorizedError(ErnieClsError):
@@ -38,6 +44,7 @@ __all__ = [
     "DeadlineExceededError",
     "ErnieClsError",
     "InferenceError",
+    "InferenceTimeoutError",
     "NotReadyError",
     "QueueFullError",
     "UnauthorizedError",

@@ -39,7 +39,7 @@ from service.api.schemas import (
     classify_request_model,
 )
 from service.config import Settings
-from service.engine import Engine
+from service.engine import UNHEALTHY_AFTER_FAILED_BATCHES, Engine
 from service.errors import (
     ClientGoneError,
     NotReadyError,
@@ -154,7 +154,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     request_model = classify_request_model(settings.max_texts_per_request, _label_count(settings))
 
     async def classify(body: ClassifyRequestBase, request: Request, response: Response) -> ClassifyResponse:
-        if not engine.is_ready or engine.batcher is None:
+        if not engine.can_serve or engine.batcher is None:
             raise NotReadyError(_reason(engine))
         started = time.perf_counter()
         payload: ClassifyRequestBase = body
@@ -265,7 +265,11 @@ class DocsAuthMiddleware:
 
 
 def _reason(engine: Engine) -> str:
-    return "draining" if engine.draining else (engine.not_ready_reason or "loading")
+    if engine.draining:
+        return "draining"
+    if engine.faulty:
+        return f"{UNHEALTHY_AFTER_FAILED_BATCHES}+ model calls in a row failed or timed out; probing for recovery"
+    return engine.not_ready_reason or "loading"
 
 
 def _label_count(settings: Settings) -> int:

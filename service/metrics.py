@@ -43,6 +43,9 @@ class EngineCollector(Collector):
         )
         yield CounterMetricFamily("ernie_cls_failed_batches", "Model calls that raised.", stats.failed_batches)
         yield CounterMetricFamily(
+            "ernie_cls_timed_out_batches", "Model calls abandoned after the inference timeout.", stats.timed_out_batches
+        )
+        yield CounterMetricFamily(
             "ernie_cls_rejected_texts", "Texts refused with 429 (queue full).", stats.rejected_texts
         )
         dropped = CounterMetricFamily("ernie_cls_dropped_texts", "Texts dropped before inference.", labels=["reason"])

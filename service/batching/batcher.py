@@ -60,6 +60,16 @@ class ClientGoneError(ErnieClsError):
     http_status = 499
 
 
+class InferenceTimeoutError(ErnieClsError):
+    http_status = 504
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(
+            f"Inference took longer than {timeout_s:.0f} s and was abandoned for this batch.",
+            "Retry; if it persists, the model is overloaded or stuck: check the service logs and /readyz.",
+        )
+
+
 class InferenceError(ErnieClsError):
     http_status = 500
 
@@ -88,6 +98,7 @@ class BatchStats:
     dropped_deadline: int = 0
     dropped_disconnected: int = 0
     failed_batches: int = 0
+    timed_out_batches: int = 0
     rejected_texts: int = 0
     batch_sizes: list[int] = field(default_factory=list)  # the most recent RECENT batches only
     RECENT = 1000
@@ -105,12 +116,14 @@ class Batcher:
         on_batch: Callable[[int, int, int, float], None] | None = None,
         max_padding_ratio: float = 1.2,
         policy: str = "length",
+        inference_timeout_s: float = 30.0,
     ) -> None:
         if max_batch_size < 1 or max_batch_tokens < 1 or queue_capacity < 1:
             raise ValueError("max_batch_size, max_batch_tokens and queue_capacity must be >= 1")
         if max_padding_ratio < 1 or policy not in ("length", "fifo"):
             raise ValueError("max_padding_ratio must be >= 1 and policy 'length' or 'fifo'")
         self.max_padding_ratio = max_padding_ratio
+        self.inference_timeout_s = inference_timeout_s
         self.policy = policy
         # One infer function per worker (a model instance each); a batch runs on whichever instance is free.
         self._idle: list[InferFn] = list(infer) if isinstance(infer, Sequence) else [infer]
@@ -132,6 +145,7 @@ class Batcher:
         self._inflight = 0  # texts being inferred now
         self._avg_batch_s = 0.05
         self.stats = BatchStats()
+        self.consecutive_faults = 0  # failed or timed-out batches since the last good one
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -282,6 +296,12 @@ class Batcher:
             return bool(self._pending)
         return False
 
+    @staticmethod
+    def _fail(batch: list[_Text], error: Exception) -> None:
+        for t in batch:
+            if not t.future.done():
+                t.future.set_exception(error)
+
     async def _run_batch(self, batch: list[_Text], infer: InferFn) -> None:
         width = max(len(t.ids) for t in batch)
         input_ids = np.full((len(batch), width), self._pad_id, dtype=np.int64)
@@ -289,23 +309,31 @@ class Batcher:
             input_ids[row, : len(t.ids)] = t.ids
         started = time.monotonic()
         self._inflight += len(batch)
-        try:
-            logits = await asyncio.get_running_loop().run_in_executor(
-                self._executor, infer, input_ids, np.zeros_like(input_ids)
-            )
-            if logits.shape[0] != len(batch):
-                raise RuntimeError(f"backend returned {logits.shape[0]} rows for a batch of {len(batch)}")
-        except Exception:
-            log.exception("inference failed for a batch of %d texts", len(batch))
-            self.stats.failed_batches += 1
-            for t in batch:
-                if not t.future.done():
-                    t.future.set_exception(InferenceError())
-            return
-        finally:
+        call = asyncio.get_running_loop().run_in_executor(self._executor, infer, input_ids, np.zeros_like(input_ids))
+
+        def instance_free(_: object) -> None:  # only when the call really returned: a hung call keeps its instance
             self._inflight -= len(batch)
             self._idle.append(infer)
             self._slots.release()
+
+        call.add_done_callback(instance_free)
+        try:
+            logits = await asyncio.wait_for(asyncio.shield(call), self.inference_timeout_s)
+            if logits.shape[0] != len(batch):
+                raise RuntimeError(f"backend returned {logits.shape[0]} rows for a batch of {len(batch)}")
+        except TimeoutError:
+            self.consecutive_faults += 1
+            log.error("inference of a batch of %d texts exceeded %.1f s", len(batch), self.inference_timeout_s)
+            self.stats.timed_out_batches += 1
+            self._fail(batch, InferenceTimeoutError(self.inference_timeout_s))
+            return
+        except Exception:
+            self.consecutive_faults += 1
+            log.exception("inference failed for a batch of %d texts", len(batch))
+            self.stats.failed_batches += 1
+            self._fail(batch, InferenceError())
+            return
+        self.consecutive_faults = 0
         elapsed = time.monotonic() - started
         self._avg_batch_s = 0.8 * self._avg_batch_s + 0.2 * elapsed
         real = sum(len(t.ids) for t in batch)

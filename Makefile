@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 EXTRAS ?= train,serve,dev
 
-.PHONY: install browser test lint format serve demo bench-train default-model bench-model bench-service reliability baseline lock clean
+.PHONY: install browser test lint format serve demo bench-train default-model bench-model bench-service reliability soak baseline lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -76,6 +76,10 @@ bench-service: $(STAMP)
 # prints a table and writes reports/reliability.json (docs/reliability.md).
 reliability: $(STAMP)
 	ERNIE_CLS_RELIABILITY=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/reliability -s
+
+# 30 minutes at 70 % of the measured capacity: p99 and RSS per minute (reports/soak.json + .png).
+soak: $(STAMP)
+	$(BIN)/ernie-cls bench soak exported/waimai-sentiment --minutes 30 --output reports/soak.json
 
 baseline: $(STAMP)
 	$(BIN)/python -m training.baseline --data data/waimai_10k.csv --seed 42

@@ -160,6 +160,16 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--seed", type=int, default=0)
     bs.add_argument("--output", default="reports/bench-service.json")
 
+    so = bsub.add_parser("soak", help="hours-long style stability run: steady load, latency and memory per minute")
+    so.add_argument("artifact", nargs="?", default="exported/waimai-sentiment")
+    so.add_argument("--minutes", type=float, default=30)
+    so.add_argument("--load", type=float, default=0.7, help="fraction of the measured capacity")
+    so.add_argument("--data", default="data/waimai_10k.csv")
+    so.add_argument("--text-col", default="review")
+    so.add_argument("--workers", type=int, default=0)
+    so.add_argument("--port", type=int, default=8766)
+    so.add_argument("--output", default="reports/soak.json")
+
     p = sub.add_parser("predict", help="label texts from a file or stdin (JSON lines out)")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--input", default="-", help="- for stdin (one text per line), .txt, or CSV/TSV/JSONL")
@@ -244,6 +254,8 @@ def _cmd_qat(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     if args.bench_target == "service":
         return _cmd_bench_service(args)
+    if args.bench_target == "soak":
+        return _cmd_bench_soak(args)
     from training.bench import BenchConfig, run_bench
 
     fields = BenchConfig.__dataclass_fields__
@@ -263,6 +275,16 @@ def _cmd_bench_service(args: argparse.Namespace) -> int:
     print(json.dumps(report["targets"], indent=2))
     print(f"wrote {args.output} and {args.output.rsplit('.', 1)[0]}.png", file=sys.stderr)
     return 0 if all(t is None or t["passed"] for t in report["targets"].values()) else 1
+
+
+def _cmd_bench_soak(args: argparse.Namespace) -> int:
+    from training.bench_service import ServiceBenchConfig, run_soak
+
+    fields = ServiceBenchConfig.__dataclass_fields__
+    cfg = ServiceBenchConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    report = run_soak(cfg, args.minutes, args.load, command="ernie-cls " + " ".join(sys.argv[1:]))
+    print(json.dumps(report["targets"], indent=2))
+    return 0 if all(t["passed"] for t in report["targets"].values()) else 1
 
 
 COMMANDS = {

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
 from types import FrameType
 
@@ -52,8 +53,17 @@ class DrainingServer(uvicorn.Server):
         self.engine = engine
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        grace = self.engine.settings.drain_grace_s
+        if self.engine.draining or grace <= 0:  # no grace, or a second signal: stop accepting now
+            self.engine.draining = True
+            super().handle_exit(sig, frame)
+            return
+        # Readiness turns 503 now; the listener stays open for `grace` seconds so load balancers notice before
+        # connections are refused (closing it earlier resets connections that are in flight towards it).
         self.engine.draining = True
-        super().handle_exit(sig, frame)
+        timer = threading.Timer(grace, super().handle_exit, (sig, frame))
+        timer.daemon = True
+        timer.start()
 
 
 def main() -> None:

@@ -53,6 +53,9 @@ class Settings(BaseSettings):
         default_factory=list, description="Comma-separated Bearer keys; empty means no auth."
     )
     docs_require_auth: bool = Field(False, description="Protect /docs and /openapi.json with the API keys too.")
+    drain_grace_s: float = Field(
+        0.0, ge=0, description="On SIGTERM, keep accepting this long with /readyz at 503, so balancers stop first."
+    )
     drain_timeout_s: float = Field(20.0, ge=0, description="On SIGTERM, how long in-flight work may finish.")
     http_impl: Literal["auto", "httptools", "h11"] = Field(
         "auto", description="uvicorn's HTTP parser: 'auto' takes httptools (C, installed with the serve extra)."

@@ -162,12 +162,13 @@ class Engine:
 
     @property
     def can_serve(self) -> bool:
-        """Loaded and not draining. Requests still run while `faulty`, so a recovered backend is noticed."""
-        return self.ready and not self.draining and self.batcher is not None
+        """Loaded. Requests still run while `faulty` (so a recovered backend is noticed) and while draining (a
+        request that reached us was accepted: it is answered; readiness tells balancers to stop sending)."""
+        return self.ready and self.batcher is not None
 
     @property
     def is_ready(self) -> bool:
-        return self.can_serve and not self.faulty
+        return self.can_serve and not self.draining and not self.faulty
 
     async def _probe_while_faulty(self) -> None:
         """While faulty, send one tiny text through the batcher every second: its success makes the engine ready."""

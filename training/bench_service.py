@@ -20,6 +20,7 @@ import os
 import platform
 import random
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 from ernie_cls.artifact import verify_artifact
 from ernie_cls.errors import ErnieClsError
@@ -175,6 +177,10 @@ class ServerProcess:
             text = reply.read().decode()
         found = re.findall(r"^ernie_cls_(texts|batches|real_tokens|padded_tokens)_total ([0-9.e+]+)$", text, re.M)
         return {k: float(v) for k, v in found}
+
+    def rss_bytes(self) -> int:
+        assert self.proc is not None
+        return psutil.Process(self.proc.pid).memory_info().rss
 
     def cpu_seconds(self) -> tuple[float, float]:
         """(event-loop thread, whole process) CPU seconds so far, from /proc (Linux); zeros elsewhere."""
@@ -330,6 +336,83 @@ def plot(report: dict, path: Path) -> None:
         f"ernie-cls service: {report['machine']['cpu']}, {report['workers']} workers x {report['threads']} threads",
         fontsize=10,
     )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------- soak
+def run_soak(cfg: ServiceBenchConfig, minutes: float, load: float, command: str | None = None) -> dict:
+    """`load` x the measured capacity (closed loop, concurrency 64) for `minutes`, in one-minute open-loop segments:
+    per minute p50/p99, failures and the server's RSS. Passes with 0 failures, the last 5 minutes' p99 within 20 % of
+    the first 5 minutes', and RSS growth under 10 % (measured from the end of the first minute, after warm-up)."""
+    workers = cfg.workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()) or 1
+    examples, _ = load_examples(cfg.data, cfg.text_col, require_labels=False)
+    texts = [e.text for e in examples]
+    random.Random(cfg.seed).shuffle(texts)
+    minute_runs: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="ernie-cls-soak-") as tmp:
+        work = Path(tmp)
+        bodies = work / "bodies.jsonl"
+        bodies.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts), "utf-8")
+        with ServerProcess(cfg, workers, work, ERNIE_CLS_CACHE_SIZE="2000") as server:
+            capacity = server.load(bodies, 15, concurrency=64)["items_per_second"]
+            rate = round(capacity * load, 1)
+            for minute in range(int(minutes)):
+                run = server.load(bodies, 58, rate=rate)
+                run["minute"] = minute + 1
+                run["server_rss_mb"] = round(server.rss_bytes() / 2**20, 1)
+                minute_runs.append(run)
+                print(
+                    f"minute {minute + 1}: {run['items_per_second']} texts/s, p99 {run['latency_ms']['p99']} ms, "
+                    f"failed {run['failed']}, rss {run['server_rss_mb']} MB",
+                    file=sys.stderr,
+                )
+    window = min(5, max(1, len(minute_runs) // 2))
+    first = statistics.mean(r["latency_ms"]["p99"] for r in minute_runs[:window])
+    last = statistics.mean(r["latency_ms"]["p99"] for r in minute_runs[-window:])
+    rss0, rss1 = minute_runs[0]["server_rss_mb"], minute_runs[-1]["server_rss_mb"]
+    failed = sum(r["failed"] for r in minute_runs)
+    report = {
+        "artifact": cfg.artifact,
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "arch": platform.machine()},
+        "command": command,
+        "capacity_texts_per_second": capacity,
+        "rate": rate,
+        "minutes": minute_runs,
+        "targets": {
+            "failed_requests": _target(failed, "<=", 0),
+            "p99_last_over_first": _target(last / first, "<=", 1.2),
+            "rss_growth": _target((rss1 - rss0) / rss0, "<=", 0.10),
+        },
+    }
+    out = Path(cfg.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+    _plot_soak(report, out.with_suffix(".png"))
+    return report
+
+
+def _plot_soak(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = report["minutes"]
+    x = [r["minute"] for r in runs]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6))
+    left.plot(x, [r["latency_ms"]["p50"] for r in runs], marker=".", label="p50")
+    left.plot(x, [r["latency_ms"]["p99"] for r in runs], marker=".", label="p99")
+    left.set_xlabel("minute")
+    left.set_ylabel("latency (ms)")
+    left.legend()
+    left.grid(alpha=0.3)
+    right.plot(x, [r["server_rss_mb"] for r in runs], marker=".", color="C2")
+    right.set_xlabel("minute")
+    right.set_ylabel("server RSS (MB)")
+    right.grid(alpha=0.3)
+    fig.suptitle(f"soak at {report['rate']} texts/s (70 % of {report['capacity_texts_per_second']})", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, create_model, model_validator
 
 EXAMPLES: list[Any] = [
     {"texts": ["送餐很快，味道不错，下次还点", "等了两个小时，饭都凉了，差评"]},
@@ -13,11 +13,23 @@ EXAMPLES: list[Any] = [
 ]
 
 
-class ClassifyRequestBase(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": EXAMPLES})
+# Exactly one of `text` / `texts`, said in the schema too, so clients and fuzzers generate only valid bodies.
+ONE_OF_TEXT_OR_TEXTS = [{"required": ["text"]}, {"required": ["texts"]}]
 
-    text: str | None = Field(None, description="One text. Give either `text` or `texts`.")
-    texts: list[str] | None = Field(None, description="Several texts, classified independently, answered in order.")
+
+def _texts_schema(max_texts: int | None = None) -> WithJsonSchema:
+    schema: dict[str, Any] = {"type": "array", "items": {"type": "string"}, "minItems": 1}
+    if max_texts is not None:
+        schema["maxItems"] = max_texts
+    return WithJsonSchema(schema | {"description": "Several texts, classified independently, answered in order."})
+
+
+class ClassifyRequestBase(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": EXAMPLES, "oneOf": ONE_OF_TEXT_OR_TEXTS})
+
+    # None means absent; the schema shows only the present forms (a string, a non-empty array).
+    text: Annotated[str | None, WithJsonSchema({"type": "string", "description": "One text."})] = None
+    texts: Annotated[list[str] | None, _texts_schema()] = None
     top_k: int = Field(1, ge=1, description="How many labels with scores to return per text, best first.")
     truncate: bool = Field(
         False, description="Cut texts longer than the character cap instead of rejecting them (flagged `truncated`)."
@@ -39,8 +51,8 @@ def classify_request_model(max_texts: int, num_labels: int) -> type[ClassifyRequ
         "ClassifyRequest",
         __base__=ClassifyRequestBase,
         texts=(
-            list[str] | None,
-            Field(None, min_length=1, max_length=max_texts, description="Several texts, answered in order."),
+            Annotated[list[str] | None, _texts_schema(max_texts)],
+            Field(None, min_length=1, max_length=max_texts),
         ),
         top_k=(int, Field(1, ge=1, le=num_labels, description="How many labels with scores per text.")),
     )

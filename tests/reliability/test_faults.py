@@ -11,12 +11,14 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
 import psutil
 import pytest
 
+from service.loadgen import Connection, prepare
 from tests.reliability.conftest import DEFAULT_ARTIFACT, ROOT, LiveService
 
 TEXTS = [
@@ -113,11 +115,9 @@ def test_deadlines_give_504_and_the_work_is_never_done(record):
         svc.close_gates()
         texts_before = gate.texts
         statuses: dict[int, int] = {}
-        for start in range(0, n, 1000):
-            bodies = [{"text": f"{TEXTS[i % 8]} {i}"} for i in range(start, start + 1000)]
-            for reply in asyncio.run(_post_all(svc.base, bodies, {"X-Request-Timeout-Ms": "100"}, limit=500)):
-                code = reply.status_code if not isinstance(reply, Exception) else -1
-                statuses[code] = statuses.get(code, 0) + 1
+        bodies = [json.dumps({"text": f"{TEXTS[i % 8]} {i}"}).encode() for i in range(n)]
+        for code in asyncio.run(_statuses(svc.port, bodies, {"X-Request-Timeout-Ms": "100"}, connections=500)):
+            statuses[code] = statuses.get(code, 0) + 1
         svc.open_gates()
         time.sleep(0.5)
         run_after_deadline = gate.texts - texts_before  # only the batch already inside the model may run
@@ -136,6 +136,23 @@ def test_deadlines_give_504_and_the_work_is_never_done(record):
     assert statuses == {504: n}
     assert run_after_deadline <= 8
     assert leaked <= 0 and rss_growth < 100 * 2**20
+
+
+async def _statuses(port: int, bodies: list[bytes], headers: dict[str, str], connections: int) -> list[int]:
+    """Status of each request, sent over `connections` keep-alive sockets (the load generator's own client:
+    httpx's pool is quadratic in open connections and took 30 s per 1000 requests here)."""
+    raws = prepare(bodies, "127.0.0.1", port, "/v1/classify", headers)
+    queue = list(reversed(raws))
+    out: list[int] = []
+
+    async def worker() -> None:
+        conn = Connection("127.0.0.1", port)
+        while queue:
+            out.append(await conn.request(queue.pop()))
+        conn.close()
+
+    await asyncio.gather(*(worker() for _ in range(connections)))
+    return out
 
 
 def _server_tasks(svc: LiveService) -> int:
@@ -341,3 +358,78 @@ def test_api_keys_guard_the_api_not_health_and_are_never_logged(caplog, record):
     record(cases=len(checks), failures=checks.count(False))
     assert all(checks), checks
     assert os.environ.get("ERNIE_CLS_API_KEYS") is None  # the keys came from settings, not a leaked env
+
+
+def test_sigterm_under_continuous_load_loses_no_accepted_request(record):
+    """A real `python -m service` under 8 busy clients gets SIGTERM: every request the server accepted is answered
+    200, new connections are refused, readiness is gone at once, and the process exits within the drain timeout."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.test_service_process import start_service
+
+    proc, base, _ = start_service(
+        DEFAULT_ARTIFACT, ERNIE_CLS_DRAIN_TIMEOUT_S="10", ERNIE_CLS_DRAIN_GRACE_S="1", ERNIE_CLS_CACHE_SIZE="0"
+    )
+    stop_at = [float("inf")]
+    outcomes: dict[str, int] = {}
+    balancer_routes = threading.Event()  # a load balancer's view: sends while /readyz said 200 at its last probe
+    balancer_routes.set()
+
+    def balancer() -> None:
+        while time.monotonic() < stop_at[0]:
+            try:
+                ok = httpx.get(f"{base}/readyz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            if not ok:
+                balancer_routes.clear()
+            time.sleep(0.25)  # probe period, shorter than the drain grace
+
+    def client(k: int) -> None:
+        i = 0
+        while time.monotonic() < stop_at[0]:
+            if not balancer_routes.is_set():
+                time.sleep(0.01)
+                continue
+            i += 1
+            try:  # a new connection per request: refused (not accepted) is then told apart from lost
+                r = httpx.post(f"{base}/v1/classify", json={"text": f"{TEXTS[k]} {i}"}, timeout=15,
+                               headers={"Connection": "close"})  # fmt: skip
+                kind = f"answered {r.status_code}"
+            except httpx.ConnectError:
+                kind = "refused (not accepted)"
+                time.sleep(0.01)
+            except httpx.HTTPError as err:
+                kind = f"lost ({type(err).__name__})"
+            outcomes[kind] = outcomes.get(kind, 0) + 1
+
+    with ThreadPoolExecutor(9) as pool:
+        pool.submit(balancer)
+        for k in range(8):
+            pool.submit(client, k)
+        time.sleep(3)
+        signalled = time.monotonic()
+        proc.send_signal(15)
+        ready: int | str = 200
+        while ready == 200 and time.monotonic() - signalled < 2:  # the signal is handled asynchronously
+            try:
+                ready = httpx.get(f"{base}/readyz", timeout=2).status_code
+            except httpx.HTTPError:
+                ready = "refused"
+        readiness_after_s = time.monotonic() - signalled
+        stop_at[0] = time.monotonic() + 2  # clients keep trying for 2 s after the signal
+    code = proc.wait(timeout=20)
+    exited_after = time.monotonic() - signalled
+    lost = sum(v for k, v in outcomes.items() if k != "answered 200" and not k.startswith("refused"))
+    record(
+        cases=sum(outcomes.values()),
+        failures=lost,
+        outcomes=outcomes,
+        readiness_after_signal=str(ready),
+        readiness_503_after_s=round(readiness_after_s, 3),
+        exit_seconds_after_signal=round(exited_after, 2),
+    )
+    assert lost == 0, outcomes
+    assert ready == 503 and readiness_after_s < 1
+    assert outcomes.get("answered 200", 0) > 50
+    assert code in (0, -15) and exited_after < 13

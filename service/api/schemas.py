@@ -14,7 +14,7 @@ EXAMPLES: list[Any] = [
 
 
 # Exactly one of `text` / `texts`, said in the schema too, so clients and fuzzers generate only valid bodies.
-ONE_OF_TEXT_OR_TEXTS = [{"required": ["text"]}, {"required": ["texts"]}]
+ONE_OF_TEXT_OR_TEXTS: list[Any] = [{"required": ["text"]}, {"required": ["texts"]}]
 
 
 def _texts_schema(max_texts: int | None = None) -> WithJsonSchema:

@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 EXTRAS ?= train,serve,dev
 
-.PHONY: install browser test lint format serve demo bench-train default-model bench-model bench-service reliability soak baseline lock clean
+.PHONY: install browser test lint format serve demo bench-train default-model bench-model bench-service reliability soak robust-model bench-robustness verify baseline lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -56,6 +56,23 @@ default-model: $(STAMP)
 	$(BIN)/ernie-cls qat --checkpoint runs/waimai/best --output runs/waimai-qat --overwrite --no-progress
 	$(BIN)/ernie-cls export $(EXPORT_ARGS) --output runs/waimai-full
 	$(BIN)/ernie-cls export $(EXPORT_ARGS) --output exported/waimai-sentiment --formats onnx-int8-cpu,onnx-int8,triton
+
+# The same recipe with the robustness options (docs/robustness.md), exported in full to runs/robust-full.
+ROBUST := --noise-augment 0.5 --noise-rate 0.1 --label-smoothing 0.1
+robust-model: $(STAMP)
+	$(BIN)/ernie-cls train $(RECIPE) $(ROBUST) --output runs/robust --overwrite --no-progress
+	$(BIN)/ernie-cls qat --checkpoint runs/robust/best --output runs/robust-qat --overwrite --no-progress
+	$(BIN)/ernie-cls export --checkpoint runs/robust/best --qat runs/robust-qat/best --name waimai-robust \
+		--overwrite --output runs/robust-full
+
+# Test accuracy under text noise, plain vs robust, FP32 vs INT8 (needs default-model and robust-model).
+bench-robustness: $(STAMP)
+	$(BIN)/ernie-cls bench robustness plain=runs/waimai-full robust=runs/robust-full \
+		--output reports/bench-robustness.json
+
+# The pre-launch checks on the bundled model, on its own held-out split (reports/verify-waimai-sentiment/).
+verify: $(STAMP)
+	$(BIN)/ernie-cls verify exported/waimai-sentiment --data data/waimai_10k.csv --text-col review --label-col label
 
 # Every format of the full artifact (needs `make default-model` first): docs/benchmarks.md section 3.
 bench-model: $(STAMP)

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 from ernie_cls import __version__
 from ernie_cls.errors import ErnieClsError
@@ -91,6 +92,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="mixed precision (GPU default)")
     t.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r = t.add_argument_group("robustness (all off by default; costs in docs/robustness.md; `qat` inherits them)")
+    r.add_argument("--label-smoothing", type=float, default=0.0, help="e.g. 0.1")
+    r.add_argument("--adversarial", choices=("none", "fgm"), default="none", help="FGM on the word embeddings")
+    r.add_argument("--adv-epsilon", type=float, default=1.0)
+    r.add_argument("--noise-augment", type=float, default=0.0, help="share of training texts seen noisy, e.g. 0.3")
+    r.add_argument("--noise-rate", type=float, default=0.1, help="per-character rate of that noise")
+    r.add_argument("--rdrop-alpha", type=float, default=0.0, help="R-Drop consistency weight, e.g. 1.0")
+    d = t.add_argument_group("distillation")
+    d.add_argument("--teacher", help="checkpoint whose soft labels the student also learns")
+    d.add_argument("--distill-alpha", type=float, default=0.5)
+    d.add_argument("--distill-temperature", type=float, default=2.0)
 
     e = sub.add_parser("evaluate", help="metrics of a checkpoint on a labelled file")
     e.add_argument("--checkpoint", required=True, help="a checkpoint directory (e.g. runs/x/best)")
@@ -170,6 +182,32 @@ def build_parser() -> argparse.ArgumentParser:
     so.add_argument("--port", type=int, default=8766)
     so.add_argument("--output", default="reports/soak.json")
 
+    v = sub.add_parser("verify", help="the ten pre-launch checks on an artifact, as the service loads it")
+    v.add_argument("artifact", help="exported/<name>")
+    v.add_argument("--data", help="labelled file for accuracy/agreement (its own test split if it trained the model)")
+    v.add_argument("--text-col")
+    v.add_argument("--label-col")
+    v.add_argument("--split", choices=["auto", "test", "all"], default="auto")
+    v.add_argument("--max-examples", type=int, default=0)
+    v.add_argument("--output", help="report directory (default reports/verify-<name>)")
+    v.add_argument("--max-accuracy-drop", type=float, default=0.01, help="vs the accuracy recorded at export")
+    v.add_argument("--min-accuracy", type=float, default=0.0)
+    v.add_argument("--max-fp32-logit-diff", type=float, default=1e-4)
+    v.add_argument("--min-int8-agreement", type=float, default=0.99)
+    v.add_argument("--max-int8-accuracy-drop", type=float, default=0.01)
+    v.add_argument("--max-p99-ms-batch1", type=float, default=50.0)
+    v.add_argument("--threads", type=int, default=1)
+    v.add_argument("--explain", type=int, default=5, help="texts to explain with occlusion attributions")
+
+    br = bsub.add_parser("robustness", help="test accuracy under text noise, per model and format, JSON + PNG")
+    br.add_argument("artifacts", nargs="+", help="name=exported/<dir> (the first two are compared as plain, robust)")
+    br.add_argument("--data", default="data/waimai_10k.csv")
+    br.add_argument("--text-col", default="review")
+    br.add_argument("--label-col", default="label")
+    br.add_argument("--rates", type=lambda v: [float(x) for x in v.split(",")], default=[0.05, 0.1, 0.2])
+    br.add_argument("--formats", type=lambda v: v.split(","), default=["onnx-fp32", "onnx-int8-cpu"])
+    br.add_argument("--output", default="reports/bench-robustness.json")
+
     p = sub.add_parser("predict", help="label texts from a file or stdin (JSON lines out)")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--input", default="-", help="- for stdin (one text per line), .txt, or CSV/TSV/JSONL")
@@ -222,7 +260,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-PADDLE_COMMANDS = {"train", "qat", "evaluate", "predict", "export", "bench"}
+PADDLE_COMMANDS = {"train", "qat", "evaluate", "predict", "export", "bench", "verify"}
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -256,6 +294,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         return _cmd_bench_service(args)
     if args.bench_target == "soak":
         return _cmd_bench_soak(args)
+    if args.bench_target == "robustness":
+        return _cmd_bench_robustness(args)
     from training.bench import BenchConfig, run_bench
 
     fields = BenchConfig.__dataclass_fields__
@@ -287,7 +327,41 @@ def _cmd_bench_soak(args: argparse.Namespace) -> int:
     return 0 if all(t["passed"] for t in report["targets"].values()) else 1
 
 
+def _cmd_bench_robustness(args: argparse.Namespace) -> int:
+    from training.bench_robustness import RobustnessConfig, run_robustness
+
+    pairs = [a.split("=", 1) if "=" in a else (Path(a).name, a) for a in args.artifacts]
+    cfg = RobustnessConfig(
+        artifacts=dict(pairs),
+        data=args.data,
+        text_col=args.text_col,
+        label_col=args.label_col,
+        rates=args.rates,
+        formats=args.formats,
+        output=args.output,
+    )
+    report = run_robustness(cfg, command="ernie-cls " + " ".join(sys.argv[1:]))
+    print(Path(args.output).with_suffix(".md").read_text(encoding="utf-8"))
+    print(json.dumps(report["targets"], indent=2))
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from training.verify import VerifyConfig, run_verify
+
+    fields = VerifyConfig.__dataclass_fields__
+    report = run_verify(VerifyConfig(**{k: v for k, v in vars(args).items() if k in fields}))
+    for check in report["checks"]:
+        problems = "; ".join(check["problems"])
+        print(f"{check['status']:>7}  {check['name']}" + (f": {problems}" if problems else ""))
+    print(
+        f"{'PASSED' if report['passed'] else 'FAILED'} in {report['seconds']} s; report: {report['output']}/VERIFY.md"
+    )
+    return 0 if report["passed"] else 1
+
+
 COMMANDS = {
+    "verify": _cmd_verify,
     "train": _cmd_train,
     "bench": _cmd_bench,
     "qat": _cmd_qat,

@@ -23,6 +23,7 @@ from functools import partial
 import numpy as np
 
 from ernie_cls.artifact import Artifact, verify_artifact
+from ernie_cls.calibration import softmax
 from ernie_cls.errors import UserInputError
 from ernie_cls.tokenization import ErnieTokenizerFast, normalize_text
 from service.backends import Backend, load_backend
@@ -87,6 +88,7 @@ class Engine:
         self.batcher: Batcher | None = None
         self.cache = LRUCache(settings.cache_size)
         self.labels: list[str] = []
+        self.temperature = 1.0
         self.format = ""
         self.model_key = ""
         self.ready = False
@@ -114,6 +116,8 @@ class Engine:
         self.backends, self.backend = backends, backends[0]
         self.labels = artifact.labels
         self.model_key = artifact.manifest["files"][artifact.manifest["formats"][fmt]["path"]]["sha256"]
+        # Temperature scaling fitted at export (1.0 for artifacts written before it existed).
+        self.temperature = float(artifact.manifest["formats"][fmt].get("temperature", 1.0))
         log.info(
             "model %s (%s, %s) ready in %.2f s: %d worker(s) x %d thread(s)",
             artifact.manifest.get("name"),
@@ -231,8 +235,7 @@ class Engine:
         return f"{self.model_key}:{normalized}"
 
     def _result(self, row: np.ndarray, truncated: bool, top_k: int) -> Result:
-        z = row.astype(np.float64) - row.max()
-        probs = np.exp(z) / np.exp(z).sum()
+        probs = softmax(row, self.temperature)
         order = np.argsort(-probs)[:top_k]
         best = int(order[0])
         score = float(probs[best])

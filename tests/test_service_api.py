@@ -76,7 +76,11 @@ def test_answers_match_the_exported_model(app, int8_artifact, trained_run):
     texts = ["送餐很快，味道不错", "太难吃了，差评", "ＡＢＣ全角😀"]
     tok = ErnieTokenizerFast.load(int8_artifact / "tokenizer")
     logits = onnx_backend(int8_artifact / "onnx/model.int8-cpu.onnx").infer(*tok(texts))
-    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    manifest = json.loads((int8_artifact / "manifest.json").read_text())
+    temperature = manifest["formats"]["onnx-int8-cpu"]["temperature"]  # fitted on dev at export
+    assert temperature > 0 and manifest["metrics"]["onnx-int8-cpu"]["test_ece_calibrated"] >= 0
+    z = logits / temperature
+    probs = np.exp(z) / np.exp(z).sum(1, keepdims=True)
 
     async def fn(client):
         return await client.post("/v1/classify", json={"texts": texts})

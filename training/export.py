@@ -31,6 +31,7 @@ import numpy as np
 
 from ernie_cls import __version__
 from ernie_cls.artifact import TOKENIZER_DIR, write_manifest
+from ernie_cls.calibration import expected_calibration_error, fit_temperature, softmax
 from ernie_cls.errors import ConfigError, ErnieClsError, ModelLoadError, OutputExistsError
 from training.data import Example, LabelMap, check_known_labels, load_examples, stratified_split
 from training.finetune import (
@@ -309,7 +310,9 @@ def model_card(manifest: dict) -> str:
     prov, metrics, checks = manifest["provenance"], manifest["metrics"], manifest["checks"]
     train = prov.get("training_config") or {}
     rows = "\n".join(
-        f"| {fmt} | {m['test_accuracy'] * 100:.2f} % | {m['test_macro_f1']:.4f} | {m['n_test']} |"
+        f"| {fmt} | {m['test_accuracy'] * 100:.2f} % | {m['test_macro_f1']:.4f} | {m['n_test']} | "
+        f"{m.get('temperature', 1.0):.3f} | {m.get('test_ece', float('nan')):.4f} -> "
+        f"{m.get('test_ece_calibrated', float('nan')):.4f} |"
         for fmt, m in metrics.items()
         if isinstance(m, dict) and "test_accuracy" in m
     )
@@ -329,9 +332,12 @@ Written by `ernie-cls export` on {prov.get("created")} (git {str(prov.get("git_c
   normalisation v{manifest["tokenizer"]["normalization_version"]} (see tokenizers/README.md of ernie-cls).
 
 ## Test metrics (held-out split, measured at export on every format)
-| format | accuracy | macro-F1 | n |
-|---|---|---|---|
+| format | accuracy | macro-F1 | n | temperature | ECE raw -> calibrated |
+|---|---|---|---|---|---|
 {rows}
+
+Scores served are softmax(logits / temperature), the temperature fitted on the dev split at export (temperature
+scaling); ECE is the expected calibration error on the test split (15 bins).
 
 ## Export checks
 | check | result |
@@ -342,9 +348,9 @@ Written by `ernie-cls export` on {prov.get("created")} (git {str(prov.get("git_c
 Shipped: {shipped}. Left out of this copy: {omitted}.
 
 ## Intended use and limits
-Routing and triage of short customer messages in the domain of the training data. Scores are softmax
-probabilities, not calibrated; texts from other domains, very long texts (cut at max_seq_len tokens) and other
-languages are outside what it was evaluated on. Review low_confidence answers by hand.
+Routing and triage of short customer messages in the domain of the training data. Scores are calibrated on
+in-domain dev data (see the temperature above); texts from other domains, very long texts (cut at max_seq_len
+tokens) and other languages are outside what it was evaluated on. Review low_confidence answers by hand.
 """
 
 
@@ -471,6 +477,11 @@ def _check_and_describe(
         logits = logits_in_batches(runner.infer, tokenizer, test_enc.ids)
         m = classification_metrics(test_enc.labels.tolist(), logits.argmax(-1).tolist(), names)
         metrics[fmt] = {"test_accuracy": m["accuracy"], "test_macro_f1": m["macro_f1"], "n_test": m["n"]}
+        # Temperature scaling fitted on dev, per format (INT8 logits are not FP32's); ECE measured on test.
+        temperature = fit_temperature(logits_in_batches(runner.infer, tokenizer, dev_enc.ids), dev_enc.labels)
+        metrics[fmt]["temperature"] = round(temperature, 4)
+        metrics[fmt]["test_ece"] = expected_calibration_error(softmax(logits), test_enc.labels)
+        metrics[fmt]["test_ece_calibrated"] = expected_calibration_error(softmax(logits, temperature), test_enc.labels)
     if int8 is not None:
         drop = metrics["onnx-fp32"]["test_accuracy"] - min(
             metrics["onnx-int8"]["test_accuracy"], metrics["onnx-int8-cpu"]["test_accuracy"]
@@ -493,7 +504,7 @@ def _check_and_describe(
     ckpt_metrics_file = Path(cfg.checkpoint) / METRICS_FILE
     training_metrics = json.loads(ckpt_metrics_file.read_text(encoding="utf-8")) if ckpt_metrics_file.is_file() else {}
     num_labels = len(label_map)
-    formats = {
+    formats: dict[str, dict[str, Any]] = {
         "paddle-fp32": {
             "path": f"{PADDLE_FP32}.json",
             "params": f"{PADDLE_FP32}.pdiparams",
@@ -545,6 +556,9 @@ def _check_and_describe(
             "precision": "int8",
             "model": f"{TRITON_MODEL}/1/model.onnx",
         }
+    for fmt, spec in formats.items():
+        if fmt in metrics:
+            spec["temperature"] = metrics[fmt]["temperature"]
     return {
         "name": cfg.name or Path(cfg.output).name,
         "version": cfg.version,
@@ -587,8 +601,16 @@ def _check_and_describe(
                     "pretrain_epochs",
                     "vocab_size",
                     "base_model",
+                    "label_smoothing",
+                    "adversarial",
+                    "noise_augment",
+                    "noise_rate",
+                    "rdrop_alpha",
+                    "distill_alpha",
                 )
-            },
+                if k in training_config
+            }
+            | {"teacher": Path(training_config["teacher"]).name if training_config.get("teacher") else None},
             "versions": _versions(),
             "git_commit": _git_commit(),
             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

@@ -80,6 +80,16 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | gpu
     amp: bool | None = None  # default: on for GPU
     progress: bool = True
+    # Robustness options (all off by default; docs/robustness.md has what each costs in training time):
+    label_smoothing: float = 0.0  # cross-entropy against (1 - eps) one-hot + eps uniform
+    adversarial: str = "none"  # "fgm": a second loss on word embeddings pushed along their gradient
+    adv_epsilon: float = 1.0  # FGM perturbation norm
+    noise_augment: float = 0.0  # share of drawn training texts replaced by a noisy copy (training/noise.py)
+    noise_rate: float = 0.1  # per-character rate of that noise ("mixed" kinds)
+    rdrop_alpha: float = 0.0  # R-Drop: two dropout passes, + alpha x symmetric KL between them
+    teacher: str | None = None  # distillation: a checkpoint whose soft labels the student learns too
+    distill_alpha: float = 0.5  # weight of the soft-label loss
+    distill_temperature: float = 2.0
 
     def validate(self) -> None:
         if self.data is None and self.train_file is None:
@@ -95,6 +105,13 @@ class TrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1.", "Use a positive value.")
         if self.max_seq_len < 8:
             raise ConfigError("--max-seq-len must be >= 8.", "128 suits short customer messages.")
+        if self.adversarial not in ("none", "fgm"):
+            raise ConfigError(f"--adversarial {self.adversarial!r} is not known.", "Use none or fgm.")
+        for name in ("label_smoothing", "noise_augment", "noise_rate", "distill_alpha"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1).", "E.g. 0.1.")
+        if self.rdrop_alpha < 0 or self.adv_epsilon <= 0 or self.distill_temperature <= 0:
+            raise ConfigError("--rdrop-alpha must be >= 0, --adv-epsilon and --distill-temperature > 0.", "E.g. 1.0.")
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -129,12 +146,15 @@ def load_splits(cfg: TrainConfig) -> tuple[Splits, LabelMap, dict]:
 class Encoded:
     ids: list[list[int]]
     labels: np.ndarray
+    texts: list[str] = field(default_factory=list)  # normalised texts (noise augmentation re-encodes them)
+    teacher_logits: np.ndarray | None = None  # distillation targets, one row per text
 
 
 def encode(examples: list[Example], tokenizer: ErnieTokenizerFast, label_map: LabelMap) -> Encoded:
-    ids = tokenizer.encode_ids([e.text for e in examples], normalized=True)
+    texts = [e.text for e in examples]
+    ids = tokenizer.encode_ids(texts, normalized=True)
     index = {raw: i for i, raw in enumerate(label_map.labels)}
-    return Encoded(ids, np.array([index[e.label] for e in examples], dtype=np.int64))
+    return Encoded(ids, np.array([index[e.label] for e in examples], dtype=np.int64), texts)
 
 
 def length_bucketed_batches(lengths: list[int], batch_size: int, rng: random.Random, pool: int = 50) -> list[list[int]]:
@@ -281,7 +301,6 @@ def fit(
     macro-F1, early stop after `cfg.patience` evaluations without improvement.
     """
     import paddle
-    import paddle.nn.functional as F  # noqa: N812
     from tqdm import tqdm
 
     world = paddle.distributed.get_world_size()
@@ -305,6 +324,9 @@ def fit(
     eval_every = cfg.eval_every or steps_per_epoch
     lengths = [len(x) for x in train_data.ids]
     rng = random.Random(cfg.seed)
+    from training.robust import RobustTraining
+
+    robust = RobustTraining(cfg, model, tokenizer, train_data, random.Random(cfg.seed + 1))
     history: list[dict] = []
     best_f1, best_step, evals_since_best = -1.0, 0, 0
     step, seen, t_train = 0, 0, 0.0
@@ -321,16 +343,18 @@ def fit(
         train_model.train()
         for batch in bar:
             t0 = time.perf_counter()
-            input_ids, token_type_ids = tokenizer.pad([train_data.ids[i] for i in batch])
+            input_ids, token_type_ids = tokenizer.pad(robust.batch_ids(batch))
+            ids_t, types_t = paddle.to_tensor(input_ids), paddle.to_tensor(token_type_ids)
             labels = paddle.to_tensor(train_data.labels[batch])
             with paddle.amp.auto_cast(enable=use_amp):
-                logits = train_model(paddle.to_tensor(input_ids), token_type_ids=paddle.to_tensor(token_type_ids))
-                loss = F.cross_entropy(logits, labels)
+                logits = train_model(ids_t, token_type_ids=types_t)
+                loss = robust.loss(train_model, logits, labels, batch, ids_t, types_t)
             if scaler is not None:
                 scaler.scale(loss).backward()
                 scaler.minimize(optimizer, loss)
             else:
                 loss.backward()
+                robust.adversarial_step(train_model, labels, ids_t, types_t)
                 optimizer.step()
             optimizer.clear_grad()
             schedule.step()
@@ -403,6 +427,8 @@ def train(cfg: TrainConfig) -> dict:
             "Use the vocab.txt that came with the model.",
         )
     train_data = encode(splits.train, tokenizer, label_map)
+    if cfg.teacher:
+        train_data.teacher_logits = teacher_logits(cfg.teacher, label_map, train_data.texts)
     dev_data = encode(splits.dev, tokenizer, label_map)
     test_data = encode(splits.test, tokenizer, label_map) if splits.test else None
 
@@ -458,6 +484,21 @@ def train(cfg: TrainConfig) -> dict:
         (out / BEST_DIR / METRICS_FILE).write_text(text, encoding="utf-8")
         (out / METRICS_FILE).write_text(text, encoding="utf-8")
     return metrics
+
+
+def teacher_logits(checkpoint: str, label_map: LabelMap, texts: list[str]) -> np.ndarray:
+    """The teacher's logits on the training texts, through its own tokenizer (it may have another vocabulary)."""
+    from training.modeling import load_checkpoint
+
+    teacher, teacher_tokenizer, teacher_labels = load_checkpoint(checkpoint)
+    if list(teacher_labels.labels) != list(label_map.labels):
+        raise ConfigError(
+            f"The teacher {checkpoint} predicts {teacher_labels.labels}, the student {label_map.labels}.",
+            "Distil from a teacher trained on the same labels.",
+        )
+    ids = teacher_tokenizer.encode_ids(texts, normalized=True)
+    log.info("distillation: teacher %s scored %d training texts", checkpoint, len(texts))
+    return predict_logits(teacher, teacher_tokenizer, ids)
 
 
 def _select_device(requested: str) -> str:

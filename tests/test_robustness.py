@@ -1,0 +1,95 @@
+"""Robustness options and distillation: the noise functions do what they say; each training option runs, changes
+the training, and is recorded in the checkpoint's config."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from ernie_cls.tokenization import normalize_text
+from tests.conftest import tiny_train_config, waimai_rows
+from training.noise import NOISE_KINDS, HomophoneTable, noisy
+
+TEXT = "送餐很快，味道很好，下次还点！ABC 123"
+
+
+@pytest.mark.parametrize("kind", NOISE_KINDS)
+def test_each_noise_kind_changes_texts_at_its_rate_and_is_deterministic(kind):
+    table = HomophoneTable.from_texts([r["review"] for r in waimai_rows(300)])  # a real corpus: real homophones
+    out = [noisy(TEXT, kind, 0.3, random.Random(s), table) for s in range(50)]
+    assert sum(o != TEXT for o in out) > 25  # at 30 % per character nearly every text changes
+    assert out == [noisy(TEXT, kind, 0.3, random.Random(s), table) for s in range(50)]
+    assert all(o for o in out)
+    if kind == "delete":
+        assert all(len(o) <= len(TEXT) for o in out)
+    if kind in ("duplicate", "insert"):
+        assert all(len(o) >= len(TEXT) for o in out)
+
+
+def test_width_noise_is_undone_by_the_normalisation_training_and_serving_share():
+    noisy_text = noisy(TEXT, "width", 1.0, random.Random(0))
+    assert noisy_text != TEXT and normalize_text(noisy_text) == normalize_text(TEXT)
+
+
+def test_homophones_keep_the_pinyin():
+    from pypinyin import lazy_pinyin
+
+    table = HomophoneTable.from_texts(["在再在再做作坐座"], min_count=1)
+    for ch in "在再做作坐座":
+        sub = table.substitute(ch, random.Random(1))
+        assert sub != ch and lazy_pinyin(sub) == lazy_pinyin(ch)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"label_smoothing": 0.1},
+        {"adversarial": "fgm", "adv_epsilon": 0.5},
+        {"noise_augment": 0.5, "noise_rate": 0.2},
+        {"rdrop_alpha": 1.0},
+    ],
+)
+def test_robustness_options_train_and_are_recorded(options, small_csv, tmp_path):
+    from training.finetune import train
+
+    metrics = train(tiny_train_config(tmp_path / "run", small_csv, max_steps=6, eval_every=3, **options))
+    assert all(h["loss"] == h["loss"] for h in metrics["history"])  # finite (not NaN)
+    saved = json.loads((tmp_path / "run" / "best" / "training_config.json").read_text())
+    assert all(saved[k] == v for k, v in options.items())
+
+
+def test_fgm_restores_the_embeddings_it_perturbs(small_csv, tmp_path, monkeypatch):
+    """After the adversarial pass the optimiser must see the original weights (only gradients accumulate)."""
+    import numpy as np
+
+    from training import robust
+
+    seen = {}
+    original = robust.RobustTraining.adversarial_step
+
+    def spy(self, train_model, labels, ids, types):
+        weight = self.model.ernie.embeddings.word_embeddings.weight
+        before = weight.numpy().copy()
+        original(self, train_model, labels, ids, types)
+        seen["restored"] = np.array_equal(before, weight.numpy())
+
+    monkeypatch.setattr(robust.RobustTraining, "adversarial_step", spy)
+    from training.finetune import train
+
+    train(tiny_train_config(tmp_path / "run", small_csv, max_steps=2, adversarial="fgm"))
+    assert seen["restored"] is True
+
+
+def test_distillation_learns_from_a_teacher_and_refuses_a_mismatched_one(trained_run, small_csv, tmp_path):
+    from ernie_cls.errors import ConfigError
+    from training.data import LabelMap
+    from training.finetune import teacher_logits, train
+
+    metrics = train(tiny_train_config(tmp_path / "student", small_csv, max_steps=4, teacher=str(trained_run / "best")))
+    assert metrics["steps"] == 4
+    soft = teacher_logits(str(trained_run / "best"), LabelMap(["0", "1"]), ["好吃", "难吃"])
+    assert soft.shape == (2, 2)
+    with pytest.raises(ConfigError, match="same labels"):
+        teacher_logits(str(trained_run / "best"), LabelMap(["a", "b", "c"]), ["好吃"])

@@ -1,0 +1,96 @@
+"""`ernie-cls verify`: the ten checks pass on a sound artifact and each catches what it is for."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from ernie_cls.artifact import write_manifest
+from training.verify import VerifyConfig, run_verify
+
+NAMES = [
+    "1 integrity",
+    "2 weights/graph consistency",
+    "3 interface",
+    "4 accuracy",
+    "5 cross-format agreement",
+    "6 latency",
+    "7 edge inputs",
+    "8 safety",
+    "9 explanations",
+    "10 package completeness",
+]
+
+
+def by_name(report: dict) -> dict:
+    return {c["name"]: c for c in report["checks"]}
+
+
+@pytest.fixture(scope="module")
+def sound_report(int8_artifact, small_csv, tmp_path_factory):
+    out = tmp_path_factory.mktemp("verify")
+    return run_verify(VerifyConfig(str(int8_artifact), data=str(small_csv), output=str(out), explain=2)), out
+
+
+def test_sound_artifact_passes_every_check_and_writes_the_report(sound_report):
+    report, out = sound_report
+    checks = by_name(report)
+    assert list(checks) == NAMES
+    assert report["passed"], [c["problems"] for c in report["checks"]]
+    assert all(c["status"] == "passed" for c in report["checks"]), {n: c["status"] for n, c in checks.items()}
+    # every runtime format was evaluated and compared
+    assert {"paddle-fp32", "onnx-fp32", "onnx-int8", "onnx-int8-cpu"} <= set(checks["4 accuracy"]["details"])
+    assert checks["5 cross-format agreement"]["details"]["paddle-fp32 vs onnx-fp32"]["max_abs_logit_diff"] < 1e-4
+    assert checks["6 latency"]["details"]["batch 32"]["p99_ms"] >= checks["6 latency"]["details"]["batch 32"]["p50_ms"]
+    samples = checks["9 explanations"]["details"]["samples"]
+    assert len(samples) == 2 and all(s["tokens"] for s in samples)
+    assert (out / "VERIFY.md").read_text().count("PASS") >= 10
+    assert (out / "verify.png").stat().st_size > 5_000
+    assert json.loads((out / "verify.json").read_text())["passed"] is True
+
+
+def test_a_modified_model_fails_integrity(int8_artifact, tmp_path):
+    art = tmp_path / "art"
+    shutil.copytree(int8_artifact, art)
+    model = art / "onnx" / "model.int8-cpu.onnx"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 1
+    model.write_bytes(bytes(data))
+    report = run_verify(VerifyConfig(str(art), output=str(tmp_path / "out")))
+    assert not report["passed"]
+    assert "sha256 mismatch" in " ".join(by_name(report)["1 integrity"]["problems"])
+
+
+def test_absolute_paths_and_secrets_in_the_package_fail_safety(int8_artifact, tmp_path):
+    art = tmp_path / "art"
+    shutil.copytree(int8_artifact, art)
+    card = art / "MODEL_CARD.md"
+    card.write_text(card.read_text() + "\ntrained from /home/alice/data.csv, api_key = 'abc'\n")
+    manifest = json.loads((art / "manifest.json").read_text())
+    manifest.pop("files")
+    write_manifest(art, manifest)  # a consistent artifact: only the safety scan can object
+    report = run_verify(VerifyConfig(str(art), output=str(tmp_path / "out"), explain=0))
+    safety = by_name(report)["8 safety"]
+    assert safety["status"] == "failed"
+    assert any("absolute path" in p for p in safety["problems"]) and any("secret" in p for p in safety["problems"])
+    assert by_name(report)["1 integrity"]["status"] == "passed"
+
+
+def test_missing_triton_model_fails_completeness(int8_artifact, tmp_path):
+    art = tmp_path / "art"
+    shutil.copytree(int8_artifact, art)
+    for f in art.glob("triton/*/1/model.onnx"):
+        f.unlink()
+    manifest = json.loads((art / "manifest.json").read_text())
+    manifest.pop("files")
+    write_manifest(art, manifest)
+    report = run_verify(VerifyConfig(str(art), output=str(tmp_path / "out"), explain=0))
+    assert any("model.onnx" in p for p in by_name(report)["10 package completeness"]["problems"])
+
+
+def test_without_data_accuracy_and_agreement_are_skipped_not_passed(int8_artifact, tmp_path):
+    report = run_verify(VerifyConfig(str(int8_artifact), output=str(tmp_path / "out"), explain=0))
+    checks = by_name(report)
+    assert checks["4 accuracy"]["status"] == "skipped" and checks["5 cross-format agreement"]["status"] == "skipped"

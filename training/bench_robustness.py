@@ -1,0 +1,144 @@
+"""`ernie-cls bench robustness`: test accuracy under each kind of text noise at fixed rates, per model and format.
+
+    artifacts (e.g. plain=runs/waimai-full robust=runs/robust-full) x formats (FP32, INT8 as served)
+    x noise kinds (training/noise.py) x rates -> accuracy on the artifact's own held-out split
+    -> JSON + Markdown table + PNG; targets: robust model's drop under 10 % mixed noise <= half the plain model's,
+       at <= 0.5 pt clean accuracy cost
+
+Noise is seeded per (kind, rate, text), so every model sees exactly the same noisy texts.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ernie_cls.artifact import verify_artifact
+from ernie_cls.tokenization import ErnieTokenizerFast
+from training.noise import NOISE_KINDS, HomophoneTable, noisy
+
+
+@dataclass
+class RobustnessConfig:
+    artifacts: dict[str, str]  # name -> artifact directory
+    data: str = "data/waimai_10k.csv"
+    text_col: str | None = "review"
+    label_col: str | None = "label"
+    kinds: list[str] = field(default_factory=lambda: [*NOISE_KINDS, "mixed"])
+    rates: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2])
+    formats: list[str] = field(default_factory=lambda: ["onnx-fp32", "onnx-int8-cpu"])
+    seed: int = 0
+    output: str = "reports/bench-robustness.json"
+
+
+def run_robustness(cfg: RobustnessConfig, command: str | None = None) -> dict:
+    from service.backends import load_backend
+    from training.data import load_examples
+    from training.verify import VerifyConfig, _labelled_data, _logits
+
+    started = time.perf_counter()
+    all_texts = [e.text for e in load_examples(cfg.data, cfg.text_col, cfg.label_col)[0]]
+    homophones = HomophoneTable.from_texts(all_texts)
+    rows: list[dict] = []
+    for name, path in cfg.artifacts.items():
+        artifact = verify_artifact(path)
+        data = _labelled_data(VerifyConfig(path, cfg.data, cfg.text_col, cfg.label_col), artifact)
+        assert data is not None
+        tokenizer = ErnieTokenizerFast.load(artifact.root / artifact.manifest["tokenizer"]["path"])
+        runners = {f: load_backend(artifact, f, 2).infer for f in cfg.formats if f in artifact.manifest["formats"]}
+        conditions = [("clean", 0.0)] + [(k, r) for k in cfg.kinds for r in cfg.rates]
+        for kind, rate in conditions:
+            texts = data["texts"] if kind == "clean" else [
+                noisy(t, kind, rate, random.Random(f"{cfg.seed}-{kind}-{rate}-{i}"), homophones)
+                for i, t in enumerate(data["texts"])
+            ]  # fmt: skip
+            for fmt, run in runners.items():
+                accuracy = float((_logits(run, tokenizer, texts).argmax(1) == data["labels"]).mean())
+                rows.append({"model": name, "format": fmt, "noise": kind, "rate": rate, "accuracy": accuracy})
+    report = {
+        "command": command,
+        "data": {"path": cfg.data, "split": "each artifact's own held-out test split"},
+        "seconds": round(time.perf_counter() - started, 1),
+        "rows": rows,
+        "targets": _targets(rows, cfg),
+    }
+    out = Path(cfg.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    out.with_suffix(".md").write_text(_table(rows), encoding="utf-8")
+    _plot(rows, out.with_suffix(".png"))
+    return report
+
+
+def _acc(rows: list[dict], model: str, fmt: str, noise: str, rate: float) -> float | None:
+    found = [
+        r["accuracy"] for r in rows if (r["model"], r["format"], r["noise"], r["rate"]) == (model, fmt, noise, rate)
+    ]
+    return found[0] if found else None
+
+
+def _targets(rows: list[dict], cfg: RobustnessConfig) -> dict:
+    """plain vs robust (the first two artifacts), per format, at 10 % mixed noise."""
+    names = list(cfg.artifacts)
+    if len(names) < 2 or 0.1 not in cfg.rates or "mixed" not in cfg.kinds:
+        return {}
+    plain, robust = names[:2]
+    targets = {}
+    for fmt in cfg.formats:
+        found = [_acc(rows, m, fmt, n, r) for m in (plain, robust) for n, r in (("clean", 0.0), ("mixed", 0.1))]
+        values = [v for v in found if v is not None]
+        if len(values) < 4:
+            continue
+        plain_clean, plain_noisy, robust_clean, robust_noisy = values
+        plain_drop, robust_drop = plain_clean - plain_noisy, robust_clean - robust_noisy
+        targets[fmt] = {
+            "plain_drop": round(plain_drop, 4),
+            "robust_drop": round(robust_drop, 4),
+            "drop_ratio": round(robust_drop / plain_drop, 3) if plain_drop > 0 else None,
+            "halves_the_drop": robust_drop <= plain_drop / 2,
+            "clean_cost_pt": round((plain_clean - robust_clean) * 100, 2),
+            "clean_cost_within_0.5pt": plain_clean - robust_clean <= 0.005,
+        }
+    return targets
+
+
+def _table(rows: list[dict]) -> str:
+    columns = sorted({(r["model"], r["format"]) for r in rows})
+    conditions = list(dict.fromkeys((r["noise"], r["rate"]) for r in rows))
+    head = "| noise | rate | " + " | ".join(f"{m} {f}" for m, f in columns) + " |"
+    lines = [head, "|" + "---|" * (2 + len(columns))]
+    for noise, rate in conditions:
+        cells = [_acc(rows, m, f, noise, rate) for m, f in columns]
+        lines.append(
+            f"| {noise} | {rate:.0%} | " + " | ".join("" if c is None else f"{c * 100:.2f} %" for c in cells) + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = [k for k in dict.fromkeys(r["noise"] for r in rows) if k != "clean"]
+    columns = sorted({(r["model"], r["format"]) for r in rows})
+    fig, axes = plt.subplots(1, len(kinds), figsize=(3.2 * len(kinds), 3.4), sharey=True, squeeze=False)
+    for ax, kind in zip(axes[0], kinds, strict=True):
+        for i, (model, fmt) in enumerate(columns):
+            rates = [0.0, *sorted({r["rate"] for r in rows if r["noise"] == kind})]
+            accs = [_acc(rows, model, fmt, "clean" if r == 0 else kind, r) for r in rates]
+            style = "-" if "fp32" in fmt else "--"
+            ax.plot([r * 100 for r in rates], [100 * (a or 0.0) for a in accs], style, marker="o", color=f"C{i // 2}",
+                    label=f"{model} {fmt}")  # fmt: skip
+        ax.set_title(kind, fontsize=9)
+        ax.set_xlabel("noise rate (%)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("test accuracy (%)")
+    axes[0][-1].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,100 @@
+"""Robustness and distillation terms of the training loss, kept out of the loop itself (training.finetune.fit).
+
+    batch_ids(batch)      token ids of the batch; with noise_augment, some texts re-encoded from a noisy copy
+    loss(logits, ...)     cross-entropy (label smoothing)
+                          + R-Drop: a second dropout pass, alpha x symmetric KL between the two
+                          + distillation: (1 - a) x that + a x T^2 x KL(teacher soft labels || student)
+    adversarial_step()    FGM: after backward, move the word embeddings by epsilon along their gradient's direction,
+                          add the loss there (its gradient accumulates), restore the embeddings
+
+Everything is off by default; with all options off the loss is plain cross-entropy and no extra pass runs.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+
+from ernie_cls.tokenization import ErnieTokenizerFast
+
+
+class RobustTraining:
+    def __init__(self, cfg: Any, model: Any, tokenizer: ErnieTokenizerFast, data: Any, rng: random.Random) -> None:
+        self.cfg = cfg
+        self.model = model
+        self.tokenizer = tokenizer
+        self.data = data
+        self.rng = rng
+        self.homophones = None
+        if cfg.noise_augment > 0:
+            from training.noise import HomophoneTable
+
+            if not data.texts:
+                raise ValueError("noise augmentation needs the training texts")
+            self.homophones = HomophoneTable.from_texts(data.texts)
+        if getattr(cfg, "amp", None) and cfg.adversarial != "none":
+            from ernie_cls.errors import ConfigError
+
+            raise ConfigError("--adversarial fgm does not combine with --amp yet.", "Drop one of them.")
+
+    # ------------------------------------------------------------------------------------------- inputs
+    def batch_ids(self, batch: list[int]) -> list[list[int]]:
+        ids = [self.data.ids[i] for i in batch]
+        if self.cfg.noise_augment <= 0:
+            return ids
+        from training.noise import noisy
+
+        for row, i in enumerate(batch):
+            if self.rng.random() < self.cfg.noise_augment:
+                text = noisy(self.data.texts[i], "mixed", self.cfg.noise_rate, self.rng, self.homophones)
+                ids[row] = self.tokenizer.encode_ids([text])[0]
+        return ids
+
+    # ------------------------------------------------------------------------------------------- loss
+    def loss(self, train_model, logits, labels, batch: list[int], ids, types):
+        import paddle
+        import paddle.nn.functional as F  # noqa: N812
+
+        cfg = self.cfg
+        loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
+        if cfg.rdrop_alpha > 0:
+            logits2 = train_model(ids, token_type_ids=types)
+            loss = (loss + F.cross_entropy(logits2, labels, label_smoothing=cfg.label_smoothing)) / 2
+            lp1, lp2 = F.log_softmax(logits, -1), F.log_softmax(logits2, -1)
+            kl = F.kl_div(lp1, lp2.exp(), reduction="sum") + F.kl_div(lp2, lp1.exp(), reduction="sum")
+            loss = loss + cfg.rdrop_alpha * kl / (2 * logits.shape[0])  # per example ("batchmean")
+        if self.data.teacher_logits is not None:
+            t = cfg.distill_temperature
+            soft = paddle.to_tensor(_softmax(self.data.teacher_logits[batch] / t))
+            distill = F.kl_div(F.log_softmax(logits / t, -1), soft, reduction="sum") * t * t / logits.shape[0]
+            loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * distill
+        return loss
+
+    def adversarial_step(self, train_model, labels, ids, types) -> None:
+        if self.cfg.adversarial != "fgm":
+            return
+        import paddle
+        import paddle.nn.functional as F  # noqa: N812
+
+        weight = self.model.ernie.embeddings.word_embeddings.weight
+        grad = weight.grad
+        if grad is None:
+            return
+        norm = float(paddle.linalg.norm(grad))
+        if norm == 0 or not np.isfinite(norm):
+            return
+        backup = weight.detach().clone()
+        with paddle.no_grad():
+            weight.set_value(weight + self.cfg.adv_epsilon * grad / norm)
+        adv_logits = train_model(ids, token_type_ids=types)
+        F.cross_entropy(adv_logits, labels, label_smoothing=self.cfg.label_smoothing).backward()
+        with paddle.no_grad():
+            weight.set_value(backup)
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    z = x - x.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)

@@ -439,7 +439,7 @@ def _check_safety(artifact: Artifact) -> Check:
 
 def _explanations(cfg: VerifyConfig, run, tokenizer: ErnieTokenizerFast, artifact: Artifact, data) -> Check:
     """Occlusion: each word piece replaced by [UNK] in turn; its attribution is the drop in the predicted label's
-    probability. Model-agnostic, runs on the INT8 model as served."""
+    logit margin. Model-agnostic, runs on the INT8 model as served."""
     check = Check("9 explanations")
     if run is None:
         check.status, check.details["reason"] = "skipped", "the served format did not load"
@@ -452,9 +452,14 @@ def _explanations(cfg: VerifyConfig, run, tokenizer: ErnieTokenizerFast, artifac
         pieces = tokenizer.tokenize(text)[: len(ids) - 2]
         variants = [ids] + [[*ids[:i], tokenizer.unk_id, *ids[i + 1 :]] for i in range(1, len(pieces) + 1)]
         batch, types = tokenizer.pad(variants)
-        probs = softmax(run(batch, types))
+        logits = run(batch, types)
+        probs = softmax(logits)
         label = int(probs[0].argmax())
-        scores = (probs[0, label] - probs[1:, label]).tolist()
+        # The label's margin in logits (its logit minus the best other): unlike a probability, it still moves when
+        # the model is already 99 % sure, so confident predictions get readable attributions too.
+        others = np.delete(logits, label, axis=1).max(axis=1)
+        margin = logits[:, label] - others
+        scores = (margin[0] - margin[1:]).tolist()
         if not np.all(np.isfinite(scores)):
             check.fail(f"non-finite attributions for {text[:20]!r}")
         samples.append({
@@ -462,7 +467,7 @@ def _explanations(cfg: VerifyConfig, run, tokenizer: ErnieTokenizerFast, artifac
             "tokens": [[p, round(s, 6)] for p, s in zip(pieces, scores, strict=True)],
             "max_abs_attribution": float(np.abs(scores).max()) if scores else 0.0,
         })  # fmt: skip
-    check.details["method"] = "occlusion ([UNK] per word piece), drop in the predicted label's probability"
+    check.details["method"] = "occlusion ([UNK] per word piece), drop in the predicted label's logit margin"
     check.details["samples"] = samples
     if texts and not any(x["max_abs_attribution"] > 0 for x in samples):
         check.fail("every attribution is zero: the model ignores its input")
@@ -516,7 +521,7 @@ def _finish(cfg: VerifyConfig, artifact: Artifact | None, checks: list[Check], e
         "manifest_sha256": sha256_file(Path(cfg.artifact) / "manifest.json") if artifact else None,
         "passed": all(c.status != "failed" for c in checks),
         "seconds": round(time.perf_counter() - started, 1),
-        "thresholds": {k: v for k, v in asdict(cfg).items() if k.startswith(("max_", "min_"))},
+        "thresholds": {k: v for k, v in asdict(cfg).items() if k.startswith(("max_", "min_")) and k != "max_examples"},
         **extra,
         "checks": [asdict(c) for c in checks],
     }
@@ -547,7 +552,7 @@ def _markdown(report: dict) -> str:
                 marked = " ".join(f"{t}({v:+.2f})" for t, v in s["tokens"])
                 lines.append(f"- **{s['label']}** ({s['score']}): {marked}")
             lines.append("")
-            lines.append("Attributions: drop in the predicted label's probability when the piece is masked "
+            lines.append("Attributions: drop in the predicted label's logit margin when the piece is masked "
                          "(positive: the piece supports the label). Plot: verify.png.")  # fmt: skip
         else:
             lines.append("```json")

@@ -5,15 +5,12 @@ Validated at start-up, so a bad setting stops the process with a message instead
 
 from __future__ import annotations
 
-import os
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+from ernie_cls.machine import usable_cores
 
 
 class Settings(BaseSettings):
@@ -22,7 +19,9 @@ class Settings(BaseSettings):
     artifact: str = Field("exported/waimai-sentiment", description="Artifact directory written by `ernie-cls export`.")
     format: str | None = Field(None, description="Artifact format to serve (default: the manifest's default, INT8).")
     workers: int = Field(
-        default_factory=_cores, ge=1, description="Model instances running batches at once (one thread pool each)."
+        default_factory=usable_cores,
+        ge=1,
+        description="Model instances running batches at once (one thread pool each).",
     )
     threads: int = Field(1, ge=1, description="Threads per model instance (workers x threads <= cores is best).")
     host: str = Field("127.0.0.1", description="Bind address for `python -m service`.")

@@ -24,7 +24,7 @@ import numpy as np
 
 from ernie_cls.artifact import verify_artifact
 from service.backends import load_backend
-from training.paddle_env import cpuinfo
+from training.paddle_env import cpuinfo, usable_cores
 
 RUNTIME_FORMATS = ("paddle-fp32", "paddle-int8", "onnx-fp32", "onnx-int8", "onnx-int8-cpu")
 
@@ -71,7 +71,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     artifact = verify_artifact(cfg.artifact)
     available = [f for f in RUNTIME_FORMATS if f in artifact.manifest["formats"]]
     formats = cfg.formats or available
-    threads = cfg.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()) or 1
+    threads = cfg.threads or usable_cores()
     runners = {fmt: load_backend(artifact, fmt, threads) for fmt in formats}  # exactly as the service loads
     vocab_size = int(artifact.manifest["tokenizer"]["vocab_size"])
     rng = np.random.default_rng(0)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ernie_cls.artifact import verify_artifact
+from ernie_cls.machine import usable_cores
 from ernie_cls.tokenization import ErnieTokenizerFast
 from training.noise import NOISE_KINDS, HomophoneTable, noisy
 
@@ -37,7 +38,8 @@ class RobustnessConfig:
 def run_robustness(cfg: RobustnessConfig, command: str | None = None) -> dict:
     from service.backends import load_backend
     from training.data import load_examples
-    from training.verify import VerifyConfig, _labelled_data, _logits
+    from training.finetune import logits_in_batches
+    from training.verify import VerifyConfig, labelled_data
 
     started = time.perf_counter()
     all_texts = [e.text for e in load_examples(cfg.data, cfg.text_col, cfg.label_col)[0]]
@@ -45,18 +47,21 @@ def run_robustness(cfg: RobustnessConfig, command: str | None = None) -> dict:
     rows: list[dict] = []
     for name, path in cfg.artifacts.items():
         artifact = verify_artifact(path)
-        data = _labelled_data(VerifyConfig(path, cfg.data, cfg.text_col, cfg.label_col), artifact)
+        data = labelled_data(VerifyConfig(path, cfg.data, cfg.text_col, cfg.label_col), artifact)
         assert data is not None
         tokenizer = ErnieTokenizerFast.load(artifact.root / artifact.manifest["tokenizer"]["path"])
-        runners = {f: load_backend(artifact, f, 2).infer for f in cfg.formats if f in artifact.manifest["formats"]}
+        runners = {
+            f: load_backend(artifact, f, usable_cores()).infer for f in cfg.formats if f in artifact.manifest["formats"]
+        }
         conditions = [("clean", 0.0)] + [(k, r) for k in cfg.kinds for r in cfg.rates]
         for kind, rate in conditions:
             texts = data["texts"] if kind == "clean" else [
                 noisy(t, kind, rate, random.Random(f"{cfg.seed}-{kind}-{rate}-{i}"), homophones)
                 for i, t in enumerate(data["texts"])
             ]  # fmt: skip
+            ids = tokenizer.encode_ids(texts)  # once per condition, shared by the formats
             for fmt, run in runners.items():
-                accuracy = float((_logits(run, tokenizer, texts).argmax(1) == data["labels"]).mean())
+                accuracy = float((logits_in_batches(run, tokenizer, ids).argmax(1) == data["labels"]).mean())
                 rows.append({"model": name, "format": fmt, "noise": kind, "rate": rate, "accuracy": accuracy})
     report = {
         "command": command,

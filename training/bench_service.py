@@ -35,6 +35,7 @@ import psutil
 
 from ernie_cls.artifact import verify_artifact
 from ernie_cls.errors import ErnieClsError
+from ernie_cls.machine import usable_cores
 from ernie_cls.tokenization import ErnieTokenizerFast
 from training.bench import cpu_flags, cpu_model
 from training.data import load_examples
@@ -183,15 +184,13 @@ class ServerProcess:
         return psutil.Process(self.proc.pid).memory_info().rss
 
     def cpu_seconds(self) -> tuple[float, float]:
-        """(event-loop thread, whole process) CPU seconds so far, from /proc (Linux); zeros elsewhere."""
+        """(event-loop thread, whole process) CPU seconds so far. The event loop runs on the main thread, whose
+        thread id is the process id on Linux; elsewhere its share reads 0."""
         assert self.proc is not None
-        ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-        try:
-            main = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            whole = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return 0.0, 0.0
-        return (int(main[11]) + int(main[12])) / ticks, (int(whole[11]) + int(whole[12])) / ticks
+        process = psutil.Process(self.proc.pid)
+        main = next((t for t in process.threads() if t.id == self.proc.pid), None)
+        times = process.cpu_times()
+        return (main.user_time + main.system_time) if main else 0.0, times.user + times.system
 
     def load(self, bodies: Path, duration: float, **mode: float) -> dict:
         ((key, value),) = mode.items()
@@ -231,19 +230,28 @@ class ServerProcess:
         return result
 
 
-def run_service_bench(cfg: ServiceBenchConfig, command: str | None = None) -> dict:
-    workers = cfg.workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()) or 1
+def _shuffled_texts(cfg: ServiceBenchConfig) -> list[str]:
     examples, _ = load_examples(cfg.data, cfg.text_col, require_labels=False)
     texts = [e.text for e in examples]
     random.Random(cfg.seed).shuffle(texts)
-    texts = texts[: cfg.texts]
+    return texts
+
+
+def _write_bodies(path: Path, texts: list[str]) -> Path:
+    """One single-text request body per line, the load generator's input."""
+    path.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts), encoding="utf-8")
+    return path
+
+
+def run_service_bench(cfg: ServiceBenchConfig, command: str | None = None) -> dict:
+    workers = cfg.workers or usable_cores()
+    texts = _shuffled_texts(cfg)[: cfg.texts]
     raw = raw_ceiling(cfg, texts, workers)
     ceiling = raw["ceiling"]["items_per_second"]
 
     with tempfile.TemporaryDirectory(prefix="ernie-cls-bench-") as tmp:
         work = Path(tmp)
-        bodies = work / "bodies.jsonl"
-        bodies.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts), "utf-8")
+        bodies = _write_bodies(work / "bodies.jsonl", texts)
         runs: list[dict] = []
         with ServerProcess(cfg, workers, work) as server:
             ready_seconds = server.ready_seconds
@@ -346,15 +354,12 @@ def run_soak(cfg: ServiceBenchConfig, minutes: float, load: float, command: str 
     """`load` x the measured capacity (closed loop, concurrency 64) for `minutes`, in one-minute open-loop segments:
     per minute p50/p99, failures and the server's RSS. Passes with 0 failures, the last 5 minutes' p99 within 20 % of
     the first 5 minutes', and RSS growth under 10 %; both baselines start at minute 2 (minute 1 is warm-up)."""
-    workers = cfg.workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()) or 1
-    examples, _ = load_examples(cfg.data, cfg.text_col, require_labels=False)
-    texts = [e.text for e in examples]
-    random.Random(cfg.seed).shuffle(texts)
+    workers = cfg.workers or usable_cores()
+    texts = _shuffled_texts(cfg)  # all of them: more distinct texts than the cache holds, so it evicts
     minute_runs: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="ernie-cls-soak-") as tmp:
         work = Path(tmp)
-        bodies = work / "bodies.jsonl"
-        bodies.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts), "utf-8")
+        bodies = _write_bodies(work / "bodies.jsonl", texts)
         with ServerProcess(cfg, workers, work, ERNIE_CLS_CACHE_SIZE="2000") as server:
             capacity = server.load(bodies, 15, concurrency=64)["items_per_second"]
             rate = round(capacity * load, 1)

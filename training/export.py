@@ -445,6 +445,7 @@ def _check_and_describe(
         "passed": diff_dygraph <= cfg.parity_tolerance,
     }
     runners: dict[str, Any] = {"paddle-fp32": paddle_runner, "onnx-fp32": onnx_runner}
+    dev_logits = {"paddle-fp32": paddle_dev, "onnx-fp32": onnx_dev}  # reused for calibration below
     if int8 is not None:
         onnx.checker.check_model(str(tmp / ONNX_INT8))
         onnx.checker.check_model(str(tmp / ONNX_INT8_CPU))
@@ -454,7 +455,7 @@ def _check_and_describe(
         checks["onnxruntime_loads"]["formats"] += ["onnx-int8", "onnx-int8-cpu"]
         qat_dev = predict_logits(int8["qat_model"], tokenizer, dev_enc.ids)
         for fmt in ("onnx-int8", "onnx-int8-cpu"):
-            int8_dev = logits_in_batches(runners[fmt].infer, tokenizer, dev_enc.ids)
+            int8_dev = dev_logits[fmt] = logits_in_batches(runners[fmt].infer, tokenizer, dev_enc.ids)
             agreement = float((qat_dev.argmax(-1) == int8_dev.argmax(-1)).mean())
             checks[f"qat_vs_{fmt.replace('-', '_')}"] = {
                 "argmax_agreement": agreement,
@@ -478,7 +479,9 @@ def _check_and_describe(
         m = classification_metrics(test_enc.labels.tolist(), logits.argmax(-1).tolist(), names)
         metrics[fmt] = {"test_accuracy": m["accuracy"], "test_macro_f1": m["macro_f1"], "n_test": m["n"]}
         # Temperature scaling fitted on dev, per format (INT8 logits are not FP32's); ECE measured on test.
-        temperature = fit_temperature(logits_in_batches(runner.infer, tokenizer, dev_enc.ids), dev_enc.labels)
+        if fmt not in dev_logits:
+            dev_logits[fmt] = logits_in_batches(runner.infer, tokenizer, dev_enc.ids)
+        temperature = fit_temperature(dev_logits[fmt], dev_enc.labels)
         metrics[fmt]["temperature"] = round(temperature, 4)
         metrics[fmt]["test_ece"] = expected_calibration_error(softmax(logits), test_enc.labels)
         metrics[fmt]["test_ece_calibrated"] = expected_calibration_error(softmax(logits, temperature), test_enc.labels)

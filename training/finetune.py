@@ -326,7 +326,7 @@ def fit(
     rng = random.Random(cfg.seed)
     from training.robust import RobustTraining
 
-    robust = RobustTraining(cfg, model, tokenizer, train_data, random.Random(cfg.seed + 1))
+    robust = RobustTraining(cfg, model, tokenizer, train_data, random.Random(cfg.seed + 1), use_amp)
     history: list[dict] = []
     best_f1, best_step, evals_since_best = -1.0, 0, 0
     step, seen, t_train = 0, 0, 0.0

@@ -17,11 +17,9 @@ import os
 import sys
 from pathlib import Path
 
+from ernie_cls.machine import usable_cores
+
 BUNDLED_MKL = "libmklml_intel.so"
-
-
-def usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def cpuinfo(field: str) -> str:

@@ -17,11 +17,14 @@ from typing import Any
 
 import numpy as np
 
+from ernie_cls.calibration import softmax
 from ernie_cls.tokenization import ErnieTokenizerFast
 
 
 class RobustTraining:
-    def __init__(self, cfg: Any, model: Any, tokenizer: ErnieTokenizerFast, data: Any, rng: random.Random) -> None:
+    def __init__(
+        self, cfg: Any, model: Any, tokenizer: ErnieTokenizerFast, data: Any, rng: random.Random, use_amp: bool
+    ) -> None:
         self.cfg = cfg
         self.model = model
         self.tokenizer = tokenizer
@@ -34,7 +37,7 @@ class RobustTraining:
             if not data.texts:
                 raise ValueError("noise augmentation needs the training texts")
             self.homophones = HomophoneTable.from_texts(data.texts)
-        if getattr(cfg, "amp", None) and cfg.adversarial != "none":
+        if use_amp and cfg.adversarial != "none":  # the loop's own AMP decision (cfg.amp None means "GPU: on")
             from ernie_cls.errors import ConfigError
 
             raise ConfigError("--adversarial fgm does not combine with --amp yet.", "Drop one of them.")
@@ -67,7 +70,7 @@ class RobustTraining:
             loss = loss + cfg.rdrop_alpha * kl / (2 * logits.shape[0])  # per example ("batchmean")
         if self.data.teacher_logits is not None:
             t = cfg.distill_temperature
-            soft = paddle.to_tensor(_softmax(self.data.teacher_logits[batch] / t))
+            soft = paddle.to_tensor(softmax(self.data.teacher_logits[batch], t).astype(np.float32))
             distill = F.kl_div(F.log_softmax(logits / t, -1), soft, reduction="sum") * t * t / logits.shape[0]
             loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * distill
         return loss
@@ -92,9 +95,3 @@ class RobustTraining:
         F.cross_entropy(adv_logits, labels, label_smoothing=self.cfg.label_smoothing).backward()
         with paddle.no_grad():
             weight.set_value(backup)
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    z = x - x.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)

@@ -33,13 +33,14 @@ from pathlib import Path
 import numpy as np
 
 from ernie_cls.artifact import Artifact, ArtifactError, sha256_file, verify_artifact
-from ernie_cls.calibration import expected_calibration_error
-from ernie_cls.calibration import softmax as calibrated_softmax
+from ernie_cls.calibration import expected_calibration_error, softmax
 from ernie_cls.errors import ErnieClsError, UserInputError
 from ernie_cls.tokenization import ErnieTokenizerFast
-from training.metrics import classification_metrics, softmax
+from training.bench import RUNTIME_FORMATS
+from training.finetune import logits_in_batches
+from training.metrics import classification_metrics
 
-RUNTIME_FORMATS = ("paddle-fp32", "paddle-int8", "onnx-fp32", "onnx-int8", "onnx-int8-cpu")
+EXAMPLE_TEXTS = ["送餐很快，味道很好，下次还点", "等了两个小时，饭都凉了，差评", "菜品分量太少了，而且还洒了一半"]
 
 
 @dataclass
@@ -97,12 +98,13 @@ def run_verify(cfg: VerifyConfig) -> dict:
 
     checks.append(_check_graphs(artifact))
     checks.append(_check_interface(artifact))
-    data = _labelled_data(cfg, artifact)
-    logits = {fmt: _logits(run, tokenizer, data["texts"]) for fmt, run in runners.items()} if data else {}
+    data = labelled_data(cfg, artifact)
+    ids = tokenizer.encode_ids(data["texts"]) if data else []  # once: every format shares the tokenizer
+    logits = {fmt: logits_in_batches(run, tokenizer, ids) for fmt, run in runners.items()} if data else {}
     checks.append(_check_accuracy(cfg, artifact, data, logits))
     checks.append(_check_agreement(cfg, data, logits))
     default_format = artifact.manifest.get("default_format", "onnx-fp32")
-    checks.append(_check_latency(cfg, runners.get(default_format), tokenizer, data, default_format))
+    checks.append(_check_latency(cfg, runners.get(default_format), tokenizer, ids, default_format))
     checks.append(_check_edge_inputs(artifact))
     checks.append(_check_safety(artifact))
     explained = _explanations(cfg, runners.get(default_format), tokenizer, artifact, data)
@@ -131,7 +133,8 @@ def _load_runners(artifact: Artifact, threads: int, check: Check) -> dict[str, C
     return runners
 
 
-def _labelled_data(cfg: VerifyConfig, artifact: Artifact) -> dict | None:
+def labelled_data(cfg: VerifyConfig, artifact: Artifact) -> dict | None:
+    """Texts and label ids from --data: the artifact's own test split when the file is the one it trained on."""
     if not cfg.data:
         return None
     from training.data import LabelMap, check_known_labels, load_examples, stratified_split
@@ -159,25 +162,6 @@ def _labelled_data(cfg: VerifyConfig, artifact: Artifact) -> dict | None:
         "split": split,
         "path": cfg.data,
     }
-
-
-def _batches(tokenizer: ErnieTokenizerFast, texts: list[str], size: int = 64):
-    encoded = tokenizer.encode_ids(texts)
-    order = np.argsort([len(e) for e in encoded], kind="stable")
-    for i in range(0, len(order), size):
-        idx = order[i : i + size]
-        yield idx, tokenizer.pad([encoded[j] for j in idx])
-
-
-def _logits(run: Callable, tokenizer: ErnieTokenizerFast, texts: list[str]) -> np.ndarray:
-    out: np.ndarray | None = None
-    for idx, (ids, types) in _batches(tokenizer, texts):
-        rows = run(ids, types)
-        if out is None:
-            out = np.zeros((len(texts), rows.shape[1]), dtype=np.float32)
-        out[idx] = rows
-    assert out is not None
-    return out
 
 
 # ------------------------------------------------------------------------------------------------- checks
@@ -210,9 +194,8 @@ def _check_graphs(artifact: Artifact) -> Check:
             for name in node.input:
                 if name not in produced:
                     check.fail(f"{fmt}: node {node.name} reads {name!r}, which nothing defines")
-        unused = [
-            i.name for i in graph.initializer if i.name not in used and i.name not in {o.name for o in graph.output}
-        ]
+        used.update(o.name for o in graph.output)
+        unused = [i.name for i in graph.initializer if i.name not in used]
         if unused:
             check.fail(f"{fmt}: {len(unused)} weights are in the file but not used by the graph: {unused[:3]}")
         check.details[fmt] = {
@@ -273,8 +256,8 @@ def _check_accuracy(cfg: VerifyConfig, artifact: Artifact, data: dict | None, lo
             "accuracy": round(metrics["accuracy"], 4),
             "macro_f1": round(metrics["macro_f1"], 4),
             "temperature": temperature,
-            "ece_raw": round(expected_calibration_error(calibrated_softmax(rows), data["labels"]), 4),
-            "ece_served": round(expected_calibration_error(calibrated_softmax(rows, temperature), data["labels"]), 4),
+            "ece_raw": round(expected_calibration_error(softmax(rows), data["labels"]), 4),
+            "ece_served": round(expected_calibration_error(softmax(rows, temperature), data["labels"]), 4),
         }
         reference = recorded.get(fmt, {}).get("test_accuracy")
         if reference is not None and data["split"].startswith("test"):
@@ -319,13 +302,12 @@ def _check_agreement(cfg: VerifyConfig, data: dict | None, logits: dict) -> Chec
     return check
 
 
-def _check_latency(cfg: VerifyConfig, run, tokenizer, data: dict | None, fmt: str) -> Check:
+def _check_latency(cfg: VerifyConfig, run, tokenizer, ids: list[list[int]], fmt: str) -> Check:
     check = Check("6 latency")
     if run is None:
         check.status, check.details["reason"] = "skipped", f"{fmt} did not load"
         return check
-    texts = data["texts"] if data else ["送餐很快，味道很好，下次还点", "等了两个小时，饭都凉了，差评"] * 64
-    encoded = tokenizer.encode_ids(texts[:2048])
+    encoded = ids[:2048] or tokenizer.encode_ids(EXAMPLE_TEXTS * 64)
     rng = np.random.default_rng(0)
     for batch in (1, 32):
         times: list[float] = []
@@ -474,9 +456,6 @@ def _explanations(cfg: VerifyConfig, run, tokenizer: ErnieTokenizerFast, artifac
     return check
 
 
-EXAMPLE_TEXTS = ["送餐很快，味道很好，下次还点", "等了两个小时，饭都凉了，差评", "菜品分量太少了，而且还洒了一半"]
-
-
 def _check_completeness(artifact: Artifact) -> Check:
     check = Check("10 package completeness")
     m, root = artifact.manifest, artifact.root
@@ -580,7 +559,6 @@ def _plot(report: dict, path: Path) -> None:
         ax.set_ylabel("ms")
         ax.legend(fontsize=7)
     ax.set_title("latency of the served format", fontsize=9)
-    plt.rcParams["font.sans-serif"] = ["Noto Sans CJK SC", "WenQuanYi Zen Hei", "DejaVu Sans"]
     for row, s in enumerate(samples, start=1):
         ax = axes[row][0]
         values = np.array([v for _, v in s["tokens"]]) if s["tokens"] else np.zeros(1)

@@ -168,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--duration", type=float, default=15.0, help="measured seconds per load run")
     bs.add_argument("--concurrency", type=_int_list, default=[1, 8, 32, 64])
     bs.add_argument("--raw-seconds", type=float, default=4.0, help="timed seconds per raw (no HTTP) run")
+    bs.add_argument("--pairs", type=int, default=3, help="back-to-back raw-ceiling / c64 pairs for the c64 target")
     bs.add_argument("--port", type=int, default=8765)
     bs.add_argument("--seed", type=int, default=0)
     bs.add_argument("--output", default="reports/bench-service.json")

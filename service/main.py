@@ -1,55 +1,59 @@
 """Assembly: settings -> engine (model) -> FastAPI app with guards, auth, routes, metrics and lifespan.
 
-Routes:  POST /v1/classify   GET /v1/models   GET /healthz (live)   GET /readyz (ready)   GET /metrics
+Routes:  POST /v1/classify (served by service/api/classify.py's ASGI endpoint, ahead of FastAPI's stack; FastAPI
+         documents it)   GET /v1/models   GET /healthz (live)   GET /readyz (ready)   GET /metrics
          GET /docs (Swagger UI served from the package, no CDN)   GET /openapi.json
 
-Error mapping (one place): ErnieClsError subclasses -> their http_status with {"error": {type, message, hint}};
-request validation -> 422; anything else -> a generic 500, traceback to the log only.
+Error mapping (service/api/classify.py, for both paths): ErnieClsError subclasses -> their http_status with
+{"error": {type, message, hint}}; request validation -> 422; anything else -> a generic 500, traceback to the
+log only.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
-import re
-import time
-from collections.abc import AsyncIterator, Coroutine, MutableMapping
+from collections.abc import AsyncIterator, MutableMapping
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from importlib.resources import files
+from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from fastapi_offline import FastAPIOffline
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ernie_cls import __version__
 from ernie_cls.errors import ErnieClsError
+from service.api.classify import (
+    INTERNAL_ERROR,
+    ClassifyEndpoint,
+    classify_texts,
+    error_body,
+    error_parts,
+    key_matches,
+    model_info,
+    not_ready_reason,
+    validation_error_parts,
+)
 from service.api.guards import GuardMiddleware
 from service.api.schemas import (
     ClassifyRequestBase,
     ClassifyResponse,
     ErrorResponse,
-    LabelScore,
     ModelInfo,
     ModelsResponse,
-    Prediction,
     classify_request_model,
 )
 from service.config import Settings
-from service.engine import UNHEALTHY_AFTER_FAILED_BATCHES, Engine
-from service.errors import (
-    ClientGoneError,
-    NotReadyError,
-    QueueFullError,
-    UnauthorizedError,
-)
+from service.engine import Engine
+from service.errors import NotReadyError, UnauthorizedError
 from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 ERROR_RESPONSES: dict[int | str, dict] = {
     code: {"model": ErrorResponse, "description": text}
@@ -68,8 +72,41 @@ ERROR_RESPONSES: dict[int | str, dict] = {
 def _error(
     status: int, kind: str, message: str, hint: str = "", details: object = None, headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    body = {"error": {"type": kind, "message": message, "hint": hint, "details": details}}
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(error_body(kind, message, hint, details), status_code=status, headers=headers)
+
+
+class ServiceApp(FastAPI):
+    """FastAPI with the hot route in front: POST /v1/classify goes straight to its ASGI endpoint (behind the same
+    guards), everything else through FastAPI's stack. /docs is Swagger UI from the assets fastapi-offline bundles
+    (FastAPI's default loads them from a CDN)."""
+
+    classify_endpoint: Any = None  # GuardMiddleware(ClassifyEndpoint), set by create_app
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(docs_url=None, redoc_url=None, **kwargs)
+        self.mount(DOCS_STATIC, StaticFiles(directory=str(files("fastapi_offline") / "static")), name="docs-static")
+
+        @self.get("/docs", include_in_schema=False)
+        async def swagger_ui(request: Request) -> HTMLResponse:
+            root = request.scope.get("root_path", "")
+            return get_swagger_ui_html(
+                openapi_url=f"{root}{self.openapi_url}",
+                title=f"{self.title} - Swagger UI",
+                swagger_js_url=f"{root}{DOCS_STATIC}/swagger-ui-bundle.js",
+                swagger_css_url=f"{root}{DOCS_STATIC}/swagger-ui.css",
+                swagger_favicon_url=f"{root}{DOCS_STATIC}/favicon.png",
+            )
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        if (
+            self.classify_endpoint is not None
+            and scope["type"] == "http"
+            and scope["method"] == "POST"
+            and scope["path"] == scope.get("root_path", "") + "/v1/classify"
+        ):
+            await self.classify_endpoint(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
@@ -88,14 +125,12 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         await engine.wait_idle(settings.drain_timeout_s)
         await engine.stop()
 
-    app = FastAPIOffline(
+    app = ServiceApp(
         title="ernie-cls",
         version=__version__,
         description="Chinese text classification with ERNIE (INT8 ONNX Runtime by default). "
         "Send one text or a list; each text gets its label, score and top-k labels.",
         lifespan=lifespan,
-        docs_url="/docs",
-        redoc_url=None,
     )
     app.state.engine = engine
     app.state.metrics = metrics
@@ -103,6 +138,14 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     def count_response(scope: MutableMapping[str, Any], status: int) -> None:
         route = scope.get("route")
         metrics.requests.labels(getattr(route, "path", "unmatched"), str(status)).inc()
+
+    classify_counters: dict[int, Any] = {}  # status -> counter child, resolved once (hot path)
+
+    def count_classify(scope: MutableMapping[str, Any], status: int) -> None:
+        counter = classify_counters.get(status)
+        if counter is None:
+            counter = classify_counters[status] = metrics.requests.labels("/v1/classify", str(status))
+        counter.inc()
 
     keys = [k.get_secret_value().encode() for k in settings.api_keys]
     app.add_middleware(GuardMiddleware, max_body_bytes=settings.max_body_bytes, on_response=count_response)
@@ -118,26 +161,13 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     # ---------------------------------------------------------------- error mapping
     @app.exception_handler(ErnieClsError)
     async def _ernie_error(request: Request, err: ErnieClsError) -> JSONResponse:
-        headers = None
-        if isinstance(err, QueueFullError):
-            headers = {"Retry-After": str(int(err.retry_after_s))}
-        if isinstance(err, UnauthorizedError):
-            headers = {"WWW-Authenticate": "Bearer"}
-        kind = re.sub(r"(?<!^)(?=[A-Z])", "_", type(err).__name__.removesuffix("Error")).lower()
-        return _error(err.http_status, kind, err.message, err.hint, headers=headers)
+        status, body, headers = error_parts(err)
+        return JSONResponse(body, status_code=status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, err: RequestValidationError) -> JSONResponse:
-        details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in err.errors()]
-        first = details[0] if details else {"loc": [], "msg": "invalid"}
-        kind = "invalid_json" if any(e.get("type") == "json_invalid" for e in err.errors()) else "validation_error"
-        return _error(
-            422,
-            kind,
-            f"Invalid request at {'.'.join(map(str, first['loc']))}: {first['msg']}.",
-            'Send JSON like {"texts": ["送餐很快"]}; see /docs for the schema.',
-            details,
-        )
+        status, body = validation_error_parts(list(err.errors()))
+        return JSONResponse(body, status_code=status)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, err: StarletteHTTPException) -> JSONResponse:
@@ -148,40 +178,22 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, err: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return _error(500, "internal_error", "Internal error.", "Retry; if it persists, report the X-Request-ID.")
+        return _error(500, *INTERNAL_ERROR)
 
     # ---------------------------------------------------------------- routes
     request_model = classify_request_model(settings.max_texts_per_request, _label_count(settings))
 
-    async def classify(body: ClassifyRequestBase, request: Request, response: Response) -> ClassifyResponse:
-        if not engine.can_serve or engine.batcher is None:
-            raise NotReadyError(_reason(engine))
-        started = time.perf_counter()
-        payload: ClassifyRequestBase = body
-        texts = payload.all_texts()
-        timeout_ms = _timeout_ms(request, settings.request_timeout_ms)
-        deadline = time.monotonic() + timeout_ms / 1000
-        timings = {"queue_s": 0.0, "inference_s": 0.0}  # stays 0 when every text came from the cache
-        results = await _run_until_disconnect(
-            request,
-            engine.classify(texts, min(payload.top_k, len(engine.labels)), payload.truncate, deadline, timings),
+    async def classify(body: ClassifyRequestBase, request: Request) -> Response:
+        """The documented form of the route; requests normally reach ClassifyEndpoint first (ServiceApp)."""
+        result, headers = await classify_texts(
+            engine,
+            metrics,
+            body,
+            request.headers.get("x-request-timeout-ms"),
+            request.receive,
+            settings.request_timeout_ms,
         )
-        response.headers["X-Queue-Time-Ms"] = f"{timings['queue_s'] * 1000:.2f}"
-        response.headers["X-Inference-Time-Ms"] = f"{timings['inference_s'] * 1000:.2f}"
-        metrics.latency.observe(time.perf_counter() - started)
-        return ClassifyResponse(
-            predictions=[
-                Prediction(
-                    label=r.label,
-                    score=r.score,
-                    top_k=[LabelScore(label=lb, score=s) for lb, s in r.top_k],
-                    truncated=r.truncated,
-                    low_confidence=r.low_confidence,
-                )
-                for r in results
-            ],
-            model=_model_info(engine),
-        )
+        return JSONResponse(result, headers=headers)
 
     # The request model carries this deployment's limits; annotations are strings here (PEP 563), so set the real
     # class before FastAPI reads the signature.
@@ -195,6 +207,11 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         dependencies=[Depends(require_key)],
         tags=["classify"],
     )
+    app.classify_endpoint = GuardMiddleware(
+        ClassifyEndpoint(engine, settings, metrics, request_model, keys),
+        max_body_bytes=settings.max_body_bytes,
+        on_response=count_classify,
+    )
 
     # Route matching is a linear scan: the hot route goes first.
     app.router.routes.sort(key=lambda route: getattr(route, "path", "") != "/v1/classify")
@@ -202,14 +219,14 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     @app.get("/v1/models", response_model=ModelsResponse, dependencies=[Depends(require_key)], tags=["model"])
     async def models() -> ModelsResponse:
         if engine.artifact is None:
-            raise NotReadyError(_reason(engine))
+            raise NotReadyError(not_ready_reason(engine))
         m = engine.artifact.manifest
         return ModelsResponse(
             name=m.get("name", ""),
             version=str(m.get("version", "")),
             labels=engine.labels,
             max_seq_len=engine.artifact.max_seq_len,
-            serving=_model_info(engine),
+            serving=ModelInfo(**model_info(engine)),
             formats={k: {kk: vv for kk, vv in v.items() if kk != "quantization"} for k, v in m["formats"].items()},
             metrics=m.get("metrics", {}),
         )
@@ -222,7 +239,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     async def readyz() -> Response:
         if engine.is_ready:
             return JSONResponse({"status": "ready", "format": engine.format})
-        return _error(503, "not_ready", f"Not ready: {_reason(engine)}.", "Wait for start-up, or check the logs.")
+        reason = not_ready_reason(engine)
+        return _error(503, "not_ready", f"Not ready: {reason}.", "Wait for start-up, or check the logs.")
 
     @app.get("/metrics", tags=["operations"], include_in_schema=False)
     async def metrics_route() -> Response:
@@ -232,13 +250,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
 
 # ------------------------------------------------------------------------- helpers
-DOCS_PATHS = ("/docs", "/openapi.json", "/static-offline-docs")
-
-
-def key_matches(header: str, keys: list[bytes]) -> bool:
-    """Bearer token against every configured key, each compared in constant time."""
-    token = header[7:].encode() if header.lower().startswith("bearer ") else b""
-    return any(hmac.compare_digest(token, k) for k in keys)
+DOCS_STATIC = "/static-offline-docs"
+DOCS_PATHS = ("/docs", "/openapi.json", DOCS_STATIC)
 
 
 class DocsAuthMiddleware:
@@ -264,14 +277,6 @@ class DocsAuthMiddleware:
         await self.app(scope, receive, send)
 
 
-def _reason(engine: Engine) -> str:
-    if engine.draining:
-        return "draining"
-    if engine.faulty:
-        return f"{UNHEALTHY_AFTER_FAILED_BATCHES}+ model calls in a row failed or timed out; probing for recovery"
-    return engine.not_ready_reason or "loading"
-
-
 def _label_count(settings: Settings) -> int:
     """Labels in the artifact's manifest (for the schema's top_k bound); the full verification runs at start-up."""
     from ernie_cls.artifact import ArtifactError, read_manifest
@@ -280,46 +285,3 @@ def _label_count(settings: Settings) -> int:
         return max(2, len(read_manifest(settings.artifact).manifest.get("labels", {})))
     except ArtifactError:
         return 2
-
-
-def _timeout_ms(request: Request, default: int) -> int:
-    raw = request.headers.get("x-request-timeout-ms")
-    if raw is None:
-        return default
-    if not raw.isdigit() or not 1 <= int(raw) <= 600_000:
-        from ernie_cls.errors import UserInputError
-
-        raise UserInputError("X-Request-Timeout-Ms must be an integer from 1 to 600000.", "E.g. 2000 for 2 s.")
-    return int(raw)
-
-
-def _model_info(engine: Engine) -> ModelInfo:
-    assert engine.artifact is not None and engine.backend is not None
-    m = engine.artifact.manifest
-    return ModelInfo(
-        name=m.get("name", ""),
-        version=str(m.get("version", "")),
-        backend=engine.backend.runtime,
-        precision=engine.backend.precision,
-    )
-
-
-async def _run_until_disconnect(request: Request, work: Coroutine[Any, Any, T]) -> T:
-    """Run `work`; if the client disconnects first, cancel it (its texts are dropped before inference)."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_wait_disconnect(request))
-    try:
-        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if task in done:
-            return task.result()
-        task.cancel()
-        raise ClientGoneError("Client disconnected.", "")
-    finally:
-        watcher.cancel()
-
-
-async def _wait_disconnect(request: Request) -> None:
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return

@@ -304,3 +304,46 @@ def test_docs_can_require_the_api_key(int8_artifact):
 
     assert call(open_docs, fn) == (200, 200, 200)
     assert call(closed_docs, fn) == (401, 401, 200)
+
+
+def test_fast_path_and_the_documented_fastapi_route_answer_alike(int8_artifact):
+    """POST /v1/classify is served by an ASGI endpoint in front of FastAPI; the FastAPI route that documents it
+    (reached when the fast path is bypassed) must give the same statuses, bodies and headers."""
+    from fastapi import FastAPI
+
+    app = create_app(settings_for(int8_artifact, api_keys="k1"))
+    key = {"authorization": "Bearer k1"}
+    cases = [
+        ({"json": {"text": "送餐很快，味道不错"}}, key),
+        ({"json": {"texts": ["好吃", "太难吃了"], "top_k": 2}}, key),
+        ({"json": {"texts": ["好吃" * 40], "truncate": True}}, key),
+        # a lone surrogate (escaped in the JSON): parsed like FastAPI parses it, normalised like in training
+        ({"content": json.dumps({"text": "a\ud800b"})}, {**key, "content-type": "application/json"}),
+        ({"json": {"texts": ["好吃" * 40]}}, key),
+        ({"json": {"texts": []}}, key),
+        ({"json": {"text": "好", "texts": ["好"]}}, key),
+        ({"json": {"text": " \u200b "}}, key),
+        ({"json": {"text": "好", "top_k": 0}}, key),
+        ({"content": b'{"text": "'}, {**key, "content-type": "application/json"}),
+        ({"content": b'{"text": "\xff"}'}, {**key, "content-type": "application/json"}),
+        ({"json": {"text": "好"}}, {**key, "x-request-timeout-ms": "soon"}),
+        ({"json": {"text": "好"}}, {}),
+        ({"json": {"text": "好"}}, {"authorization": "Bearer nope"}),
+    ]
+    compared = ("content-type", "retry-after", "www-authenticate", "x-queue-time-ms", "x-inference-time-ms")
+
+    async def fn(_client):
+        answers = []
+        for target in (app, lambda s, r, se: FastAPI.__call__(app, s, r, se)):
+            transport = httpx.ASGITransport(app=target)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                answers.append([await client.post("/v1/classify", headers=h, **kw) for kw, h in cases])
+        return answers
+
+    fast, documented = call(app, fn)
+    for (kw, _), a, b in zip(cases, fast, documented, strict=True):
+        assert a.status_code == b.status_code, (kw, a.text, b.text)
+        assert a.json() == b.json(), kw
+        assert {h: h in a.headers for h in compared} == {h: h in b.headers for h in compared}, kw
+        assert a.headers["content-type"] == b.headers["content-type"] == "application/json"
+    assert [a.status_code for a in fast] == [200, 200, 200, 200, 422, 422, 422, 422, 422, 422, 422, 422, 401, 401]

@@ -127,7 +127,7 @@ def test_bench_service_measures_the_real_service_against_the_raw_model(int8_arti
     out = tmp_path / "bench-service.json"
     done = subprocess.run(
         [sys.executable, "-m", "ernie_cls.cli", "bench", "service", str(int8_artifact), "--texts", "80",
-         "--duration", "1", "--concurrency", "2,8", "--raw-seconds", "0.2", "--port", str(free_port()),
+         "--duration", "1", "--concurrency", "2,8", "--raw-seconds", "0.2", "--pairs", "1", "--port", str(free_port()),
          "--workers", "1", "--output", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
@@ -142,6 +142,8 @@ def test_bench_service_measures_the_real_service_against_the_raw_model(int8_arti
         assert run["failed"] == 0 and run["requests"] > 0, run
         assert run["items_per_second"] > 0 and run["latency_ms"]["p99"] >= run["latency_ms"]["p50"] > 0
     assert report["raw"]["ceiling"]["items_per_second"] > 0
+    [pair] = report["c64_over_raw_ceiling_pairs"]  # the c64 target's evidence: raw and service back to back
+    assert pair["raw_items_per_second"] > 0 and pair["service"]["failed"] == 0 and pair["service"]["concurrency"] == 64
     assert report["runs"][-1]["texts_per_batch"] == 1.0  # batching off really is one text per model call
     # the exit code is the targets' verdict
     assert (done.returncode == 0) == all(t["passed"] for t in report["targets"].values() if t)

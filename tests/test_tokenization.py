@@ -62,11 +62,20 @@ def test_import_tokenizers_is_the_library_not_our_asset_folder():
     assert hasattr(tokenizers, "Tokenizer") and "site-packages" in (tokenizers.__file__ or "")
 
 
+def _both_paths(fast, normalized: str) -> list[int]:
+    """encode_ids (training, batched) and encode_with_overflow (serving, one by one) must give the same ids."""
+    batched = fast.encode_ids([normalized], normalized=True)[0]
+    [(serving, overflowed)] = fast.encode_with_overflow([normalized], normalized=True)
+    assert serving == batched
+    assert overflowed == (len(fast._tok.encode(normalized).overflowing) > 0)
+    return batched
+
+
 @pytest.mark.parametrize("text", TRICKY)
 def test_ids_match_paddlenlp_on_tricky_strings(pair, text):
     fast, slow = pair
     normalized = normalize_text(text)
-    assert fast.encode_ids([normalized], normalized=True)[0] == _paddlenlp_ids(slow, normalized, 64)
+    assert _both_paths(fast, normalized) == _paddlenlp_ids(slow, normalized, 64)
 
 
 def test_user_text_cannot_inject_special_tokens(pair):
@@ -91,7 +100,7 @@ def test_truncation_matches_paddlenlp(pair, vocab, max_len):
     fast = ErnieTokenizerFast(vocab, max_seq_len=max_len)
     _, slow = pair
     text = normalize_text("iPhone12 太长了 unbelievable " * 120)
-    ids = fast.encode_ids([text], normalized=True)[0]
+    ids = _both_paths(fast, text)
     assert ids == _paddlenlp_ids(slow, text, max_len)
     assert len(ids) == max_len and ids[0] == fast.cls_id and ids[-1] == fast.sep_id
 
@@ -101,7 +110,7 @@ def test_truncation_matches_paddlenlp(pair, vocab, max_len):
 def test_ids_match_paddlenlp_on_arbitrary_unicode(pair, text):
     fast, slow = pair
     normalized = normalize_text(text)
-    assert fast.encode_ids([normalized], normalized=True)[0] == _paddlenlp_ids(slow, normalized, 64)
+    assert _both_paths(fast, normalized) == _paddlenlp_ids(slow, normalized, 64)
 
 
 @settings(max_examples=300, deadline=None)

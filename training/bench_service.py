@@ -53,6 +53,7 @@ class ServiceBenchConfig:
     concurrency: list[int] = field(default_factory=lambda: [1, 8, 32, 64])
     batch_sizes: list[int] = field(default_factory=lambda: [1, 4, 8, 16, 32, 64])
     raw_seconds: float = 4.0
+    pairs: int = 3  # back-to-back (raw ceiling, service c64) pairs the c64 target is judged on
     port: int = 8765
     seed: int = 0
     output: str = "reports/bench-service.json"
@@ -63,21 +64,39 @@ class BenchError(ErnieClsError):
 
 
 # ---------------------------------------------------------------------------- raw ceiling
-def raw_ceiling(cfg: ServiceBenchConfig, texts: list[str], workers: int) -> dict:
-    from service.backends import load_backend  # the service's own loader: same session options
+@dataclass
+class RawModel:
+    """The artifact's default format loaded as the service loads it, `workers` instances, texts pre-tokenised."""
 
-    artifact = verify_artifact(cfg.artifact)
-    fmt = artifact.manifest.get("default_format", "onnx-fp32")
-    tokenizer = ErnieTokenizerFast.load(artifact.root / artifact.manifest["tokenizer"]["path"])
-    backends = [load_backend(artifact, fmt, cfg.threads) for _ in range(workers)]
-    encoded = tokenizer.encode_ids(texts)
-    lengths = np.array([len(e) for e in encoded])
-    for backend in backends:
-        backend.warmup([(1, 16), (8, 32), (32, 64)])
+    fmt: str
+    backends: list
+    tokenizer: ErnieTokenizerFast
+    encoded: list[list[int]]
+    lengths: np.ndarray
+
+    @classmethod
+    def load(cls, cfg: ServiceBenchConfig, texts: list[str], workers: int) -> RawModel:
+        from service.backends import load_backend  # the service's own loader: same session options
+
+        artifact = verify_artifact(cfg.artifact)
+        fmt = artifact.manifest.get("default_format", "onnx-fp32")
+        tokenizer = ErnieTokenizerFast.load(artifact.root / artifact.manifest["tokenizer"]["path"])
+        backends = [load_backend(artifact, fmt, cfg.threads) for _ in range(workers)]
+        for backend in backends:
+            backend.warmup([(1, 16), (8, 32), (32, 64)])
+        encoded = tokenizer.encode_ids(texts)
+        return cls(fmt, backends, tokenizer, encoded, np.array([len(e) for e in encoded]))
+
+    def run(self, batch_size: int, order: str, seconds: float, seed: int) -> dict:
+        return _raw_run(self.backends, self.tokenizer, self.encoded, self.lengths, batch_size, order, seconds, seed)
+
+
+def raw_ceiling(cfg: ServiceBenchConfig, raw_model: RawModel, workers: int) -> dict:
+    fmt, lengths = raw_model.fmt, raw_model.lengths
     rows = []
     for batch_size in cfg.batch_sizes:
         for order in ("length-grouped", "arrival"):
-            run = _raw_run(backends, tokenizer, encoded, lengths, batch_size, order, cfg.raw_seconds, cfg.seed)
+            run = raw_model.run(batch_size, order, cfg.raw_seconds, cfg.seed)
             rows.append({"batch_size": batch_size, "order": order, **run})
     best = max(rows, key=lambda r: r["items_per_second"])
     by = {(r["batch_size"], r["order"]): r["items_per_second"] for r in rows}
@@ -246,8 +265,9 @@ def _write_bodies(path: Path, texts: list[str]) -> Path:
 def run_service_bench(cfg: ServiceBenchConfig, command: str | None = None) -> dict:
     workers = cfg.workers or usable_cores()
     texts = _shuffled_texts(cfg)[: cfg.texts]
-    raw = raw_ceiling(cfg, texts, workers)
-    ceiling = raw["ceiling"]["items_per_second"]
+    raw_model = RawModel.load(cfg, texts, workers)
+    raw = raw_ceiling(cfg, raw_model, workers)
+    best = raw["ceiling"]
 
     with tempfile.TemporaryDirectory(prefix="ernie-cls-bench-") as tmp:
         work = Path(tmp)
@@ -258,6 +278,13 @@ def run_service_bench(cfg: ServiceBenchConfig, command: str | None = None) -> di
             for c in cfg.concurrency:
                 runs.append({"name": f"length-aware c{c}", **server.load(bodies, cfg.duration, concurrency=c)})
             top = max(r["items_per_second"] for r in runs)
+            # This VM's speed drifts by 10-30 % over minutes, more than the gap being measured: the c64 target is
+            # judged on pairs, the raw ceiling's best configuration and the service at c64 back to back.
+            paired = []
+            for _ in range(cfg.pairs):
+                ceiling_now = raw_model.run(best["batch_size"], best["order"], cfg.raw_seconds, cfg.seed)
+                service_now = server.load(bodies, cfg.duration, concurrency=64)
+                paired.append({"raw_items_per_second": ceiling_now["items_per_second"], "service_c64": service_now})
             half = round(top / 2, 1)
             runs.append({"name": "open loop at 50% of max", **server.load(bodies, cfg.duration, rate=half)})
         with ServerProcess(cfg, workers, work, ERNIE_CLS_BATCH_POLICY="fifo") as server:
@@ -271,8 +298,11 @@ def run_service_bench(cfg: ServiceBenchConfig, command: str | None = None) -> di
     open_run = by_name["open loop at 50% of max"]
     batching_gain = round(on32["items_per_second"] / off32["items_per_second"], 3) if on32 else None
     raw_gain = raw["batch32_over_batch1"]
+    paired_ratio = sum(p["service_c64"]["items_per_second"] for p in paired) / sum(
+        p["raw_items_per_second"] for p in paired
+    )
     targets = {
-        "c64_over_raw_ceiling": _target(c64["items_per_second"] / ceiling, ">=", 0.9),
+        "c64_over_raw_ceiling": _target(paired_ratio, ">=", 0.9),
         "batching_gain_kept": _target(batching_gain / raw_gain, ">=", 0.9) if batching_gain and raw_gain else None,
         "p99_over_p50_at_half_load": _target(open_run["latency_ms"]["p99"] / open_run["latency_ms"]["p50"], "<=", 3.0),
         "padded_over_real_length_aware": _target(c64.get("padded_over_real", 0.0), "<=", 1.2),
@@ -286,6 +316,16 @@ def run_service_bench(cfg: ServiceBenchConfig, command: str | None = None) -> di
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "flags": cpu_flags(), "arch": platform.machine()},
         "command": command,
         "raw": raw,
+        "c64_over_raw_ceiling_pairs": [
+            {
+                "raw_items_per_second": p["raw_items_per_second"],
+                "service_items_per_second": p["service_c64"]["items_per_second"],
+                "ratio": round(p["service_c64"]["items_per_second"] / p["raw_items_per_second"], 3),
+                "service": p["service_c64"],
+            }
+            for p in paired
+        ],
+        "c64_over_raw_ceiling_first_run": round(c64["items_per_second"] / best["items_per_second"], 3),
         "ready_seconds": round(ready_seconds, 2),
         "runs": runs,
         "batching_on_over_off_c32": batching_gain,

@@ -1,0 +1,262 @@
+"""POST /v1/classify: the hot path, as a plain ASGI endpoint in front of FastAPI.
+
+    bytes -> auth -> request model (the same pydantic model FastAPI documents; validated from JSON in Rust)
+      -> Engine.classify (normalise, cache, tokenise, batch), cancelled if the client disconnects
+      -> response dict -> JSON bytes (pydantic_core) -> two ASGI messages
+
+Why not a FastAPI route: py-spy under load (64 connections, cache on so that only HTTP is left) put about half of
+the event loop's time per request in FastAPI's and Starlette's layers (routing, dependency solving, exception and
+telemetry middleware, response-model validation). The event loop shares two cores with the model, so every
+millisecond it spends is a millisecond less of inference. FastAPI still documents the route (service/main.py
+registers it for the schema, and its handler uses `classify_texts` and `error_parts` below, so both paths answer
+the same: tests/test_service_api.py compares them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+import pydantic_core
+from pydantic import ValidationError
+
+from ernie_cls.errors import ErnieClsError, UserInputError
+from service.api.schemas import ClassifyRequestBase
+from service.errors import ClientGoneError, NotReadyError, QueueFullError, UnauthorizedError
+
+if TYPE_CHECKING:
+    from service.config import Settings
+    from service.engine import Engine
+    from service.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+INTERNAL_ERROR = ("internal_error", "Internal error.", "Retry; if it persists, report the X-Request-ID.")
+
+
+# ----------------------------------------------------------------------------- error mapping (both paths)
+def error_body(kind: str, message: str, hint: str = "", details: object = None) -> dict[str, Any]:
+    return {"error": {"type": kind, "message": message, "hint": hint, "details": details}}
+
+
+def error_parts(err: ErnieClsError) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """An ErnieClsError -> (status, body, extra headers): its http_status, a snake_case type, message and hint."""
+    headers: dict[str, str] = {}
+    if isinstance(err, QueueFullError):
+        headers["Retry-After"] = str(int(err.retry_after_s))
+    if isinstance(err, UnauthorizedError):
+        headers["WWW-Authenticate"] = "Bearer"
+    kind = re.sub(r"(?<!^)(?=[A-Z])", "_", type(err).__name__.removesuffix("Error")).lower()
+    return err.http_status, error_body(kind, err.message, err.hint), headers
+
+
+def validation_error_parts(errors: list[Any]) -> tuple[int, dict[str, Any]]:
+    """Request validation errors (pydantic's, with FastAPI's "body" location prefix) -> 422 naming the first."""
+    details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in errors]
+    first = details[0] if details else {"loc": [], "msg": "invalid"}
+    kind = "invalid_json" if any(e.get("type") == "json_invalid" for e in errors) else "validation_error"
+    return 422, error_body(
+        kind,
+        f"Invalid request at {'.'.join(map(str, first['loc']))}: {first['msg']}.",
+        'Send JSON like {"texts": ["送餐很快"]}; see /docs for the schema.',
+        details,
+    )
+
+
+def key_matches(header: str, keys: list[bytes]) -> bool:
+    """Bearer token against every configured key, each compared in constant time."""
+    token = header[7:].encode() if header.lower().startswith("bearer ") else b""
+    return any(hmac.compare_digest(token, k) for k in keys)
+
+
+# ----------------------------------------------------------------------------- the work (both paths)
+def not_ready_reason(engine: Engine) -> str:
+    from service.engine import UNHEALTHY_AFTER_FAILED_BATCHES
+
+    if engine.draining:
+        return "draining"
+    if engine.faulty:
+        return f"{UNHEALTHY_AFTER_FAILED_BATCHES}+ model calls in a row failed or timed out; probing for recovery"
+    return engine.not_ready_reason or "loading"
+
+
+def model_info(engine: Engine) -> dict[str, str]:
+    assert engine.artifact is not None and engine.backend is not None
+    m = engine.artifact.manifest
+    return {
+        "name": m.get("name", ""),
+        "version": str(m.get("version", "")),
+        "backend": engine.backend.runtime,
+        "precision": engine.backend.precision,
+    }
+
+
+def timeout_ms(raw: str | None, default: int) -> int:
+    if raw is None:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= 600_000:
+        raise UserInputError("X-Request-Timeout-Ms must be an integer from 1 to 600000.", "E.g. 2000 for 2 s.")
+    return int(raw)
+
+
+async def classify_texts(
+    engine: Engine,
+    metrics: Metrics,
+    payload: ClassifyRequestBase,
+    timeout_header: str | None,
+    receive: Receive,
+    default_timeout_ms: int,
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """A validated request -> (response body as ClassifyResponse's dict, timing headers). Raises ErnieClsError."""
+    if not engine.can_serve or engine.batcher is None:
+        raise NotReadyError(not_ready_reason(engine))
+    started = time.perf_counter()
+    deadline = time.monotonic() + timeout_ms(timeout_header, default_timeout_ms) / 1000
+    timings = {"queue_s": 0.0, "inference_s": 0.0}  # stays 0 when every text came from the cache
+    top_k = min(payload.top_k, len(engine.labels))
+    results = await _cancel_on_disconnect(
+        receive, engine.classify(payload.all_texts(), top_k, payload.truncate, deadline, timings)
+    )
+    metrics.latency.observe(time.perf_counter() - started)
+    body = {
+        "predictions": [
+            {
+                "label": r.label,
+                "score": r.score,
+                "top_k": [{"label": label, "score": score} for label, score in r.top_k],
+                "truncated": r.truncated,
+                "low_confidence": r.low_confidence,
+            }
+            for r in results
+        ],
+        "model": model_info(engine),
+    }
+    headers = {
+        "X-Queue-Time-Ms": f"{timings['queue_s'] * 1000:.2f}",
+        "X-Inference-Time-Ms": f"{timings['inference_s'] * 1000:.2f}",
+    }
+    return body, headers
+
+
+async def _cancel_on_disconnect(receive: Receive, work: Awaitable[Any]) -> Any:
+    """Await `work` in this task; if the client disconnects first, cancel it (its texts are dropped before
+    inference) and raise ClientGoneError. One watcher task per request, no asyncio.wait."""
+    this = asyncio.current_task()
+    assert this is not None
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        gone = True
+        this.cancel()
+
+    watcher = asyncio.get_running_loop().create_task(watch())
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if gone:
+            this.uncancel()
+            raise ClientGoneError("Client disconnected.", "") from None
+        raise
+    finally:
+        watcher.cancel()
+
+
+# ----------------------------------------------------------------------------- the fast path
+class ClassifyEndpoint:
+    """ASGI app for POST /v1/classify (mounted behind GuardMiddleware: size limit, content type, request id)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        metrics: Metrics,
+        request_model: type[ClassifyRequestBase],
+        keys: list[bytes],
+    ) -> None:
+        self.engine, self.settings, self.metrics = engine, settings, metrics
+        self.request_model, self.keys = request_model, keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers: dict[str, str] = {}
+        try:
+            body, headers = await self._handle(scope, receive)
+            status, payload = 200, pydantic_core.to_json(body)
+        except ValidationError as err:  # the request model's verdict
+            errors = [{**e, "loc": ("body", *e["loc"])} for e in err.errors(include_url=False)]
+            status, error = validation_error_parts(errors)
+            payload = pydantic_core.to_json(error)
+        except RequestValidationFailedError as err:
+            status, error = validation_error_parts(err.errors)
+            payload = pydantic_core.to_json(error)
+        except ErnieClsError as err:
+            status, error, headers = error_parts(err)
+            payload = pydantic_core.to_json(error)
+        except Exception:
+            log.exception("unhandled error on POST /v1/classify")
+            status, payload = 500, pydantic_core.to_json(error_body(*INTERNAL_ERROR))
+        raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+        raw_headers += [(k.lower().encode(), v.encode("latin-1")) for k, v in headers.items()]
+        await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+        await send({"type": "http.response.body", "body": payload})
+
+    async def _handle(self, scope: Scope, receive: Receive) -> tuple[dict[str, Any], dict[str, str]]:
+        auth = timeout_header = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                auth = value.decode("latin-1")
+            elif name == b"x-request-timeout-ms":
+                timeout_header = value.decode("latin-1")
+        if self.keys and not key_matches(auth or "", self.keys):
+            raise UnauthorizedError()
+        payload = self.request_model.model_validate(parse_json(await _read_body(receive)))
+        return await classify_texts(
+            self.engine, self.metrics, payload, timeout_header, receive, self.settings.request_timeout_ms
+        )
+
+
+def parse_json(raw: bytes) -> Any:
+    """The body as JSON the way FastAPI reads it (stdlib json: lone surrogates pass, to be normalised like in
+    training; pydantic's own JSON parser rejects them)."""
+    try:
+        return json.loads(raw)
+    except UnicodeDecodeError:
+        raise InvalidJsonError("The body is not valid UTF-8 JSON.", "Encode the JSON body as UTF-8.") from None
+    except json.JSONDecodeError as err:
+        error = {"type": "json_invalid", "loc": ("body", err.pos), "msg": "JSON decode error"}
+        raise RequestValidationFailedError([error]) from None
+
+
+class InvalidJsonError(ErnieClsError):
+    http_status = 422
+
+
+class RequestValidationFailedError(Exception):
+    """Validation errors in FastAPI's shape (locations start with "body"), answered by validation_error_parts."""
+
+    def __init__(self, errors: list[Any]) -> None:
+        super().__init__("invalid request")
+        self.errors = errors
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGoneError("Client disconnected.", "")
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)

@@ -397,6 +397,10 @@ def run_soak(cfg: ServiceBenchConfig, minutes: float, load: float, command: str 
     workers = cfg.workers or usable_cores()
     texts = _shuffled_texts(cfg)  # all of them: more distinct texts than the cache holds, so it evicts
     minute_runs: list[dict] = []
+    # The machine's own speed at start and end (the raw model, no HTTP), and the service's capacity at the end:
+    # they tell a slower VM from a service that degraded when the p99 moves.
+    raw_model = RawModel.load(cfg, texts[: cfg.texts], workers)
+    raw_start = raw_model.run(8, "length-grouped", cfg.raw_seconds, cfg.seed)["items_per_second"]
     with tempfile.TemporaryDirectory(prefix="ernie-cls-soak-") as tmp:
         work = Path(tmp)
         bodies = _write_bodies(work / "bodies.jsonl", texts)
@@ -413,6 +417,8 @@ def run_soak(cfg: ServiceBenchConfig, minutes: float, load: float, command: str 
                     f"failed {run['failed']}, rss {run['server_rss_mb']} MB",
                     file=sys.stderr,
                 )
+            capacity_end = server.load(bodies, 15, concurrency=64)["items_per_second"]
+    raw_end = raw_model.run(8, "length-grouped", cfg.raw_seconds, cfg.seed)["items_per_second"]
     # Minute 1 is warm-up (the queue left by the capacity run drains, caches fill): the baselines start at minute 2.
     steady = minute_runs[1:] if len(minute_runs) > 2 else minute_runs
     window = min(5, max(1, len(steady) // 2))
@@ -425,6 +431,8 @@ def run_soak(cfg: ServiceBenchConfig, minutes: float, load: float, command: str 
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "arch": platform.machine()},
         "command": command,
         "capacity_texts_per_second": capacity,
+        "capacity_at_end_texts_per_second": capacity_end,
+        "raw_model_texts_per_second": {"start": raw_start, "end": raw_end},
         "rate": rate,
         "minutes": minute_runs,
         "targets": {

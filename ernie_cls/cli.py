@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--noise-augment", type=float, default=0.0, help="share of training texts seen noisy, e.g. 0.3")
     r.add_argument("--noise-rate", type=float, default=0.1, help="per-character rate of that noise")
     r.add_argument("--rdrop-alpha", type=float, default=0.0, help="R-Drop consistency weight, e.g. 1.0")
+    t.add_argument(
+        "--ema-decay", type=float, default=0.0, help="evaluate/save a moving average of the weights, e.g. 0.99 (0: off)"
+    )
     d = t.add_argument_group("distillation")
     d.add_argument("--teacher", help="checkpoint whose soft labels the student also learns")
     d.add_argument("--distill-alpha", type=float, default=0.5)

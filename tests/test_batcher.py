@@ -114,6 +114,32 @@ def test_full_queue_rejects_with_retry_after_counting_texts_not_requests():
     assert stats.rejected_texts == 5
 
 
+def test_texts_in_a_formed_batch_no_worker_has_started_still_count_as_queued():
+    """Batches are formed one per worker ahead of the workers; until a worker takes one, its texts are queued."""
+    release = threading.Event()
+
+    def blocked(input_ids, token_type_ids):
+        release.wait(5)
+        return np.zeros((input_ids.shape[0], 2), dtype=np.float32)
+
+    async def run(batcher):
+        running = asyncio.ensure_future(batcher.submit([[1, 2]] * 2, far()))  # taken by the one worker
+        await asyncio.sleep(0.05)
+        formed = asyncio.ensure_future(batcher.submit([[3, 4]] * 2, far()))  # formed, waiting for the worker
+        await asyncio.sleep(0.05)
+        pending = asyncio.ensure_future(batcher.submit([[5, 6]] * 2, far()))  # not yet in a batch
+        await asyncio.sleep(0.05)
+        queued = batcher.queued_texts
+        with pytest.raises(QueueFullError):
+            await batcher.submit([[7, 8]], far())
+        release.set()
+        await asyncio.gather(running, formed, pending)
+        return queued, batcher.stats
+
+    queued, stats = asyncio.run(_with_batcher(blocked, run, max_batch_size=2, queue_capacity=4, max_wait_s=0.001))
+    assert queued == 4 and stats.rejected_texts == 1 and stats.texts == 6
+
+
 def test_expired_texts_are_not_run():
     backend = FakeBackend()
 

@@ -12,6 +12,7 @@ It is written to ``best.tmp`` first and swapped in by rename, so a crash never d
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -80,6 +81,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | gpu
     amp: bool | None = None  # default: on for GPU
     progress: bool = True
+    ema_decay: float = 0.0  # > 0: evaluate and save an exponential moving average of the weights (e.g. 0.99)
     # Robustness options (all off by default; docs/robustness.md has what each costs in training time):
     label_smoothing: float = 0.0  # cross-entropy against (1 - eps) one-hot + eps uniform
     adversarial: str = "none"  # "fgm": a second loss on word embeddings pushed along their gradient
@@ -110,6 +112,8 @@ class TrainConfig:
         for name in ("label_smoothing", "noise_augment", "noise_rate", "distill_alpha"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1).", "E.g. 0.1.")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError("--ema-decay must be in [0, 1).", "E.g. 0.99 (about the last 100 steps), or 0 for off.")
         if self.rdrop_alpha < 0 or self.adv_epsilon <= 0 or self.distill_temperature <= 0:
             raise ConfigError("--rdrop-alpha must be >= 0, --adv-epsilon and --distill-temperature > 0.", "E.g. 1.0.")
 
@@ -327,6 +331,9 @@ def fit(
     from training.robust import RobustTraining
 
     robust = RobustTraining(cfg, model, tokenizer, train_data, random.Random(cfg.seed + 1), use_amp)
+    from training.weight_average import WeightAverage
+
+    average = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     history: list[dict] = []
     best_f1, best_step, evals_since_best = -1.0, 0, 0
     step, seen, t_train = 0, 0, 0.0
@@ -358,13 +365,20 @@ def fit(
                 optimizer.step()
             optimizer.clear_grad()
             schedule.step()
+            if average is not None:
+                average.update()
             loss_value = float(loss)  # syncs, so the step time below is real
             t_train += time.perf_counter() - t0
             step += 1
             seen += len(batch)
             bar.set_postfix(loss=f"{loss_value:.4f}", samples_s=f"{seen / t_train:.1f}", refresh=False)
             if step % eval_every == 0 or step == total_steps:
-                dev_metrics = evaluate_encoded(model, tokenizer, dev_data, label_map)
+                # With weight averaging, the averaged weights are what is evaluated and saved.
+                with average.swapped_in() if average is not None else contextlib.nullcontext():
+                    dev_metrics = evaluate_encoded(model, tokenizer, dev_data, label_map)
+                    improved = dev_metrics["macro_f1"] > best_f1
+                    if improved and rank == 0:
+                        save_best(dev_metrics)
                 train_model.train()
                 record = {
                     "epoch": epoch + 1,
@@ -376,10 +390,8 @@ def fit(
                 }
                 history.append(record)
                 log.info("eval %s", record)
-                if dev_metrics["macro_f1"] > best_f1:
+                if improved:
                     best_f1, best_step, evals_since_best = dev_metrics["macro_f1"], step, 0
-                    if rank == 0:
-                        save_best(dev_metrics)
                 else:
                     evals_since_best += 1
                 if evals_since_best >= cfg.patience:

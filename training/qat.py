@@ -183,6 +183,7 @@ def run_qat(cfg: QATConfig) -> dict:
     loop_cfg.epochs, loop_cfg.batch_size, loop_cfg.eval_every = cfg.epochs, cfg.batch_size, cfg.eval_every
     loop_cfg.patience, loop_cfg.max_steps, loop_cfg.seed = cfg.patience, cfg.max_steps, cfg.seed
     loop_cfg.progress, loop_cfg.warmup_ratio = cfg.progress, 0.0
+    loop_cfg.ema_decay = 0.0  # QAT fine-tunes the already averaged weights; quantiser scales are not averaged
     splits, data_label_map, _ = load_splits(loop_cfg)
     if data_label_map.labels != label_map.labels:
         raise ConfigError(

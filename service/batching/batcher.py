@@ -106,10 +106,17 @@ class _Worker(threading.Thread):
     """Owns one model instance; runs formed batches from the shared queue until it gets None."""
 
     def __init__(
-        self, index: int, infer: InferFn, jobs: queue.SimpleQueue, pad_id: int, claim_lock: threading.Lock
+        self,
+        index: int,
+        infer: InferFn,
+        jobs: queue.SimpleQueue,
+        pad_id: int,
+        claim_lock: threading.Lock,
+        on_claim: Callable[[int], None],
     ) -> None:
         super().__init__(name=f"infer_{index}", daemon=True)  # daemon: a hung model call cannot block exit
         self.infer, self.jobs, self.pad_id, self.claim_lock = infer, jobs, pad_id, claim_lock
+        self.on_claim = on_claim  # called on the event loop with the batch's size when this worker takes it
 
     def run(self) -> None:
         while (job := self.jobs.get()) is not None:
@@ -118,6 +125,9 @@ class _Worker(threading.Thread):
                 texts = [t for t in job.texts if not t.withdrawn]
                 for t in texts:
                     t.started = True
+            loop = job.done.get_loop()
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+                loop.call_soon_threadsafe(self.on_claim, len(job.texts))
             started = time.monotonic()
             outcome: object = None
             width = max((len(t.ids) for t in texts), default=0)
@@ -130,7 +140,6 @@ class _Worker(threading.Thread):
                 except Exception as err:  # reported on the event loop, which fails only this batch
                     outcome = err
             report = (outcome, texts, width, started, time.monotonic() - started)
-            loop = job.done.get_loop()
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
                 loop.call_soon_threadsafe(_resolve, job.done, report)
 
@@ -185,7 +194,10 @@ class Batcher:
         self.workers = len(infers)
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._claim_lock = threading.Lock()
-        self._threads = [_Worker(i, fn, self._jobs, pad_id, self._claim_lock) for i, fn in enumerate(infers)]
+        self._threads = [
+            _Worker(i, fn, self._jobs, pad_id, self._claim_lock, self._claimed) for i, fn in enumerate(infers)
+        ]
+        self._formed = 0  # texts in formed batches no worker has taken yet: still queued, for admission
         # Batches formed and not yet finished: one running plus one waiting per worker.
         self._slots = asyncio.Semaphore(2 * self.workers)
         self._running: set[asyncio.Task] = set()
@@ -226,7 +238,11 @@ class Batcher:
 
     @property
     def queued_texts(self) -> int:
-        return len(self._pending)
+        """Texts waiting: not yet in a batch, or in a formed batch no worker has started."""
+        return len(self._pending) + self._formed
+
+    def _claimed(self, texts: int) -> None:
+        self._formed -= texts
 
     @property
     def busy(self) -> bool:
@@ -243,7 +259,7 @@ class Batcher:
 
         `timings`, if given, receives the longest queue wait and model-call time among these texts (seconds).
         """
-        if len(self._pending) + len(sequences) > self.queue_capacity:
+        if self.queued_texts + len(sequences) > self.queue_capacity:
             self.stats.rejected_texts += len(sequences)
             raise QueueFullError(self.retry_after_s())
         loop = asyncio.get_running_loop()
@@ -285,7 +301,7 @@ class Batcher:
         return len(taken)
 
     def retry_after_s(self) -> float:
-        batches_ahead = len(self._pending) / self.max_batch_size + 1
+        batches_ahead = self.queued_texts / self.max_batch_size + 1
         return max(1.0, round(batches_ahead * self._avg_batch_s / self.workers))
 
     # ------------------------------------------------------------------ batching
@@ -368,6 +384,7 @@ class Batcher:
     async def _run_batch(self, batch: list[_Text]) -> None:
         job = _Job(batch, asyncio.get_running_loop().create_future())
         self._inflight += len(batch)
+        self._formed += len(batch)
 
         def worker_done(_: object) -> None:  # only when the call really returned: a hung call keeps its slot
             self._inflight -= len(batch)

@@ -37,6 +37,7 @@ from service.api.classify import (
     key_matches,
     model_info,
     not_ready_reason,
+    unparsable_body,
     validation_error_parts,
 )
 from service.api.guards import GuardMiddleware
@@ -171,8 +172,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, err: StarletteHTTPException) -> JSONResponse:
-        if err.status_code == 400 and "parsing the body" in str(err.detail):  # FastAPI's answer to invalid UTF-8
-            return _error(422, "invalid_json", "The body is not valid UTF-8 JSON.", "Encode the JSON body as UTF-8.")
+        if err.status_code == 400 and "parsing the body" in str(err.detail):  # invalid UTF-8, nesting too deep
+            status, body, _ = error_parts(unparsable_body(err.__cause__))
+            return JSONResponse(body, status_code=status)
         return _error(err.status_code, "http_error", str(err.detail), "See /docs for the routes.")
 
     @app.exception_handler(Exception)

@@ -326,6 +326,7 @@ def test_fast_path_and_the_documented_fastapi_route_answer_alike(int8_artifact):
         ({"json": {"text": "好", "top_k": 0}}, key),
         ({"content": b'{"text": "'}, {**key, "content-type": "application/json"}),
         ({"content": b'{"text": "\xff"}'}, {**key, "content-type": "application/json"}),
+        ({"content": b"[" * 3_000}, {**key, "content-type": "application/json"}),  # nested past the recursion limit
         ({"json": {"text": "好"}}, {**key, "x-request-timeout-ms": "soon"}),
         ({"json": {"text": "好"}}, {}),
         ({"json": {"text": "好"}}, {"authorization": "Bearer nope"}),
@@ -346,4 +347,5 @@ def test_fast_path_and_the_documented_fastapi_route_answer_alike(int8_artifact):
         assert a.json() == b.json(), kw
         assert {h: h in a.headers for h in compared} == {h: h in b.headers for h in compared}, kw
         assert a.headers["content-type"] == b.headers["content-type"] == "application/json"
-    assert [a.status_code for a in fast] == [200, 200, 200, 200, 422, 422, 422, 422, 422, 422, 422, 422, 401, 401]
+    assert [a.status_code for a in fast] == [200] * 4 + [422] * 9 + [401] * 2
+    assert "nested too deeply" in fast[-4].json()["error"]["message"]

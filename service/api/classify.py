@@ -232,15 +232,24 @@ def parse_json(raw: bytes) -> Any:
     training; pydantic's own JSON parser rejects them)."""
     try:
         return json.loads(raw)
-    except UnicodeDecodeError:
-        raise InvalidJsonError("The body is not valid UTF-8 JSON.", "Encode the JSON body as UTF-8.") from None
     except json.JSONDecodeError as err:
         error = {"type": "json_invalid", "loc": ("body", err.pos), "msg": "JSON decode error"}
         raise RequestValidationFailedError([error]) from None
+    except (UnicodeDecodeError, RecursionError) as err:
+        raise unparsable_body(err) from None
 
 
 class InvalidJsonError(ErnieClsError):
     http_status = 422
+
+
+def unparsable_body(cause: BaseException | None) -> InvalidJsonError:
+    """A body json.loads gave up on other than by a syntax error (FastAPI answers those 400; we say why, 422)."""
+    if isinstance(cause, RecursionError):
+        return InvalidJsonError(
+            "The body's JSON is nested too deeply to parse.", 'Send a flat JSON object like {"texts": ["送餐很快"]}.'
+        )
+    return InvalidJsonError("The body is not valid UTF-8 JSON.", "Encode the JSON body as UTF-8.")
 
 
 class RequestValidationFailedError(Exception):

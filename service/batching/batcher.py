@@ -120,11 +120,16 @@ class _Worker(threading.Thread):
 
     def run(self) -> None:
         while (job := self.jobs.get()) is not None:
-            # Texts whose callers left while the batch waited here are not run (they are counted on the loop).
+            # Texts whose callers left while the batch waited here are not run (they are counted on the loop), nor
+            # texts whose deadline passed meanwhile (counted here; their callers get 504 at the deadline).
+            now = time.monotonic()
             with self.claim_lock:
-                texts = [t for t in job.texts if not t.withdrawn]
+                texts = [t for t in job.texts if not t.withdrawn and t.deadline > now]
+                expired = [t for t in job.texts if not t.withdrawn and t.deadline <= now]
                 for t in texts:
                     t.started = True
+                for t in expired:
+                    t.withdrawn = True
             loop = job.done.get_loop()
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
                 loop.call_soon_threadsafe(self.on_claim, len(job.texts))
@@ -139,7 +144,7 @@ class _Worker(threading.Thread):
                     outcome = self.infer(input_ids, np.zeros_like(input_ids))
                 except Exception as err:  # reported on the event loop, which fails only this batch
                     outcome = err
-            report = (outcome, texts, width, started, time.monotonic() - started)
+            report = (outcome, texts, width, started, time.monotonic() - started, len(expired))
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
                 loop.call_soon_threadsafe(_resolve, job.done, report)
 
@@ -393,9 +398,10 @@ class Batcher:
         job.done.add_done_callback(worker_done)
         self._jobs.put(job)
         try:
-            outcome, texts, width, started, elapsed = await asyncio.wait_for(
+            outcome, texts, width, started, elapsed, expired = await asyncio.wait_for(
                 asyncio.shield(job.done), self.inference_timeout_s
             )
+            self.stats.dropped_deadline += expired
             if isinstance(outcome, Exception):
                 raise outcome
             if texts and (not isinstance(outcome, np.ndarray) or outcome.shape[0] != len(texts)):

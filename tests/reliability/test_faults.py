@@ -197,11 +197,14 @@ def _raw_request(port: int, text: str) -> bytes:
 @pytest.mark.parametrize("fault", ["raise", "hang", "rows"])
 def test_backend_faults_fail_only_their_batch_then_readiness_drops_and_recovers(fault, record):
     with LiveService(workers=2, cache_size=0, max_batch_size=4, max_wait_ms=1, inference_timeout_s=0.5) as svc:
-        # The batcher hands the next batch to the most recently freed instance: the last one at first.
-        broken = svc.gates[-1]
-        broken.fault, broken.fault_times, broken.hang_s = fault, 1, 1.5
+        # Whichever instance's thread takes the first batch faults once; then the faults are cleared, so the
+        # other instance serves the rest (a hung call keeps sleeping: its instance stays busy).
+        for gate in svc.gates:
+            gate.fault, gate.fault_times, gate.hang_s = fault, 1, 1.5
         with httpx.Client(base_url=svc.base, timeout=10) as client:
             first = client.post("/v1/classify", json={"text": "坏批次"})
+            for gate in svc.gates:
+                gate.fault = None
             # other batches are unaffected (a hung instance stays busy; the other one serves meanwhile)
             good = asyncio.run(_post_all(svc.base, [{"text": TEXTS[i % 8]} for i in range(20)]))
             leaked = "Traceback" in first.text or "injected" in first.text

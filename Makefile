@@ -41,7 +41,7 @@ serve: $(STAMP)
 
 # The recipe of the bundled model and of docs/benchmarks.md. RECIPE is shared so both stay the same.
 RECIPE := --data data/waimai_10k.csv --text-col review --label-col label --label-names 0=negative,1=positive \
-	--base-model scratch:nano --seed 42 --epochs 3 --eval-every 100 --patience 8 --pretrain-epochs 4 --dev-size 0.05
+	--base-model scratch:nano --seed 42 --epochs 3 --eval-every 100 --patience 8 --pretrain-epochs 4 --dev-size 0.05 --ema-decay 0.99
 
 # Training benchmark (about 20 minutes on 2 cores): writes runs/bench-nano/metrics.json.
 bench-train: $(STAMP)

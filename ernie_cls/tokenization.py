@@ -143,11 +143,12 @@ class ErnieTokenizerFast:
         self.cls_id = vocab[CLS]
         self.sep_id = vocab[SEP]
         self.unk_id = vocab[UNK]
-        self._tok = _build_pipeline(vocab, do_lower_case)
-        # The same pipeline without the template and truncation, for the service's one-text-at-a-time encoding:
-        # [CLS] + pieces[: max_seq_len - 2] + [SEP] in Python is what both steps do for one sequence, and the Rust
-        # steps cost 45 us of the 83 us an average review took (tests compare both paths with paddlenlp).
+        # Encoding runs the pipeline without Rust's template and truncation steps and frames the pieces in Python
+        # (`_frame`): the same ids for one sequence, and those two steps cost 45 us of the 83 us an average review
+        # took on the service's path. `_tok`, with both steps, is what `save` writes for other runtimes (Triton,
+        # HF-compatible tools); tests compare both with paddlenlp.
         self._pieces = _build_pipeline(vocab, do_lower_case)
+        self._tok = _build_pipeline(vocab, do_lower_case)
         self._tok.post_processor = processors.TemplateProcessing(
             single=f"{CLS} $A {SEP}",
             pair=f"{CLS} $A {SEP} $B:1 {SEP}:1",
@@ -165,7 +166,8 @@ class ErnieTokenizerFast:
 
         Pass ``normalized=True`` when the texts already went through :func:`normalize_text`.
         """
-        return [enc.ids for enc in self._tok.encode_batch(self._prepare(texts, normalized), add_special_tokens=True)]
+        batch = self._pieces.encode_batch(self._prepare(texts, normalized), add_special_tokens=False)
+        return [self._frame(enc.ids)[0] for enc in batch]
 
     def encode_with_overflow(self, texts: Sequence[str], *, normalized: bool = False) -> list[tuple[list[int], bool]]:
         """Like :meth:`encode_ids` but also says per text whether truncation dropped tokens.
@@ -173,12 +175,13 @@ class ErnieTokenizerFast:
         Texts are encoded one by one: the few texts of a service request are faster that way than through
         `encode_batch`, whose thread pool would compete with the inference threads for the cores.
         """
+        prepared = self._prepare(texts, normalized)
+        return [self._frame(self._pieces.encode(text, add_special_tokens=False).ids) for text in prepared]
+
+    def _frame(self, pieces: list[int]) -> tuple[list[int], bool]:
+        """``[CLS] pieces[: max_seq_len - 2] [SEP]`` and whether pieces were cut (paddlenlp's single-sequence form)."""
         room = self.max_seq_len - 2
-        encoded = []
-        for text in self._prepare(texts, normalized):
-            pieces = self._pieces.encode(text, add_special_tokens=False).ids
-            encoded.append(([self.cls_id, *pieces[:room], self.sep_id], len(pieces) > room))
-        return encoded
+        return [self.cls_id, *pieces[:room], self.sep_id], len(pieces) > room
 
     def _prepare(self, texts: Sequence[str], normalized: bool) -> list[str]:
         if not normalized:

@@ -11,6 +11,7 @@ service can import it.
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 
@@ -47,6 +48,16 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     z -= z.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
+
+
+def softmax_row(logits: list[float], temperature: float = 1.0) -> list[float]:
+    """`softmax` of one row in plain Python, for the service's per-text results: for a row of a few labels, numpy's
+    per-call overhead costs more than the arithmetic (16 us a row on the event loop)."""
+    z = [x / temperature for x in logits]
+    top = max(z)
+    e = [math.exp(x - top) for x in z]
+    total = sum(e)
+    return [x / total for x in e]
 
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:

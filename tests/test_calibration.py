@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ernie_cls.calibration import expected_calibration_error, fit_temperature, softmax
+from ernie_cls.calibration import expected_calibration_error, fit_temperature, softmax, softmax_row
 
 
 def _overconfident(n: int = 4000, true_t: float = 2.5, seed: int = 0):
@@ -40,3 +40,11 @@ def test_ece_of_a_perfectly_calibrated_predictor_is_small_and_of_a_liar_large():
     assert expected_calibration_error(probs, labels) < 0.02
     liar = np.stack([np.full(conf.size, 0.99), np.full(conf.size, 0.01)], 1)
     assert expected_calibration_error(liar, labels) > 0.2
+
+
+def test_the_services_per_row_softmax_matches_the_batched_one():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 5, size=(50, 7)).astype(np.float32)
+    for temperature in (0.5, 1.0, 1.7):
+        rows = np.array([softmax_row(row.tolist(), temperature) for row in logits])
+        np.testing.assert_allclose(rows, softmax(logits, temperature), rtol=1e-12, atol=1e-15)

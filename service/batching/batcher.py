@@ -94,62 +94,69 @@ class _Text:
     withdrawn: bool = False
 
 
+@dataclass
+class _Report:
+    """What a worker reports back for one formed batch."""
+
+    outcome: np.ndarray | Exception | None  # the logits, or what the model call raised; None: nothing left to run
+    texts: list[_Text]  # the texts it ran (callers that left and expired texts skipped)
+    expired: int  # texts skipped because their deadline passed while the batch waited
+    width: int
+    started: float
+    elapsed: float
+
+
 @dataclass(eq=False)
 class _Job:
-    """A formed batch on its way to a worker thread, and what the worker reports back."""
+    """A formed batch on its way to a worker thread."""
 
     texts: list[_Text]
-    done: asyncio.Future  # resolved on the event loop with (logits | exception, run texts, width, started, elapsed)
+    done: asyncio.Future  # resolved on the event loop with the worker's _Report
+    claimed: bool = False  # a worker has taken it (set under the claim lock); until then its texts count as queued
 
 
 class _Worker(threading.Thread):
     """Owns one model instance; runs formed batches from the shared queue until it gets None."""
 
     def __init__(
-        self,
-        index: int,
-        infer: InferFn,
-        jobs: queue.SimpleQueue,
-        pad_id: int,
-        claim_lock: threading.Lock,
-        on_claim: Callable[[int], None],
+        self, index: int, infer: InferFn, jobs: queue.SimpleQueue, pad_id: int, claim_lock: threading.Lock
     ) -> None:
         super().__init__(name=f"infer_{index}", daemon=True)  # daemon: a hung model call cannot block exit
         self.infer, self.jobs, self.pad_id, self.claim_lock = infer, jobs, pad_id, claim_lock
-        self.on_claim = on_claim  # called on the event loop with the batch's size when this worker takes it
 
     def run(self) -> None:
         while (job := self.jobs.get()) is not None:
-            # Texts whose callers left while the batch waited here are not run (they are counted on the loop), nor
-            # texts whose deadline passed meanwhile (counted here; their callers get 504 at the deadline).
-            now = time.monotonic()
-            with self.claim_lock:
-                texts = [t for t in job.texts if not t.withdrawn and t.deadline > now]
-                expired = [t for t in job.texts if not t.withdrawn and t.deadline <= now]
-                for t in texts:
-                    t.started = True
-                for t in expired:
-                    t.withdrawn = True
-            loop = job.done.get_loop()
+            report = self._run(job)
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
-                loop.call_soon_threadsafe(self.on_claim, len(job.texts))
-            started = time.monotonic()
-            outcome: object = None
-            width = max((len(t.ids) for t in texts), default=0)
-            if texts:
-                try:
-                    input_ids = np.full((len(texts), width), self.pad_id, dtype=np.int64)
-                    for row, t in enumerate(texts):
-                        input_ids[row, : len(t.ids)] = t.ids
-                    outcome = self.infer(input_ids, np.zeros_like(input_ids))
-                except Exception as err:  # reported on the event loop, which fails only this batch
-                    outcome = err
-            report = (outcome, texts, width, started, time.monotonic() - started, len(expired))
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
-                loop.call_soon_threadsafe(_resolve, job.done, report)
+                job.done.get_loop().call_soon_threadsafe(_resolve, job.done, report)
+
+    def _run(self, job: _Job) -> _Report:
+        # Texts whose callers left while the batch waited here are not run (they are counted on the loop), nor
+        # texts whose deadline passed meanwhile (counted from the report; their callers get 504 at the deadline).
+        now = time.monotonic()
+        with self.claim_lock:
+            job.claimed = True
+            texts = [t for t in job.texts if not t.withdrawn and t.deadline > now]
+            expired = [t for t in job.texts if not t.withdrawn and t.deadline <= now]
+            for t in texts:
+                t.started = True
+            for t in expired:
+                t.withdrawn = True
+        started = time.monotonic()
+        outcome: np.ndarray | Exception | None = None
+        width = max((len(t.ids) for t in texts), default=0)
+        if texts:
+            try:
+                input_ids = np.full((len(texts), width), self.pad_id, dtype=np.int64)
+                for row, t in enumerate(texts):
+                    input_ids[row, : len(t.ids)] = t.ids
+                outcome = self.infer(input_ids, np.zeros_like(input_ids))
+            except Exception as err:  # reported on the event loop, which fails only this batch
+                outcome = err
+        return _Report(outcome, texts, len(expired), width, started, time.monotonic() - started)
 
 
-def _resolve(future: asyncio.Future, report: tuple) -> None:
+def _resolve(future: asyncio.Future, report: _Report) -> None:
     if not future.done():
         future.set_result(report)
 
@@ -199,10 +206,8 @@ class Batcher:
         self.workers = len(infers)
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._claim_lock = threading.Lock()
-        self._threads = [
-            _Worker(i, fn, self._jobs, pad_id, self._claim_lock, self._claimed) for i, fn in enumerate(infers)
-        ]
-        self._formed = 0  # texts in formed batches no worker has taken yet: still queued, for admission
+        self._threads = [_Worker(i, fn, self._jobs, pad_id, self._claim_lock) for i, fn in enumerate(infers)]
+        self._in_flight: set[_Job] = set()  # formed batches whose worker has not reported back yet
         # Batches formed and not yet finished: one running plus one waiting per worker.
         self._slots = asyncio.Semaphore(2 * self.workers)
         self._running: set[asyncio.Task] = set()
@@ -214,7 +219,6 @@ class Batcher:
         self._pending: list[_Text] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
-        self._inflight = 0  # texts being inferred now
         self._avg_batch_s = 0.05
         self.stats = BatchStats()
         self.consecutive_faults = 0  # failed or timed-out batches since the last good one
@@ -244,14 +248,11 @@ class Batcher:
     @property
     def queued_texts(self) -> int:
         """Texts waiting: not yet in a batch, or in a formed batch no worker has started."""
-        return len(self._pending) + self._formed
-
-    def _claimed(self, texts: int) -> None:
-        self._formed -= texts
+        return len(self._pending) + sum(len(job.texts) for job in self._in_flight if not job.claimed)
 
     @property
     def busy(self) -> bool:
-        return bool(self._pending) or self._inflight > 0
+        return bool(self._pending) or bool(self._in_flight)
 
     # ------------------------------------------------------------------ admission
     async def submit(
@@ -388,20 +389,18 @@ class Batcher:
 
     async def _run_batch(self, batch: list[_Text]) -> None:
         job = _Job(batch, asyncio.get_running_loop().create_future())
-        self._inflight += len(batch)
-        self._formed += len(batch)
+        self._in_flight.add(job)
 
         def worker_done(_: object) -> None:  # only when the call really returned: a hung call keeps its slot
-            self._inflight -= len(batch)
+            self._in_flight.discard(job)
             self._slots.release()
 
         job.done.add_done_callback(worker_done)
         self._jobs.put(job)
         try:
-            outcome, texts, width, started, elapsed, expired = await asyncio.wait_for(
-                asyncio.shield(job.done), self.inference_timeout_s
-            )
-            self.stats.dropped_deadline += expired
+            report: _Report = await asyncio.wait_for(asyncio.shield(job.done), self.inference_timeout_s)
+            self.stats.dropped_deadline += report.expired
+            outcome, texts = report.outcome, report.texts
             if isinstance(outcome, Exception):
                 raise outcome
             if texts and (not isinstance(outcome, np.ndarray) or outcome.shape[0] != len(texts)):
@@ -422,6 +421,7 @@ class Batcher:
         if not texts:  # every caller left before the batch started
             return
         self.consecutive_faults = 0
+        width, started, elapsed = report.width, report.started, report.elapsed
         self._avg_batch_s = 0.8 * self._avg_batch_s + 0.2 * elapsed
         real = sum(len(t.ids) for t in texts)
         self.stats.batches += 1
@@ -432,6 +432,7 @@ class Batcher:
         del self.stats.batch_sizes[: -self.stats.RECENT]
         if self._on_batch is not None:
             self._on_batch(len(texts), real, width * len(texts), elapsed)
+        assert isinstance(outcome, np.ndarray)  # checked above
         for row, t in enumerate(texts):
             t.queue_s, t.inference_s = started - t.enqueued, elapsed
             if not t.future.done():

@@ -136,17 +136,19 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.state.engine = engine
     app.state.metrics = metrics
 
-    def count_response(scope: MutableMapping[str, Any], status: int) -> None:
-        route = scope.get("route")
-        metrics.requests.labels(getattr(route, "path", "unmatched"), str(status)).inc()
+    counters: dict[tuple[str, int], Any] = {}  # (route, status) -> counter child, resolved once (hot path)
 
-    classify_counters: dict[int, Any] = {}  # status -> counter child, resolved once (hot path)
+    def count(route: str, status: int) -> None:
+        counter = counters.get((route, status))
+        if counter is None:
+            counter = counters[route, status] = metrics.requests.labels(route, str(status))
+        counter.inc()
+
+    def count_response(scope: MutableMapping[str, Any], status: int) -> None:
+        count(getattr(scope.get("route"), "path", "unmatched"), status)
 
     def count_classify(scope: MutableMapping[str, Any], status: int) -> None:
-        counter = classify_counters.get(status)
-        if counter is None:
-            counter = classify_counters[status] = metrics.requests.labels("/v1/classify", str(status))
-        counter.inc()
+        count("/v1/classify", status)
 
     keys = [k.get_secret_value().encode() for k in settings.api_keys]
     app.add_middleware(GuardMiddleware, max_body_bytes=settings.max_body_bytes, on_response=count_response)

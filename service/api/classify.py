@@ -1,6 +1,6 @@
 """POST /v1/classify: the hot path, as a plain ASGI endpoint in front of FastAPI.
 
-    bytes -> auth -> request model (the same pydantic model FastAPI documents; validated from JSON in Rust)
+    bytes -> auth -> JSON (stdlib, as FastAPI parses it) -> the same pydantic request model FastAPI documents
       -> Engine.classify (normalise, cache, tokenise, batch), cancelled if the client disconnects
       -> response dict -> JSON bytes (pydantic_core) -> two ASGI messages
 
@@ -192,21 +192,15 @@ class ClassifyEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers: dict[str, str] = {}
         try:
-            body, headers = await self._handle(scope, receive)
-            status, payload = 200, pydantic_core.to_json(body)
-        except ValidationError as err:  # the request model's verdict
-            errors = [{**e, "loc": ("body", *e["loc"])} for e in err.errors(include_url=False)]
-            status, error = validation_error_parts(errors)
-            payload = pydantic_core.to_json(error)
+            status, (body, headers) = 200, await self._handle(scope, receive)
         except RequestValidationFailedError as err:
-            status, error = validation_error_parts(err.errors)
-            payload = pydantic_core.to_json(error)
+            status, body = validation_error_parts(err.errors)
         except ErnieClsError as err:
-            status, error, headers = error_parts(err)
-            payload = pydantic_core.to_json(error)
+            status, body, headers = error_parts(err)
         except Exception:
             log.exception("unhandled error on POST /v1/classify")
-            status, payload = 500, pydantic_core.to_json(error_body(*INTERNAL_ERROR))
+            status, body = 500, error_body(*INTERNAL_ERROR)
+        payload = pydantic_core.to_json(body)
         raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
         raw_headers += [(k.lower().encode(), v.encode("latin-1")) for k, v in headers.items()]
         await send({"type": "http.response.start", "status": status, "headers": raw_headers})
@@ -221,7 +215,12 @@ class ClassifyEndpoint:
                 timeout_header = value.decode("latin-1")
         if self.keys and not key_matches(auth or "", self.keys):
             raise UnauthorizedError()
-        payload = self.request_model.model_validate(parse_json(await _read_body(receive)))
+        try:
+            payload = self.request_model.model_validate(parse_json(await _read_body(receive)))
+        except ValidationError as err:  # the request model's verdict, located like FastAPI's
+            raise RequestValidationFailedError(
+                [{**e, "loc": ("body", *e["loc"])} for e in err.errors(include_url=False)]
+            ) from None
         return await classify_texts(
             self.engine, self.metrics, payload, timeout_header, receive, self.settings.request_timeout_ms
         )

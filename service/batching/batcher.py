@@ -251,6 +251,11 @@ class Batcher:
         return len(self._pending) + sum(len(job.texts) for job in self._in_flight if not job.claimed)
 
     @property
+    def in_flight_texts(self) -> int:
+        """Texts in formed batches a worker has not reported back on (waiting for a worker, or being run)."""
+        return sum(len(job.texts) for job in self._in_flight)
+
+    @property
     def busy(self) -> bool:
         return bool(self._pending) or bool(self._in_flight)
 

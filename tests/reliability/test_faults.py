@@ -65,7 +65,7 @@ def test_overload_burst_gets_exact_429s_and_every_admitted_text_its_answer(recor
 
         async def burst():
             task = asyncio.ensure_future(_post_all(svc.base, bodies))
-            while svc.engine.batcher.queued_texts + svc.engine.batcher._inflight < capacity:
+            while svc.engine.batcher.queued_texts + svc.engine.batcher.in_flight_texts < capacity:
                 await asyncio.sleep(0.01)
             await asyncio.sleep(0.5)  # the rest of the burst arrives and is refused
             async with httpx.AsyncClient(base_url=svc.base, timeout=5) as client:

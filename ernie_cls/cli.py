@@ -99,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--noise-augment", type=float, default=0.0, help="share of training texts seen noisy, e.g. 0.3")
     r.add_argument("--noise-rate", type=float, default=0.1, help="per-character rate of that noise")
     r.add_argument("--rdrop-alpha", type=float, default=0.0, help="R-Drop consistency weight, e.g. 1.0")
+    r.add_argument(
+        "--noise-consistency",
+        type=float,
+        default=0.0,
+        help="weight of the KL between predictions on each text and on a noisy copy (--noise-rate), e.g. 1.0",
+    )
     t.add_argument(
         "--ema-decay", type=float, default=0.0, help="evaluate/save a moving average of the weights, e.g. 0.99 (0: off)"
     )

@@ -49,6 +49,7 @@ def test_homophones_keep_the_pinyin():
         {"adversarial": "fgm", "adv_epsilon": 0.5},
         {"noise_augment": 0.5, "noise_rate": 0.2},
         {"rdrop_alpha": 1.0},
+        {"noise_consistency": 1.0, "noise_rate": 0.2},
     ],
 )
 def test_robustness_options_train_and_are_recorded(options, small_csv, tmp_path):
@@ -93,3 +94,21 @@ def test_distillation_learns_from_a_teacher_and_refuses_a_mismatched_one(trained
     assert soft.shape == (2, 2)
     with pytest.raises(ConfigError, match="same labels"):
         teacher_logits(str(trained_run / "best"), LabelMap(["a", "b", "c"]), ["好吃"])
+
+
+def test_noise_consistency_pass_sees_a_noisy_copy_of_every_text(small_csv, tmp_path):
+    """The consistency term compares each text with a noisy copy of itself: same batch, other token ids."""
+    from training.finetune import encode, load_splits
+    from training.robust import RobustTraining
+
+    cfg = tiny_train_config(tmp_path / "run", small_csv, noise_consistency=1.0, noise_rate=0.3)
+    splits, label_map, _ = load_splits(cfg)
+    from ernie_cls.tokenization import ErnieTokenizerFast, build_vocab
+
+    tokenizer = ErnieTokenizerFast(build_vocab([e.text for e in splits.train], vocab_size=500))
+    data = encode(splits.train, tokenizer, label_map)
+    robust = RobustTraining(cfg, None, tokenizer, data, random.Random(0), use_amp=False)
+    batch = list(range(16))
+    clean, copy = robust.batch_ids(batch), robust.noisy_copy(batch)
+    assert len(copy) == len(clean) == 16
+    assert sum(a != b for a, b in zip(clean, copy, strict=True)) >= 12  # at 30 % nearly every text changes

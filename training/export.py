@@ -609,6 +609,7 @@ def _check_and_describe(
                     "noise_augment",
                     "noise_rate",
                     "rdrop_alpha",
+                    "noise_consistency",
                     "distill_alpha",
                 )
                 if k in training_config

@@ -89,6 +89,7 @@ class TrainConfig:
     noise_augment: float = 0.0  # share of drawn training texts replaced by a noisy copy (training/noise.py)
     noise_rate: float = 0.1  # per-character rate of that noise ("mixed" kinds)
     rdrop_alpha: float = 0.0  # R-Drop: two dropout passes, + alpha x symmetric KL between them
+    noise_consistency: float = 0.0  # a second pass on a noisy copy of the batch, + alpha x symmetric KL to it
     teacher: str | None = None  # distillation: a checkpoint whose soft labels the student learns too
     distill_alpha: float = 0.5  # weight of the soft-label loss
     distill_temperature: float = 2.0
@@ -114,8 +115,16 @@ class TrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1).", "E.g. 0.1.")
         if not 0 <= self.ema_decay < 1:
             raise ConfigError("--ema-decay must be in [0, 1).", "E.g. 0.99 (about the last 100 steps), or 0 for off.")
-        if self.rdrop_alpha < 0 or self.adv_epsilon <= 0 or self.distill_temperature <= 0:
-            raise ConfigError("--rdrop-alpha must be >= 0, --adv-epsilon and --distill-temperature > 0.", "E.g. 1.0.")
+        if min(self.rdrop_alpha, self.noise_consistency) < 0 or self.adv_epsilon <= 0 or self.distill_temperature <= 0:
+            raise ConfigError(
+                "--rdrop-alpha and --noise-consistency must be >= 0, --adv-epsilon and --distill-temperature > 0.",
+                "E.g. 1.0.",
+            )
+        if self.rdrop_alpha > 0 and self.noise_consistency > 0:
+            raise ConfigError(
+                "--rdrop-alpha and --noise-consistency each add a second forward pass; they do not combine.",
+                "Choose one (--noise-consistency is R-Drop whose second pass sees a noisy copy).",
+            )
 
 
 # --------------------------------------------------------------------------------------------- data

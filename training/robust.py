@@ -3,6 +3,8 @@
     batch_ids(batch)      token ids of the batch; with noise_augment, some texts re-encoded from a noisy copy
     loss(logits, ...)     cross-entropy (label smoothing)
                           + R-Drop: a second dropout pass, alpha x symmetric KL between the two
+                          + noise consistency: R-Drop whose second pass sees a noisy copy of every text, so the
+                            model is taught to answer the same with and without typos (stability training)
                           + distillation: (1 - a) x that + a x T^2 x KL(teacher soft labels || student)
     adversarial_step()    FGM: after backward, move the word embeddings by epsilon along their gradient's direction,
                           add the loss there (its gradient accumulates), restore the embeddings
@@ -31,7 +33,7 @@ class RobustTraining:
         self.data = data
         self.rng = rng
         self.homophones = None
-        if cfg.noise_augment > 0:
+        if cfg.noise_augment > 0 or cfg.noise_consistency > 0:
             from training.noise import HomophoneTable
 
             if not data.texts:
@@ -55,6 +57,13 @@ class RobustTraining:
                 ids[row] = self.tokenizer.encode_ids([text])[0]
         return ids
 
+    def noisy_copy(self, batch: list[int]) -> list[list[int]]:
+        """Token ids of a "mixed"-noise copy of every text in the batch (the consistency pass's input)."""
+        from training.noise import noisy
+
+        texts = [noisy(self.data.texts[i], "mixed", self.cfg.noise_rate, self.rng, self.homophones) for i in batch]
+        return self.tokenizer.encode_ids(texts)
+
     # ------------------------------------------------------------------------------------------- loss
     def loss(self, train_model, logits, labels, batch: list[int], ids, types):
         import paddle
@@ -62,12 +71,16 @@ class RobustTraining:
 
         cfg = self.cfg
         loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
-        if cfg.rdrop_alpha > 0:
+        alpha = cfg.rdrop_alpha or cfg.noise_consistency
+        if alpha > 0:
+            if cfg.noise_consistency > 0:
+                noisy_ids, noisy_types = self.tokenizer.pad(self.noisy_copy(batch))
+                ids, types = paddle.to_tensor(noisy_ids), paddle.to_tensor(noisy_types)
             logits2 = train_model(ids, token_type_ids=types)
             loss = (loss + F.cross_entropy(logits2, labels, label_smoothing=cfg.label_smoothing)) / 2
             lp1, lp2 = F.log_softmax(logits, -1), F.log_softmax(logits2, -1)
             kl = F.kl_div(lp1, lp2.exp(), reduction="sum") + F.kl_div(lp2, lp1.exp(), reduction="sum")
-            loss = loss + cfg.rdrop_alpha * kl / (2 * logits.shape[0])  # per example ("batchmean")
+            loss = loss + alpha * kl / (2 * logits.shape[0])  # per example ("batchmean")
         if self.data.teacher_logits is not None:
             t = cfg.distill_temperature
             soft = paddle.to_tensor(softmax(self.data.teacher_logits[batch], t).astype(np.float32))

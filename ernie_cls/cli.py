@@ -216,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--label-col", default="label")
     br.add_argument("--rates", type=lambda v: [float(x) for x in v.split(",")], default=[0.05, 0.1, 0.2])
     br.add_argument("--formats", type=lambda v: v.split(","), default=["onnx-fp32", "onnx-int8-cpu"])
+    br.add_argument("--kinds", type=lambda v: v.split(","), default=None, help="noise kinds (default: all + mixed)")
+    br.add_argument("--draws", type=int, default=1, help="independent noise draws per condition, accuracy averaged")
     br.add_argument("--output", default="reports/bench-robustness.json")
 
     p = sub.add_parser("predict", help="label texts from a file or stdin (JSON lines out)")
@@ -348,7 +350,9 @@ def _cmd_bench_robustness(args: argparse.Namespace) -> int:
         label_col=args.label_col,
         rates=args.rates,
         formats=args.formats,
+        draws=args.draws,
         output=args.output,
+        **({"kinds": args.kinds} if args.kinds else {}),
     )
     report = run_robustness(cfg, command="ernie-cls " + " ".join(sys.argv[1:]))
     print(Path(args.output).with_suffix(".md").read_text(encoding="utf-8"))

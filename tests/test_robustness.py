@@ -8,6 +8,7 @@ import random
 
 import pytest
 
+from ernie_cls.errors import ConfigError
 from ernie_cls.tokenization import normalize_text
 from tests.conftest import tiny_train_config, waimai_rows
 from training.noise import NOISE_KINDS, HomophoneTable, noisy
@@ -112,3 +113,40 @@ def test_noise_consistency_pass_sees_a_noisy_copy_of_every_text(small_csv, tmp_p
     clean, copy = robust.batch_ids(batch), robust.noisy_copy(batch)
     assert len(copy) == len(clean) == 16
     assert sum(a != b for a, b in zip(clean, copy, strict=True)) >= 12  # at 30 % nearly every text changes
+
+
+def test_noise_draws_are_independent_reproducible_and_draw_0_is_the_historical_one():
+    from training.bench_robustness import noisy_texts
+
+    texts = [r["review"] for r in waimai_rows(40)]
+    table = HomophoneTable.from_texts(texts)
+    first, second = (noisy_texts(texts, "mixed", 0.2, 0, d, table) for d in (0, 1))
+    assert first != second and first == noisy_texts(texts, "mixed", 0.2, 0, 0, table)
+    historical = [noisy(t, "mixed", 0.2, random.Random(f"0-mixed-0.2-{i}"), table) for i, t in enumerate(texts)]
+    assert first == historical  # figures measured before --draws existed still reproduce
+    assert noisy_texts(texts, "clean", 0.0, 0, 3, table) == texts
+
+
+def test_bench_robustness_measures_every_condition_and_judges_plain_against_robust(int8_artifact, small_csv, tmp_path):
+    from training.bench_robustness import RobustnessConfig, run_robustness
+
+    cfg = RobustnessConfig(
+        artifacts={"plain": str(int8_artifact), "robust": str(int8_artifact)},
+        data=str(small_csv), kinds=["width", "mixed"], rates=[0.1, 0.5], draws=2, output=str(tmp_path / "rob.json"),
+    )  # fmt: skip
+    report = run_robustness(cfg)
+    rows = {(r["model"], r["format"], r["noise"], r["rate"]): r for r in report["rows"]}
+    assert len(rows) == 2 * 2 * (1 + 2 * 2)  # models x formats x (clean + kinds x rates)
+    for (model, fmt, noise, _rate), row in rows.items():
+        assert len(row["draws"]) == (1 if noise == "clean" else 2)
+        assert row["accuracy"] == pytest.approx(sum(row["draws"]) / len(row["draws"]))
+        clean = rows[(model, fmt, "clean", 0.0)]["accuracy"]
+        if noise == "width":  # undone by the shared normalisation
+            assert row["accuracy"] == clean
+    for target in report["targets"].values():  # the same model on both sides: no cost, the same drop
+        assert target["clean_cost_pt"] == 0
+        assert target["drop_ratio"] in (1.0, None)
+    assert (tmp_path / "rob.md").read_text().count("\n") == 2 + 5 and (tmp_path / "rob.png").stat().st_size > 0
+
+    with pytest.raises(ConfigError, match="unknown noise kind"):
+        run_robustness(RobustnessConfig(artifacts={"a": str(int8_artifact)}, kinds=["typo"]))

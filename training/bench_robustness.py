@@ -22,7 +22,7 @@ from ernie_cls.artifact import verify_artifact
 from ernie_cls.errors import ConfigError
 from ernie_cls.machine import usable_cores
 from ernie_cls.tokenization import ErnieTokenizerFast
-from training.noise import NOISE_KINDS, HomophoneTable, noisy
+from training.noise import NOISE_CHOICES, HomophoneTable, check_noise_kinds, noisy
 
 
 @dataclass
@@ -31,7 +31,7 @@ class RobustnessConfig:
     data: str = "data/waimai_10k.csv"
     text_col: str | None = "review"
     label_col: str | None = "label"
-    kinds: list[str] = field(default_factory=lambda: [*NOISE_KINDS, "mixed"])
+    kinds: list[str] = field(default_factory=lambda: list(NOISE_CHOICES))
     rates: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2])
     formats: list[str] = field(default_factory=lambda: ["onnx-fp32", "onnx-int8-cpu"])
     seed: int = 0
@@ -45,11 +45,9 @@ def run_robustness(cfg: RobustnessConfig, command: str | None = None) -> dict:
     from training.finetune import logits_in_batches
     from training.verify import VerifyConfig, labelled_data
 
-    unknown = sorted(set(cfg.kinds) - {*NOISE_KINDS, "mixed"})
-    if unknown:
-        raise ConfigError(f"unknown noise kind(s) {unknown}: choose from {', '.join([*NOISE_KINDS, 'mixed'])}")
+    check_noise_kinds(cfg.kinds)  # before any model loads
     if cfg.draws < 1:
-        raise ConfigError(f"--draws must be at least 1 (got {cfg.draws})")
+        raise ConfigError(f"--draws is {cfg.draws}.", "give at least 1 (10 for the target comparison).")
     started = time.perf_counter()
     all_texts = [e.text for e in load_examples(cfg.data, cfg.text_col, cfg.label_col)[0]]
     homophones = HomophoneTable.from_texts(all_texts)
@@ -101,17 +99,15 @@ def noisy_texts(
     return [noisy(t, kind, rate, random.Random(f"{prefix}-{kind}-{rate}-{i}"), homophones) for i, t in enumerate(texts)]
 
 
-def _acc(rows: list[dict], model: str, fmt: str, noise: str, rate: float) -> float | None:
-    found = [
-        r["accuracy"] for r in rows if (r["model"], r["format"], r["noise"], r["rate"]) == (model, fmt, noise, rate)
-    ]
-    return found[0] if found else None
-
-
-def _draws(rows: list[dict], model: str, fmt: str, noise: str, rate: float) -> list[float]:
+def _row(rows: list[dict], model: str, fmt: str, noise: str, rate: float) -> dict | None:
     return next(
-        r["draws"] for r in rows if (r["model"], r["format"], r["noise"], r["rate"]) == (model, fmt, noise, rate)
+        (r for r in rows if (r["model"], r["format"], r["noise"], r["rate"]) == (model, fmt, noise, rate)), None
     )
+
+
+def _acc(rows: list[dict], model: str, fmt: str, noise: str, rate: float) -> float | None:
+    row = _row(rows, model, fmt, noise, rate)
+    return None if row is None else row["accuracy"]
 
 
 def _targets(rows: list[dict], cfg: RobustnessConfig) -> dict:
@@ -122,13 +118,12 @@ def _targets(rows: list[dict], cfg: RobustnessConfig) -> dict:
     plain, robust = names[:2]
     targets = {}
     for fmt in cfg.formats:
-        found = [_acc(rows, m, fmt, n, r) for m in (plain, robust) for n, r in (("clean", 0.0), ("mixed", 0.1))]
-        values = [v for v in found if v is not None]
-        if len(values) < 4:
+        found = {(m, n): _row(rows, m, fmt, n, r) for m in (plain, robust) for n, r in (("clean", 0.0), ("mixed", 0.1))}
+        if None in found.values():
             continue
-        plain_clean, plain_noisy, robust_clean, robust_noisy = values
+        plain_clean, plain_noisy, robust_clean, robust_noisy = (row["accuracy"] for row in found.values())
         plain_drop, robust_drop = plain_clean - plain_noisy, robust_clean - robust_noisy
-        paired_draws = zip(_draws(rows, plain, fmt, "mixed", 0.1), _draws(rows, robust, fmt, "mixed", 0.1), strict=True)
+        paired_draws = zip(found[plain, "mixed"]["draws"], found[robust, "mixed"]["draws"], strict=True)
         targets[fmt] = {
             "plain_drop": round(plain_drop, 4),
             "robust_drop": round(robust_drop, 4),

@@ -19,7 +19,10 @@ import random
 from collections import defaultdict
 from collections.abc import Iterable
 
+from ernie_cls.errors import ConfigError
+
 NOISE_KINDS = ("delete", "swap", "duplicate", "homophone", "width", "insert")
+NOISE_CHOICES = (*NOISE_KINDS, "mixed")  # what noisy() accepts: one kind, or a kind drawn per hit
 INSERTS = ["😀", "😡", "👍", "🙏", "😂", "！", "!", "？", "。", "~", "...", "，", "💯", "😭"]
 
 
@@ -63,9 +66,15 @@ class HomophoneTable:
         return rng.choice(options) if options else ch
 
 
+def check_noise_kinds(kinds: Iterable[str]) -> None:
+    unknown = sorted(set(kinds) - set(NOISE_CHOICES))
+    if unknown:
+        raise ConfigError(f"unknown noise kind(s) {unknown}.", f"use one of {', '.join(NOISE_CHOICES)}.")
+
+
 def noisy(text: str, kind: str, rate: float, rng: random.Random, homophones: HomophoneTable | None = None) -> str:
-    if kind not in (*NOISE_KINDS, "mixed"):
-        raise ValueError(f"unknown noise {kind!r}; use one of {', '.join((*NOISE_KINDS, 'mixed'))}")
+    if kind not in NOISE_CHOICES:
+        check_noise_kinds([kind])
     chars = list(text)
     out: list[str] = []
     i = 0

@@ -118,8 +118,11 @@ def _targets(rows: list[dict], cfg: RobustnessConfig) -> dict:
     plain, robust = names[:2]
     targets = {}
     for fmt in cfg.formats:
-        found = {(m, n): _row(rows, m, fmt, n, r) for m in (plain, robust) for n, r in (("clean", 0.0), ("mixed", 0.1))}
-        if None in found.values():
+        lookups = {
+            (m, n): _row(rows, m, fmt, n, r) for m in (plain, robust) for n, r in (("clean", 0.0), ("mixed", 0.1))
+        }
+        found = {key: row for key, row in lookups.items() if row is not None}
+        if len(found) < len(lookups):
             continue
         plain_clean, plain_noisy, robust_clean, robust_noisy = (row["accuracy"] for row in found.values())
         plain_drop, robust_drop = plain_clean - plain_noisy, robust_clean - robust_noisy

@@ -149,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--eval-every", type=int, default=0)
     q.add_argument("--patience", type=int, default=2)
     q.add_argument("--moving-rate", type=float, default=0.9, help="activation scale moving average")
+    q.add_argument(
+        "--ema-decay", type=float, default=0.0, help="evaluate/save a moving average of the weights, e.g. 0.99 (0: off)"
+    )
     q.add_argument("--max-steps", type=int, default=0)
     q.add_argument("--seed", type=int, default=42)
     q.add_argument("--data", help="labelled file (default: the FP32 model's training data and split)")

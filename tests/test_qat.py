@@ -242,3 +242,26 @@ def test_export_can_ship_a_subset_of_formats(trained_run, qat_run, tmp_path):
                 keep_formats=["onnx-int8"],
             )
         )
+
+
+def test_qat_with_weight_averaging_saves_the_average_and_scales_that_match_it(trained_run, qat_run, tmp_path):
+    import paddle
+
+    out = tmp_path / "qat-ema"
+    run_qat(
+        QATConfig(checkpoint=str(trained_run / "best"), output=str(out), max_steps=6, ema_decay=0.9, progress=False)
+    )
+    assert json.loads((out / "best" / "qat_config.json").read_text())["ema_decay"] == 0.9
+    name = "ernie.encoder.layers.0.linear1"
+    averaged = paddle.load(str(out / "best" / "model_state.pdparams"))[f"{name}.weight"].numpy()
+    plain = paddle.load(str(qat_run[0] / "best" / "model_state.pdparams"))[f"{name}.weight"].numpy()
+    assert not np.allclose(averaged, plain)  # same seed and steps: only the averaging differs
+    # The INT8 export quantises the saved (averaged) weights, so their scales must be the ones recorded.
+    scales = json.loads((out / "best" / "quant_scales.json").read_text())[name]["weight_scales"]
+    np.testing.assert_allclose(scales, np.abs(averaged).max(axis=0) / 127, rtol=1e-6)
+
+
+def test_qat_refuses_a_bad_weight_average_decay_with_a_hint(trained_run, tmp_path):
+    with pytest.raises(ConfigError, match="ema-decay") as info:
+        run_qat(QATConfig(checkpoint=str(trained_run / "best"), output=str(tmp_path / "q"), ema_decay=1.0))
+    assert info.value.hint

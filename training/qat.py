@@ -142,6 +142,7 @@ class QATConfig:
     eval_every: int = 0
     patience: int = 2
     moving_rate: float = 0.9
+    ema_decay: float = 0.0  # > 0: evaluate and save a moving average of the weights, as in `train --ema-decay`
     max_steps: int = 0
     seed: int = 42
     data: str | None = None  # default: the data and split the FP32 model was trained on
@@ -175,15 +176,28 @@ def run_qat(cfg: QATConfig) -> dict:
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
         raise OutputExistsError(f"{out} already exists and is not empty.", "Pass --overwrite or another --output.")
     model, tokenizer, label_map, train_cfg = _load_fp32(ckpt)
-    fields = TrainConfig.__dataclass_fields__
-    loop_cfg = TrainConfig(**{k: v for k, v in train_cfg.items() if k in fields})
-    loop_cfg.output = str(out)
+    # The training loop runs with the FP32 run's settings (data, split, robustness options) and QAT's own schedule;
+    # checked like a training run's, so a bad QAT option gets the same error and hint.
+    inherited = {k: v for k, v in train_cfg.items() if k in TrainConfig.__dataclass_fields__}
+    overrides: dict[str, Any] = {
+        "output": str(out),
+        "epochs": cfg.epochs,
+        "batch_size": cfg.batch_size,
+        "eval_every": cfg.eval_every,
+        "patience": cfg.patience,
+        "max_steps": cfg.max_steps,
+        "seed": cfg.seed,
+        "progress": cfg.progress,
+        "warmup_ratio": 0.0,
+        # Averaging is chosen per stage, not inherited. It is consistent with the quantisers: weight scales are
+        # recomputed from whichever weights are in the model (read_scales too), and the activation observers'
+        # scales take no gradient, so they stay out of the average.
+        "ema_decay": cfg.ema_decay,
+    }
     if cfg.data:
-        loop_cfg.data, loop_cfg.train_file = cfg.data, None
-    loop_cfg.epochs, loop_cfg.batch_size, loop_cfg.eval_every = cfg.epochs, cfg.batch_size, cfg.eval_every
-    loop_cfg.patience, loop_cfg.max_steps, loop_cfg.seed = cfg.patience, cfg.max_steps, cfg.seed
-    loop_cfg.progress, loop_cfg.warmup_ratio = cfg.progress, 0.0
-    loop_cfg.ema_decay = 0.0  # QAT fine-tunes the already averaged weights; quantiser scales are not averaged
+        overrides |= {"data": cfg.data, "train_file": None}
+    loop_cfg = TrainConfig(**(inherited | overrides))
+    loop_cfg.validate()
     splits, data_label_map, _ = load_splits(loop_cfg)
     if data_label_map.labels != label_map.labels:
         raise ConfigError(

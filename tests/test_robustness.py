@@ -8,10 +8,12 @@ import random
 
 import pytest
 
+from ernie_cls.artifact import verify_artifact
 from ernie_cls.errors import ConfigError
 from ernie_cls.tokenization import normalize_text
 from tests.conftest import tiny_train_config, waimai_rows
 from training.noise import NOISE_KINDS, HomophoneTable, noisy
+from training.verify import VerifyConfig, labelled_data
 
 TEXT = "送餐很快，味道很好，下次还点！ABC 123"
 
@@ -147,6 +149,16 @@ def test_bench_robustness_measures_every_condition_and_judges_plain_against_robu
         assert target["clean_cost_pt"] == 0
         assert target["drop_ratio"] in (1.0, None)
     assert (tmp_path / "rob.md").read_text().count("\n") == 2 + 5 and (tmp_path / "rob.png").stat().st_size > 0
+    evaluated_on = report["data"]["evaluated_on"]  # which rows each model was scored on, as labelled_data chose them
+    expected = labelled_data(VerifyConfig(str(int8_artifact), str(small_csv)), verify_artifact(int8_artifact))
+    assert (
+        evaluated_on["plain"]
+        == evaluated_on["robust"]
+        == {
+            "split": expected["split"],
+            "examples": len(expected["texts"]),
+        }
+    )
 
     with pytest.raises(ConfigError, match="unknown noise kind"):
         run_robustness(RobustnessConfig(artifacts={"a": str(int8_artifact)}, kinds=["typo"]))

@@ -52,10 +52,12 @@ def run_robustness(cfg: RobustnessConfig, command: str | None = None) -> dict:
     all_texts = [e.text for e in load_examples(cfg.data, cfg.text_col, cfg.label_col)[0]]
     homophones = HomophoneTable.from_texts(all_texts)
     rows: list[dict] = []
+    evaluated_on: dict[str, dict] = {}  # per artifact: which rows of --data it was measured on
     for name, path in cfg.artifacts.items():
         artifact = verify_artifact(path)
         data = labelled_data(VerifyConfig(path, cfg.data, cfg.text_col, cfg.label_col), artifact)
         assert data is not None
+        evaluated_on[name] = {"split": data["split"], "examples": len(data["texts"])}
         tokenizer = ErnieTokenizerFast.load(artifact.root / artifact.manifest["tokenizer"]["path"])
         runners = {
             f: load_backend(artifact, f, usable_cores()).infer for f in cfg.formats if f in artifact.manifest["formats"]
@@ -76,7 +78,7 @@ def run_robustness(cfg: RobustnessConfig, command: str | None = None) -> dict:
                 })  # fmt: skip
     report = {
         "command": command,
-        "data": {"path": cfg.data, "split": "each artifact's own held-out test split"},
+        "data": {"path": cfg.data, "evaluated_on": evaluated_on},
         "seconds": round(time.perf_counter() - started, 1),
         "rows": rows,
         "targets": _targets(rows, cfg),

@@ -151,14 +151,34 @@ def test_bench_robustness_measures_every_condition_and_judges_plain_against_robu
     assert (tmp_path / "rob.md").read_text().count("\n") == 2 + 5 and (tmp_path / "rob.png").stat().st_size > 0
     evaluated_on = report["data"]["evaluated_on"]  # which rows each model was scored on, as labelled_data chose them
     expected = labelled_data(VerifyConfig(str(int8_artifact), str(small_csv)), verify_artifact(int8_artifact))
-    assert (
-        evaluated_on["plain"]
-        == evaluated_on["robust"]
-        == {
-            "split": expected["split"],
-            "examples": len(expected["texts"]),
-        }
-    )
+    assert evaluated_on["plain"] == evaluated_on["robust"]
+    assert evaluated_on["plain"]["split"] == expected["split"]
+    assert evaluated_on["plain"]["examples"] == len(expected["texts"])
 
     with pytest.raises(ConfigError, match="unknown noise kind"):
         run_robustness(RobustnessConfig(artifacts={"a": str(int8_artifact)}, kinds=["typo"]))
+
+
+def test_bench_robustness_judges_no_target_when_the_models_were_scored_on_different_texts(
+    int8_artifact, small_csv, tmp_path, monkeypatch
+):
+    import training.verify
+    from training.bench_robustness import RobustnessConfig, run_robustness
+
+    real = training.verify.labelled_data
+    calls = []
+
+    def held_out_differently(cfg, artifact):  # the second model's split leaves out one more row
+        data = real(cfg, artifact)
+        calls.append(cfg)
+        return data if len(calls) == 1 else {**data, "texts": data["texts"][1:], "labels": data["labels"][1:]}
+
+    monkeypatch.setattr(training.verify, "labelled_data", held_out_differently)
+    cfg = RobustnessConfig(
+        artifacts={"plain": str(int8_artifact), "robust": str(int8_artifact)},
+        data=str(small_csv), kinds=["mixed"], rates=[0.1], output=str(tmp_path / "rob.json"),
+    )  # fmt: skip
+    report = run_robustness(cfg)
+    assert len(report["rows"]) == 2 * 2 * 2  # still measured and tabulated...
+    assert report["targets"] == {}  # ...but not judged as a pair
+    assert len({e["texts_sha256"] for e in report["data"]["evaluated_on"].values()}) == 2

@@ -12,6 +12,7 @@ kept): at 10 % noise the models differ by tenths of a point, about what one draw
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import time
@@ -57,7 +58,8 @@ def run_robustness(cfg: RobustnessConfig, command: str | None = None) -> dict:
         artifact = verify_artifact(path)
         data = labelled_data(VerifyConfig(path, cfg.data, cfg.text_col, cfg.label_col), artifact)
         assert data is not None
-        evaluated_on[name] = {"split": data["split"], "examples": len(data["texts"])}
+        texts_sha256 = hashlib.sha256("\n".join(data["texts"]).encode("utf-8", "surrogatepass")).hexdigest()
+        evaluated_on[name] = {"split": data["split"], "examples": len(data["texts"]), "texts_sha256": texts_sha256}
         tokenizer = ErnieTokenizerFast.load(artifact.root / artifact.manifest["tokenizer"]["path"])
         runners = {
             f: load_backend(artifact, f, usable_cores()).infer for f in cfg.formats if f in artifact.manifest["formats"]
@@ -81,7 +83,9 @@ def run_robustness(cfg: RobustnessConfig, command: str | None = None) -> dict:
         "data": {"path": cfg.data, "evaluated_on": evaluated_on},
         "seconds": round(time.perf_counter() - started, 1),
         "rows": rows,
-        "targets": _targets(rows, cfg),
+        # plain vs robust is a paired comparison: only on the same texts (models split with other seeds or sizes
+        # hold out other rows of the same file).
+        "targets": _targets(rows, cfg) if len({e["texts_sha256"] for e in evaluated_on.values()}) == 1 else {},
     }
     out = Path(cfg.output)
     out.parent.mkdir(parents=True, exist_ok=True)

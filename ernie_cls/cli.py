@@ -41,6 +41,13 @@ def _add_data_cols(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-col", help="column holding the label (default: label/class/category/...)")
 
 
+def _add_ema_decay(p: argparse.ArgumentParser) -> None:
+    """`train` and `qat` each choose weight averaging for their own stage."""
+    p.add_argument(
+        "--ema-decay", type=float, default=0.0, help="evaluate/save a moving average of the weights, e.g. 0.99 (0: off)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ernie-cls", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"ernie-cls {__version__}")
@@ -105,9 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="weight of the KL between predictions on each text and on a noisy copy (--noise-rate), e.g. 1.0",
     )
-    t.add_argument(
-        "--ema-decay", type=float, default=0.0, help="evaluate/save a moving average of the weights, e.g. 0.99 (0: off)"
-    )
+    _add_ema_decay(t)
     d = t.add_argument_group("distillation")
     d.add_argument("--teacher", help="checkpoint whose soft labels the student also learns")
     d.add_argument("--distill-alpha", type=float, default=0.5)
@@ -149,9 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--eval-every", type=int, default=0)
     q.add_argument("--patience", type=int, default=2)
     q.add_argument("--moving-rate", type=float, default=0.9, help="activation scale moving average")
-    q.add_argument(
-        "--ema-decay", type=float, default=0.0, help="evaluate/save a moving average of the weights, e.g. 0.99 (0: off)"
-    )
+    _add_ema_decay(q)
     q.add_argument("--max-steps", type=int, default=0)
     q.add_argument("--seed", type=int, default=42)
     q.add_argument("--data", help="labelled file (default: the FP32 model's training data and split)")

@@ -78,14 +78,15 @@ def run_robustness(cfg: RobustnessConfig, command: str | None = None) -> dict:
                     "model": name, "format": fmt, "noise": kind, "rate": rate,
                     "accuracy": sum(accuracies) / len(accuracies), "draws": accuracies,
                 })  # fmt: skip
+    # plain vs robust is a paired comparison: only on the same texts (models split with other seeds or sizes hold out
+    # other rows of the same file).
+    same_texts = len({e["texts_sha256"] for e in evaluated_on.values()}) == 1
     report = {
         "command": command,
         "data": {"path": cfg.data, "evaluated_on": evaluated_on},
         "seconds": round(time.perf_counter() - started, 1),
         "rows": rows,
-        # plain vs robust is a paired comparison: only on the same texts (models split with other seeds or sizes
-        # hold out other rows of the same file).
-        "targets": _targets(rows, cfg) if len({e["texts_sha256"] for e in evaluated_on.values()}) == 1 else {},
+        "targets": _targets(rows, cfg) if same_texts else {},
     }
     out = Path(cfg.output)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -105,15 +106,12 @@ def noisy_texts(
     return [noisy(t, kind, rate, random.Random(f"{prefix}-{kind}-{rate}-{i}"), homophones) for i, t in enumerate(texts)]
 
 
-def _row(rows: list[dict], model: str, fmt: str, noise: str, rate: float) -> dict | None:
-    return next(
-        (r for r in rows if (r["model"], r["format"], r["noise"], r["rate"]) == (model, fmt, noise, rate)), None
-    )
+def _key(row: dict) -> tuple[str, str, str, float]:
+    return row["model"], row["format"], row["noise"], row["rate"]
 
 
 def _acc(rows: list[dict], model: str, fmt: str, noise: str, rate: float) -> float | None:
-    row = _row(rows, model, fmt, noise, rate)
-    return None if row is None else row["accuracy"]
+    return next((r["accuracy"] for r in rows if _key(r) == (model, fmt, noise, rate)), None)
 
 
 def _targets(rows: list[dict], cfg: RobustnessConfig) -> dict:
@@ -122,17 +120,17 @@ def _targets(rows: list[dict], cfg: RobustnessConfig) -> dict:
     if len(names) < 2 or 0.1 not in cfg.rates or "mixed" not in cfg.kinds:
         return {}
     plain, robust = names[:2]
+    by_key = {_key(r): r for r in rows}
     targets = {}
     for fmt in cfg.formats:
-        lookups = {
-            (m, n): _row(rows, m, fmt, n, r) for m in (plain, robust) for n, r in (("clean", 0.0), ("mixed", 0.1))
-        }
-        found = {key: row for key, row in lookups.items() if row is not None}
-        if len(found) < len(lookups):
+        keys = [(m, fmt, n, r) for m in (plain, robust) for n, r in (("clean", 0.0), ("mixed", 0.1))]
+        if not all(k in by_key for k in keys):
             continue
-        plain_clean, plain_noisy, robust_clean, robust_noisy = (row["accuracy"] for row in found.values())
+        plain_clean_row, plain_noisy_row, robust_clean_row, robust_noisy_row = (by_key[k] for k in keys)
+        plain_clean, plain_noisy = plain_clean_row["accuracy"], plain_noisy_row["accuracy"]
+        robust_clean, robust_noisy = robust_clean_row["accuracy"], robust_noisy_row["accuracy"]
         plain_drop, robust_drop = plain_clean - plain_noisy, robust_clean - robust_noisy
-        paired_draws = zip(found[plain, "mixed"]["draws"], found[robust, "mixed"]["draws"], strict=True)
+        paired_draws = zip(plain_noisy_row["draws"], robust_noisy_row["draws"], strict=True)
         targets[fmt] = {
             "plain_drop": round(plain_drop, 4),
             "robust_drop": round(robust_drop, 4),

@@ -179,21 +179,11 @@ def run_qat(cfg: QATConfig) -> dict:
     # The training loop runs with the FP32 run's settings (data, split, robustness options) and QAT's own schedule;
     # checked like a training run's, so a bad QAT option gets the same error and hint.
     inherited = {k: v for k, v in train_cfg.items() if k in TrainConfig.__dataclass_fields__}
-    overrides: dict[str, Any] = {
-        "output": str(out),
-        "epochs": cfg.epochs,
-        "batch_size": cfg.batch_size,
-        "eval_every": cfg.eval_every,
-        "patience": cfg.patience,
-        "max_steps": cfg.max_steps,
-        "seed": cfg.seed,
-        "progress": cfg.progress,
-        "warmup_ratio": 0.0,
-        # Averaging is chosen per stage, not inherited. It is consistent with the quantisers: weight scales are
-        # recomputed from whichever weights are in the model (read_scales too), and the activation observers'
-        # scales take no gradient, so they stay out of the average.
-        "ema_decay": cfg.ema_decay,
-    }
+    # Weight averaging (ema_decay) is chosen per stage, not inherited. It is consistent with the quantisers: weight
+    # scales are recomputed from whichever weights are in the model (read_scales too), and the activation observers'
+    # scales take no gradient, so they stay out of the average.
+    own = ("epochs", "batch_size", "eval_every", "patience", "max_steps", "seed", "progress", "ema_decay")
+    overrides: dict[str, Any] = {name: getattr(cfg, name) for name in own} | {"output": str(out), "warmup_ratio": 0.0}
     if cfg.data:
         overrides |= {"data": cfg.data, "train_file": None}
     loop_cfg = TrainConfig(**(inherited | overrides))

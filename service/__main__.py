@@ -6,8 +6,10 @@ requests already accepted finish (up to ERNIE_CLS_DRAIN_TIMEOUT_S), then the pro
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
+import socket
 import sys
 import threading
 import time
@@ -51,6 +53,13 @@ class DrainingServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, engine: Engine) -> None:
         super().__init__(config)
         self.engine = engine
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        # The model, the libraries and the app are loaded and live for the whole process: freeze them so the
+        # garbage collector stops re-scanning ~10^5 permanent objects in every full collection (profiled: 7 % of
+        # the event loop's time per request at concurrency 64 went to collections before this).
+        gc.freeze()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         grace = self.engine.settings.drain_grace_s

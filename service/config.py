@@ -30,7 +30,10 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(32, ge=1, description="Most texts in one model call.")
     max_batch_tokens: int = Field(4096, ge=16, description="Most padded tokens (batch x longest) in one model call.")
     max_padding_ratio: float = Field(
-        1.2, ge=1.0, description="Most padded/real tokens in a batch (length-aware batching; CPU time follows padding)."
+        1.05,
+        ge=1.0,
+        description="Most padded/real tokens in a batch (length-aware batching): CPU time follows padded tokens, "
+        "and at concurrency 64 a 1.05 bound served 6 % more than 1.2 (smaller batches, less padding).",
     )
     batch_policy: Literal["length", "fifo"] = Field(
         "length", description="'length': group similar lengths (default); 'fifo': arrival order (for comparison)."

@@ -152,7 +152,8 @@ def test_expired_texts_are_not_run():
     assert stats.dropped_deadline == 1 and not backend.batches
 
 
-def test_deadline_is_answered_on_time_while_the_model_is_busy():
+@pytest.mark.parametrize("texts", [1, 3])  # a single text is awaited bare, several through gather
+def test_deadline_is_answered_on_time_while_the_model_is_busy(texts):
     """A queued request gets its 504 at its deadline even while a long batch occupies the model."""
     backend = FakeBackend(delay=0.5)
 
@@ -161,21 +162,22 @@ def test_deadline_is_answered_on_time_while_the_model_is_busy():
         await asyncio.sleep(0.05)  # the first batch is now running for 0.5 s
         start = time.monotonic()
         with pytest.raises(DeadlineExceededError):
-            await batcher.submit([[5, 5]], time.monotonic() + 0.1)
+            await batcher.submit([[5, 5]] * texts, time.monotonic() + 0.1)
         waited = time.monotonic() - start
         await busy
         return waited, batcher.stats
 
     waited, stats = asyncio.run(_with_batcher(backend, run, max_wait_s=0.001))
-    assert waited < 0.3 and stats.dropped_deadline == 1
+    assert waited < 0.3 and stats.dropped_deadline == texts
     assert all(5 not in b for b in backend.batches)  # never run
 
 
-def test_texts_of_clients_that_left_are_dropped_before_inference():
+@pytest.mark.parametrize("texts", [1, 3])
+def test_texts_of_clients_that_left_are_dropped_before_inference(texts):
     backend = FakeBackend()
 
     async def run(batcher):
-        task = asyncio.ensure_future(batcher.submit([[9, 9, 9]], far()))
+        task = asyncio.ensure_future(batcher.submit([[9, 9, 9]] * texts, far()))
         await asyncio.sleep(0)
         task.cancel()  # the HTTP layer cancels the request's task when the client disconnects
         await asyncio.sleep(0.05)
@@ -183,7 +185,7 @@ def test_texts_of_clients_that_left_are_dropped_before_inference():
         return batcher.stats
 
     stats = asyncio.run(_with_batcher(backend, run, max_wait_s=0.01))
-    assert stats.dropped_disconnected == 1
+    assert stats.dropped_disconnected == texts
     assert all(9 not in b for b in backend.batches)
 
 

@@ -89,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="scratch presets: masked-LM epochs on the training texts before fine-tuning",
     )
+    t.add_argument(
+        "--pretrain-homophones",
+        type=float,
+        default=0.0,
+        help="share of the masked-LM stage's [MASK] replacements that put a homophone of the character instead "
+        "(MacBERT-style correction; robustness to pinyin-IME errors; default 0: off)",
+    )
     t.add_argument("--test-size", type=float, default=0.2)
     t.add_argument("--dev-size", type=float, default=0.1)
     t.add_argument("--seed", type=int, default=42)

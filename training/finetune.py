@@ -71,6 +71,7 @@ class TrainConfig:
     attention_dropout: float = 0.0
     vocab_size: int = 8000
     pretrain_epochs: int = 0  # scratch only: masked-LM epochs on the training texts before fine-tuning
+    pretrain_homophones: float = 0.0  # share of MLM's [MASK] replacements that use a homophone instead
     test_size: float = 0.2
     dev_size: float = 0.1
     seed: int = 42
@@ -113,6 +114,12 @@ class TrainConfig:
         for name in ("label_smoothing", "noise_augment", "noise_rate", "distill_alpha"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1).", "E.g. 0.1.")
+        if not 0 <= self.pretrain_homophones <= 1:
+            raise ConfigError("--pretrain-homophones must be in [0, 1].", "E.g. 0.5.")
+        if self.pretrain_homophones and not self.pretrain_epochs:
+            raise ConfigError(
+                "--pretrain-homophones changes the masked-LM stage, which is off.", "Add --pretrain-epochs N."
+            )
         if not 0 <= self.ema_decay < 1:
             raise ConfigError("--ema-decay must be in [0, 1).", "E.g. 0.99 (about the last 100 steps), or 0 for off.")
         if min(self.rdrop_alpha, self.noise_consistency) < 0 or self.adv_epsilon <= 0 or self.distill_temperature <= 0:
@@ -460,13 +467,23 @@ def train(cfg: TrainConfig) -> dict:
             raise ConfigError(
                 "--pretrain-epochs is for scratch:<size> models.", "Pretrained weights need no MLM stage; drop it."
             )
+        from training.noise import HomophoneTable
         from training.pretrain import PretrainConfig, pretrain_mlm
 
+        homophones = (
+            HomophoneTable.from_texts(train_data.texts).token_ids(tokenizer.vocab) if cfg.pretrain_homophones else None
+        )
         pre = pretrain_mlm(
             model.config,
             tokenizer,
             train_data.ids,
-            PretrainConfig(epochs=cfg.pretrain_epochs, seed=cfg.seed, progress=cfg.progress),
+            PretrainConfig(
+                epochs=cfg.pretrain_epochs,
+                homophone_share=cfg.pretrain_homophones,
+                seed=cfg.seed,
+                progress=cfg.progress,
+            ),
+            homophones,
         )
         missing, _ = model.set_state_dict(pre.pop("state"))
         assert all(not k.startswith("ernie.") for k in missing), missing

@@ -65,6 +65,15 @@ class HomophoneTable:
         options = self._by_char.get(ch)
         return rng.choice(options) if options else ch
 
+    def token_ids(self, vocab: dict[str, int]) -> dict[int, list[int]]:
+        """The table over a vocabulary: token id -> ids of its homophones (characters in the vocabulary only)."""
+        table = {}
+        for ch, options in self._by_char.items():
+            ids = [vocab[o] for o in options if o in vocab]
+            if ch in vocab and ids:
+                table[vocab[ch]] = ids
+        return table
+
 
 def check_noise_kinds(kinds: Iterable[str]) -> None:
     unknown = sorted(set(kinds) - set(NOISE_CHOICES))

@@ -3,6 +3,9 @@
     scratch:<size> config + corpus vocabulary -> ErnieForMaskedLM (random init)
     -> `epochs` of MLM on the *training* texts only (labels unused; dev/test texts never seen)
        15 % of the non-special tokens chosen; of those 80 % -> [MASK], 10 % -> a random token, 10 % unchanged;
+       with `homophone_share` h, that share of the 80 % gets a homophone of the character instead of [MASK] when it
+       has one (MacBERT's "MLM as correction": the encoder learns to read 在 for 再 from context, the pinyin-IME
+       error that costs the classifier most under noise)
        logits computed only at the chosen positions (masked_positions) to keep the vocabulary projection cheap
     -> encoder weights copied into the classifier before fine-tuning
 
@@ -32,15 +35,24 @@ class PretrainConfig:
     batch_size: int = 32
     learning_rate: float = 5e-4
     mask_prob: float = 0.15
+    homophone_share: float = 0.0
     warmup_ratio: float = 0.05
     seed: int = 42
     progress: bool = True
 
 
 def mask_batch(
-    ids: list[list[int]], tokenizer: ErnieTokenizerFast, rng: np.random.Generator, mask_prob: float
+    ids: list[list[int]],
+    tokenizer: ErnieTokenizerFast,
+    rng: np.random.Generator,
+    mask_prob: float,
+    homophones: dict[int, list[int]] | None = None,
+    homophone_share: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """-> (input_ids, token_type_ids, flat masked positions, their original ids). At least one masked per text."""
+    """-> (input_ids, token_type_ids, flat masked positions, their original ids). At least one masked per text.
+
+    `homophones` (token id -> ids of its homophones) with `homophone_share` > 0: that share of the tokens that
+    would become [MASK] become one of their homophones instead, when they have any."""
     input_ids, token_type_ids = tokenizer.pad(ids)
     width = input_ids.shape[1]
     special = {tokenizer.pad_id, tokenizer.cls_id, tokenizer.sep_id}
@@ -55,14 +67,24 @@ def mask_batch(
             labels.append(input_ids[row, j])
             positions.append(row * width + j)
             roll = rng.random()
-            if roll < 0.8:
+            original = int(input_ids[row, j])
+            if roll < 0.8 * homophone_share and homophones and original in homophones:
+                options = homophones[original]
+                input_ids[row, j] = options[rng.integers(len(options))]
+            elif roll < 0.8:
                 input_ids[row, j] = mask_id
             elif roll < 0.9:
                 input_ids[row, j] = rng.integers(len(special) + 2, tokenizer.vocab_size)
     return input_ids, token_type_ids, np.array(positions, dtype=np.int64), np.array(labels, dtype=np.int64)
 
 
-def pretrain_mlm(config, tokenizer: ErnieTokenizerFast, ids: list[list[int]], cfg: PretrainConfig) -> dict:
+def pretrain_mlm(
+    config,
+    tokenizer: ErnieTokenizerFast,
+    ids: list[list[int]],
+    cfg: PretrainConfig,
+    homophones: dict[int, list[int]] | None = None,
+) -> dict:
     """MLM-pretrain a fresh ERNIE of `config` on pre-tokenised texts; returns the encoder's state dict."""
     import paddle
     from paddlenlp.transformers import ErnieForMaskedLM
@@ -94,7 +116,7 @@ def pretrain_mlm(config, tokenizer: ErnieTokenizerFast, ids: list[list[int]], cf
         )
         for batch in bar:
             input_ids, token_type_ids, positions, labels = mask_batch(
-                [ids[i] for i in batch], tokenizer, rng, cfg.mask_prob
+                [ids[i] for i in batch], tokenizer, rng, cfg.mask_prob, homophones, cfg.homophone_share
             )
             if len(positions) == 0:
                 continue

@@ -191,6 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--concurrency", type=_int_list, default=[1, 8, 32, 64])
     bs.add_argument("--raw-seconds", type=float, default=4.0, help="timed seconds per raw (no HTTP) run")
     bs.add_argument("--pairs", type=int, default=3, help="back-to-back raw-ceiling / c64 pairs for the c64 target")
+    bs.add_argument(
+        "--own-core-pairs",
+        type=int,
+        default=3,
+        help="the same pairs with one model instance pinned to a core of its own, the HTTP side and the load "
+        "generator on the others (Linux, 2+ cores; 0: skip)",
+    )
     bs.add_argument("--port", type=int, default=8765)
     bs.add_argument("--seed", type=int, default=0)
     bs.add_argument("--output", default="reports/bench-service.json")
@@ -338,6 +345,9 @@ def _cmd_bench_service(args: argparse.Namespace) -> int:
     cfg = ServiceBenchConfig(**{k: v for k, v in vars(args).items() if k in fields})
     report = run_service_bench(cfg, command="ernie-cls " + " ".join(sys.argv[1:]))
     print(json.dumps(report["targets"], indent=2))
+    own_core = report["c64_over_raw_with_a_core_for_the_model"]
+    if own_core:
+        print(f"c64 / raw with a core for the model alone: {own_core['ratio']}", file=sys.stderr)
     print(f"wrote {args.output} and {args.output.rsplit('.', 1)[0]}.png", file=sys.stderr)
     return 0 if all(t is None or t["passed"] for t in report["targets"].values()) else 1
 

@@ -128,7 +128,7 @@ def test_bench_service_measures_the_real_service_against_the_raw_model(int8_arti
     done = subprocess.run(
         [sys.executable, "-m", "ernie_cls.cli", "bench", "service", str(int8_artifact), "--texts", "80",
          "--duration", "1", "--concurrency", "2,8", "--raw-seconds", "0.2", "--pairs", "1", "--port", str(free_port()),
-         "--workers", "1", "--output", str(out)],
+         "--workers", "1", "--own-core-pairs", "1", "--output", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert done.returncode in (0, 1), done.stderr[-2000:]
@@ -145,5 +145,12 @@ def test_bench_service_measures_the_real_service_against_the_raw_model(int8_arti
     [pair] = report["c64_over_raw_ceiling_pairs"]  # the c64 target's evidence: raw and service back to back
     assert pair["raw_items_per_second"] > 0 and pair["service"]["failed"] == 0 and pair["service"]["concurrency"] == 64
     assert report["runs"][-1]["texts_per_batch"] == 1.0  # batching off really is one text per model call
+    own = report["c64_over_raw_with_a_core_for_the_model"]
+    if len(os.sched_getaffinity(0)) < 2:
+        assert own is None
+    else:  # the model thread really ran alone on its core, the rest of the server elsewhere
+        assert own["model_thread_cores"] == [own["model_core"]] and own["model_core"] not in own["other_threads_cores"]
+        [pair] = own["pairs"]
+        assert pair["service"]["failed"] == 0 and pair["raw_items_per_second"] > 0 and own["ratio"] > 0
     # the exit code is the targets' verdict
     assert (done.returncode == 0) == all(t["passed"] for t in report["targets"].values() if t)

@@ -26,7 +26,9 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +56,7 @@ class ServiceBenchConfig:
     batch_sizes: list[int] = field(default_factory=lambda: [1, 4, 8, 16, 32, 64])
     raw_seconds: float = 4.0
     pairs: int = 3  # back-to-back (raw ceiling, service c64) pairs the c64 target is judged on
+    own_core_pairs: int = 3  # the same pairs with one model instance on a core of its own (0: skip)
     port: int = 8765
     seed: int = 0
     output: str = "reports/bench-service.json"
@@ -211,6 +214,19 @@ class ServerProcess:
         times = process.cpu_times()
         return (main.user_time + main.system_time) if main else 0.0, times.user + times.system
 
+    def pin_model_thread(self, model_core: int, other_cores: set[int]) -> dict:
+        """Linux: the busiest thread (the model instance, after some load) to `model_core`, every other thread of
+        the server to `other_cores`; returns each thread's cores as read back."""
+        assert self.proc is not None
+        threads = psutil.Process(self.proc.pid).threads()
+        busiest = max(threads, key=lambda t: t.user_time + t.system_time).id
+        for t in threads:
+            os.sched_setaffinity(t.id, {model_core} if t.id == busiest else other_cores)
+        return {
+            "model_thread_cores": sorted(os.sched_getaffinity(busiest)),
+            "other_threads_cores": sorted({c for t in threads if t.id != busiest for c in os.sched_getaffinity(t.id)}),
+        }
+
     def load(self, bodies: Path, duration: float, **mode: float) -> dict:
         ((key, value),) = mode.items()
         before = self.counters()
@@ -287,6 +303,7 @@ def run_service_bench(cfg: ServiceBenchConfig, command: str | None = None) -> di
                 paired.append({"raw_items_per_second": ceiling_now["items_per_second"], "service_c64": service_now})
             half = round(top / 2, 1)
             runs.append({"name": "open loop at 50% of max", **server.load(bodies, cfg.duration, rate=half)})
+        own_core = own_core_pairs(cfg, texts, work, bodies) if cfg.own_core_pairs else None
         with ServerProcess(cfg, workers, work, ERNIE_CLS_BATCH_POLICY="fifo") as server:
             runs.append({"name": "fifo c64", **server.load(bodies, cfg.duration, concurrency=64)})
         with ServerProcess(cfg, workers, work, ERNIE_CLS_MAX_BATCH_SIZE="1") as server:
@@ -326,6 +343,7 @@ def run_service_bench(cfg: ServiceBenchConfig, command: str | None = None) -> di
             for p in paired
         ],
         "c64_over_raw_ceiling_first_run": round(c64["items_per_second"] / best["items_per_second"], 3),
+        "c64_over_raw_with_a_core_for_the_model": own_core,
         "ready_seconds": round(ready_seconds, 2),
         "runs": runs,
         "batching_on_over_off_c32": batching_gain,
@@ -337,6 +355,61 @@ def run_service_bench(cfg: ServiceBenchConfig, command: str | None = None) -> di
     out.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
     plot(report, out.with_suffix(".png"))
     return report
+
+
+@contextmanager
+def _on_cores(cores: set[int]) -> Iterator[None]:
+    """Run this thread, and the threads and processes it starts meanwhile, on `cores` (Linux affinity)."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cores)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def own_core_pairs(cfg: ServiceBenchConfig, texts: list[str], work: Path, bodies: Path) -> dict | None:
+    """The c64 comparison when the HTTP side does not share the model's cores: one model instance on the last
+    core (raw: alone on it; service: its one worker thread pinned there) and the event loop and the load generator
+    on the others. On 2 cores the normal pairs measure how much of the model's CPU the HTTP side takes; these
+    measure the design itself, as on a machine with a core to spare. Linux only; None elsewhere or on 1 core."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if len(cores) < 2:
+        return None
+    model_core, others = cores[-1], set(cores[:-1])
+    raw_model = RawModel.load(cfg, texts, 1)
+    with _on_cores({model_core}):
+        best = max(
+            (raw_model.run(b, "length-grouped", cfg.raw_seconds, cfg.seed) | {"batch_size": b} for b in (4, 8, 16)),
+            key=lambda r: r["items_per_second"],
+        )
+    pairs = []
+    with ServerProcess(cfg, 1, work) as server:
+        with _on_cores(others):
+            server.load(bodies, 3, concurrency=64)  # warm up, and make the model thread the busiest
+            pinned = server.pin_model_thread(model_core, others)
+        for _ in range(cfg.own_core_pairs):
+            with _on_cores({model_core}):
+                raw_now = raw_model.run(best["batch_size"], "length-grouped", cfg.raw_seconds, cfg.seed)
+            with _on_cores(others):
+                service_now = server.load(bodies, cfg.duration, concurrency=64)
+            pairs.append(
+                {
+                    "raw_items_per_second": raw_now["items_per_second"],
+                    "service_items_per_second": service_now["items_per_second"],
+                    "ratio": round(service_now["items_per_second"] / raw_now["items_per_second"], 3),
+                    "service": service_now,
+                }
+            )
+    service_sum = sum(p["service_items_per_second"] for p in pairs)
+    return {
+        "model_core": model_core,
+        "other_cores": sorted(others),
+        **pinned,
+        "raw_batch_size": best["batch_size"],
+        "pairs": pairs,
+        "ratio": round(service_sum / sum(p["raw_items_per_second"] for p in pairs), 3),
+    }
 
 
 def _target(value: float, op: str, limit: float) -> dict:

@@ -185,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--data", default="data/waimai_10k.csv", help="texts to send (CSV/TSV/JSONL)")
     bs.add_argument("--text-col", default="review")
     bs.add_argument("--texts", type=int, default=2000, help="how many texts (sampled with --seed)")
+    bs.add_argument("--texts-per-request", type=int, default=1, help="texts in each request body")
     bs.add_argument("--workers", type=int, default=0, help="model instances (default: one per core)")
     bs.add_argument("--threads", type=int, default=1, help="threads per model instance")
     bs.add_argument("--duration", type=float, default=15.0, help="measured seconds per load run")

@@ -154,3 +154,13 @@ def test_bench_service_measures_the_real_service_against_the_raw_model(int8_arti
         assert pair["service"]["failed"] == 0 and pair["raw_items_per_second"] > 0 and own["ratio"] > 0
     # the exit code is the targets' verdict
     assert (done.returncode == 0) == all(t["passed"] for t in report["targets"].values() if t)
+
+
+def test_bench_bodies_carry_the_texts_per_request_asked(tmp_path):
+    from training.bench_service import _write_bodies
+
+    texts = [f"第{i}条评论" for i in range(10)]
+    one = [json.loads(x) for x in _write_bodies(tmp_path / "a", texts).read_text(encoding="utf-8").splitlines()]
+    four = [json.loads(x) for x in _write_bodies(tmp_path / "b", texts, 4).read_text(encoding="utf-8").splitlines()]
+    assert one == [{"text": t} for t in texts]
+    assert [len(b["texts"]) for b in four] == [4, 4, 2] and [t for b in four for t in b["texts"]] == texts

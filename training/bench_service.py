@@ -57,6 +57,7 @@ class ServiceBenchConfig:
     raw_seconds: float = 4.0
     pairs: int = 3  # back-to-back (raw ceiling, service c64) pairs the c64 target is judged on
     own_core_pairs: int = 3  # the same pairs with one model instance on a core of its own (0: skip)
+    texts_per_request: int = 1
     port: int = 8765
     seed: int = 0
     output: str = "reports/bench-service.json"
@@ -272,13 +273,20 @@ def _shuffled_texts(cfg: ServiceBenchConfig) -> list[str]:
     return texts
 
 
-def _write_bodies(path: Path, texts: list[str]) -> Path:
-    """One single-text request body per line, the load generator's input."""
-    path.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts), encoding="utf-8")
+def _write_bodies(path: Path, texts: list[str], per_request: int = 1) -> Path:
+    """The load generator's input: one request body per line, `per_request` texts in each."""
+    if per_request == 1:
+        lines = (json.dumps({"text": t}, ensure_ascii=False) for t in texts)
+    else:
+        chunks = (texts[i : i + per_request] for i in range(0, len(texts), per_request))
+        lines = (json.dumps({"texts": c}, ensure_ascii=False) for c in chunks)
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return path
 
 
 def run_service_bench(cfg: ServiceBenchConfig, command: str | None = None) -> dict:
+    if cfg.texts_per_request < 1:
+        raise BenchError("--texts-per-request must be >= 1.", "E.g. 1 (the hardest case) or 4 (a bot's few messages).")
     workers = cfg.workers or usable_cores()
     texts = _shuffled_texts(cfg)[: cfg.texts]
     raw_model = RawModel.load(cfg, texts, workers)
@@ -287,7 +295,7 @@ def run_service_bench(cfg: ServiceBenchConfig, command: str | None = None) -> di
 
     with tempfile.TemporaryDirectory(prefix="ernie-cls-bench-") as tmp:
         work = Path(tmp)
-        bodies = _write_bodies(work / "bodies.jsonl", texts)
+        bodies = _write_bodies(work / "bodies.jsonl", texts, cfg.texts_per_request)
         runs: list[dict] = []
         with ServerProcess(cfg, workers, work) as server:
             ready_seconds = server.ready_seconds
@@ -328,6 +336,7 @@ def run_service_bench(cfg: ServiceBenchConfig, command: str | None = None) -> di
     report = {
         "artifact": cfg.artifact,
         "texts": len(texts),
+        "texts_per_request": cfg.texts_per_request,
         "workers": workers,
         "threads": cfg.threads,
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "flags": cpu_flags(), "arch": platform.machine()},
@@ -439,7 +448,8 @@ def plot(report: dict, path: Path) -> None:
     )
     left.axhline(0.9 * ceiling["items_per_second"], color="grey", ls=":", label="90% of raw ceiling")
     left.set_xscale("log", base=2)
-    left.set_xlabel("concurrent connections (one text per request)")
+    per_request = report.get("texts_per_request", 1)
+    left.set_xlabel(f"concurrent connections ({per_request} text{'s' if per_request > 1 else ''} per request)")
     left.set_ylabel("texts / s")
     left.set_ylim(bottom=0)
     left.legend(fontsize=7)

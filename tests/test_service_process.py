@@ -128,7 +128,7 @@ def test_bench_service_measures_the_real_service_against_the_raw_model(int8_arti
     done = subprocess.run(
         [sys.executable, "-m", "ernie_cls.cli", "bench", "service", str(int8_artifact), "--texts", "80",
          "--duration", "1", "--concurrency", "2,8", "--raw-seconds", "0.2", "--pairs", "1", "--port", str(free_port()),
-         "--workers", "1", "--own-core-pairs", "1", "--output", str(out)],
+         "--workers", "1", "--own-core-pairs", "1", "--texts-per-request", "2", "--output", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert done.returncode in (0, 1), done.stderr[-2000:]
@@ -141,6 +141,9 @@ def test_bench_service_measures_the_real_service_against_the_raw_model(int8_arti
     for run in report["runs"]:
         assert run["failed"] == 0 and run["requests"] > 0, run
         assert run["items_per_second"] > 0 and run["latency_ms"]["p99"] >= run["latency_ms"]["p50"] > 0
+    # the open loop runs at half the best closed-loop throughput, counted in texts whatever the texts per request
+    top = max(r["items_per_second"] for r in report["runs"][:2])
+    assert report["runs"][2]["items_per_second"] < 0.75 * top
     assert report["raw"]["ceiling"]["items_per_second"] > 0
     [pair] = report["c64_over_raw_ceiling_pairs"]  # the c64 target's evidence: raw and service back to back
     assert pair["raw_items_per_second"] > 0 and pair["service"]["failed"] == 0 and pair["service"]["concurrency"] == 64

@@ -309,7 +309,7 @@ def run_service_bench(cfg: ServiceBenchConfig, command: str | None = None) -> di
                 ceiling_now = raw_model.run(best["batch_size"], best["order"], cfg.raw_seconds, cfg.seed)
                 service_now = server.load(bodies, cfg.duration, concurrency=64)
                 paired.append({"raw_items_per_second": ceiling_now["items_per_second"], "service_c64": service_now})
-            half = round(top / 2, 1)
+            half = round(top / 2 / cfg.texts_per_request, 1)  # the load generator's rate is in requests/s
             runs.append({"name": "open loop at 50% of max", **server.load(bodies, cfg.duration, rate=half)})
         own_core = own_core_pairs(cfg, texts, work, bodies) if cfg.own_core_pairs else None
         with ServerProcess(cfg, workers, work, ERNIE_CLS_BATCH_POLICY="fifo") as server:

@@ -29,7 +29,7 @@ import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -311,7 +311,7 @@ def run_service_bench(cfg: ServiceBenchConfig, command: str | None = None) -> di
                 paired.append(_pair(ceiling_now, service_now))
             half = round(top / 2 / cfg.texts_per_request, 1)  # the load generator's rate is in requests/s
             runs.append({"name": "open loop at 50% of max", **server.load(bodies, cfg.duration, rate=half)})
-        own_core = own_core_pairs(cfg, texts, work, bodies) if cfg.own_core_pairs else None
+        own_core = own_core_pairs(cfg, raw_model, work, bodies) if cfg.own_core_pairs else None
         with ServerProcess(cfg, workers, work, ERNIE_CLS_BATCH_POLICY="fifo") as server:
             runs.append({"name": "fifo c64", **server.load(bodies, cfg.duration, concurrency=64)})
         with ServerProcess(cfg, workers, work, ERNIE_CLS_MAX_BATCH_SIZE="1") as server:
@@ -367,7 +367,7 @@ def _on_cores(cores: set[int]) -> Iterator[None]:
         os.sched_setaffinity(0, before)
 
 
-def own_core_pairs(cfg: ServiceBenchConfig, texts: list[str], work: Path, bodies: Path) -> dict | None:
+def own_core_pairs(cfg: ServiceBenchConfig, raw_model: RawModel, work: Path, bodies: Path) -> dict | None:
     """The c64 comparison when the HTTP side does not share the model's cores: one model instance on the last
     core (raw: alone on it; service: its one worker thread pinned there) and the event loop and the load generator
     on the others. On 2 cores the normal pairs measure how much of the model's CPU the HTTP side takes; these
@@ -376,10 +376,11 @@ def own_core_pairs(cfg: ServiceBenchConfig, texts: list[str], work: Path, bodies
     if len(cores) < 2:
         return None
     model_core, others = cores[-1], set(cores[:-1])
-    raw_model = RawModel.load(cfg, texts, 1)
+    one_instance = replace(raw_model, backends=raw_model.backends[:1])  # already loaded, texts already tokenised
     with _on_cores({model_core}):
         runs = [
-            {"batch_size": b, **raw_model.run(b, "length-grouped", cfg.raw_seconds, cfg.seed)} for b in cfg.batch_sizes
+            {"batch_size": b, **one_instance.run(b, "length-grouped", cfg.raw_seconds, cfg.seed)}
+            for b in cfg.batch_sizes
         ]
     best = max(runs, key=lambda r: r["items_per_second"])
     pairs = []
@@ -389,7 +390,7 @@ def own_core_pairs(cfg: ServiceBenchConfig, texts: list[str], work: Path, bodies
             pinned = server.pin_model_thread(model_core, others)
         for _ in range(cfg.own_core_pairs):
             with _on_cores({model_core}):
-                raw_now = raw_model.run(best["batch_size"], "length-grouped", cfg.raw_seconds, cfg.seed)
+                raw_now = one_instance.run(best["batch_size"], "length-grouped", cfg.raw_seconds, cfg.seed)
             with _on_cores(others):
                 pairs.append(_pair(raw_now, server.load(bodies, cfg.duration, concurrency=64)))
     return {

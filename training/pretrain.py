@@ -64,10 +64,10 @@ def mask_batch(
             continue
         n = max(1, round(len(candidates) * mask_prob))
         for j in rng.choice(candidates, size=n, replace=False):
-            labels.append(input_ids[row, j])
+            original = int(input_ids[row, j])
+            labels.append(original)
             positions.append(row * width + j)
             roll = rng.random()
-            original = int(input_ids[row, j])
             if roll < 0.8 * homophone_share and homophones and original in homophones:
                 options = homophones[original]
                 input_ids[row, j] = options[rng.integers(len(options))]

@@ -63,6 +63,7 @@ def write_manifest(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
 class Artifact:
     root: Path
     manifest: dict[str, Any]
+    manifest_sha256: str = ""  # of manifest.json's bytes as read: the value to pin (ERNIE_CLS_ARTIFACT_SHA256)
 
     @property
     def labels(self) -> list[str]:
@@ -82,8 +83,37 @@ class Artifact:
             )
         return self.root / formats[fmt]["path"]
 
+    def read_verified(self, rel: str) -> bytes:
+        """The bytes of a file the manifest lists, read once and checked against its sha256: load these, not the
+        path (the file could be replaced between a check by path and a load by path)."""
+        expected = self.manifest.get("files", {}).get(rel)
+        if expected is None:
+            raise ArtifactError(
+                f"{rel} is not in the manifest's file table of {self.root}, so it cannot be verified.",
+                "Re-export the model with `ernie-cls export`; do not add files to an artifact by hand.",
+            )
+        data = inside(self.root, rel).read_bytes()
+        if hashlib.sha256(data).hexdigest() != expected["sha256"]:
+            raise ArtifactError(
+                f"{self.root / rel} changed since it was verified (sha256 mismatch).",
+                "Do not serve it. Restore the artifact from its source or re-run `ernie-cls export`.",
+            )
+        return data
 
-def read_manifest(root: str | Path) -> Artifact:
+
+def inside(root: Path, rel: str) -> Path:
+    """root / rel, refusing a path that is absolute, has a `..` part or resolves (symlinks) outside root."""
+    escapes = not rel or Path(rel).is_absolute() or ".." in Path(rel).parts or "\\" in rel
+    if escapes or not (root / rel).resolve().is_relative_to(root.resolve()):
+        raise ArtifactError(
+            f"The manifest of {root} names the path {rel!r}, which leaves the artifact directory.",
+            "Do not serve it: artifacts written by `ernie-cls export` only name files inside themselves.",
+        )
+    return root / rel
+
+
+def read_manifest(root: str | Path, pinned_sha256: str | None = None) -> Artifact:
+    """Parse manifest.json. With `pinned_sha256`, refuse a manifest whose bytes hash to anything else."""
     root = Path(root)
     path = root / MANIFEST
     if not path.is_file():
@@ -91,31 +121,46 @@ def read_manifest(root: str | Path) -> Artifact:
             f"{root} is not an ernie-cls artifact: {MANIFEST} is missing.",
             "Point at a directory written by `ernie-cls export` (e.g. exported/<name>).",
         )
+    raw = path.read_bytes()
+    digest = hashlib.sha256(raw).hexdigest()
+    if pinned_sha256 is not None and digest != pinned_sha256.strip().lower():
+        raise ArtifactError(
+            f"{path} has sha256 {digest}, not the pinned {pinned_sha256.strip()}: the manifest was changed or "
+            "this is another artifact.",
+            "Deploy the artifact you pinned, or pin this one (`ernie-cls verify` and `export` print its sha256).",
+        )
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest = json.loads(raw.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ArtifactError(f"{path} is not valid JSON ({err}).", "Re-export the model.") from None
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"{path} is not a JSON object.", "Re-export the model.")
     version = manifest.get("schema_version")
     if not isinstance(version, int) or version > SCHEMA_VERSION:
         raise ArtifactError(
             f"{path} has schema version {version!r}; this ernie-cls reads versions up to {SCHEMA_VERSION}.",
-            "Upgrade ernie-cls to the version that exported the model, or re-export it with this one.",
+            "Upgrade ernie-cls to the version that exported the model, or repin and re-export it with this one.",
         )
-    return Artifact(root, manifest)
+    return Artifact(root, manifest, digest)
 
 
-def verify_artifact(root: str | Path) -> Artifact:
-    """Read the manifest and check every listed file's size and sha256. Raises ArtifactError naming the files."""
-    artifact = read_manifest(root)
+def verify_artifact(root: str | Path, pinned_sha256: str | None = None) -> Artifact:
+    """Read the manifest (checked against `pinned_sha256` if given) and check every listed file's path, size and
+    sha256. Raises ArtifactError naming the files."""
+    artifact = read_manifest(root, pinned_sha256)
     problems = []
-    for rel, expected in artifact.manifest.get("files", {}).items():
-        path = artifact.root / rel
+    files = artifact.manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise ArtifactError(
+            f"Artifact {artifact.root} failed verification: the manifest lists no files.",
+            "Do not serve it. Restore the artifact from its source or re-run `ernie-cls export`.",
+        )
+    for rel, expected in files.items():
+        path = inside(artifact.root, rel)
         if not path.is_file():
             problems.append(f"{rel}: missing")
         elif path.stat().st_size != expected["size"] or sha256_file(path) != expected["sha256"]:
             problems.append(f"{rel}: sha256 mismatch (modified or corrupted)")
-    if not artifact.manifest.get("files"):
-        problems.append("the manifest lists no files")
     if problems:
         raise ArtifactError(
             f"Artifact {artifact.root} failed verification: {'; '.join(problems)}.",

@@ -12,6 +12,7 @@ class ErnieClsError(Exception):
     """Base class. ``str(err)`` is ``"<message> Hint: <hint>"``."""
 
     http_status: int = 500
+    response_headers: tuple[tuple[str, str], ...] = ()  # extra HTTP headers of the reply (Retry-After, ...)
 
     def __init__(self, message: str, hint: str = "") -> None:
         self.message = message

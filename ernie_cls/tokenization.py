@@ -20,7 +20,7 @@ import json
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -117,8 +117,8 @@ def _build_pipeline(vocab: dict[str, int] | None, do_lower_case: bool) -> Tokeni
     return tok
 
 
-def _read_vocab(path: Path) -> dict[str, int]:
-    tokens = path.read_text(encoding="utf-8").split("\n")
+def _parse_vocab(text: str) -> dict[str, int]:
+    tokens = text.split("\n")
     if tokens and tokens[-1] == "":
         tokens.pop()
     return {tok: i for i, tok in enumerate(tokens)}
@@ -232,19 +232,29 @@ class ErnieTokenizerFast:
         (out / SETTINGS_FILE).write_text(json.dumps(settings, indent=2), encoding="utf-8")
 
     @classmethod
-    def load(cls, directory: str | Path, max_seq_len: int | None = None) -> ErnieTokenizerFast:
-        """Load from a directory holding at least ``vocab.txt`` (paddlenlp or our own checkpoint)."""
+    def load(
+        cls,
+        directory: str | Path,
+        max_seq_len: int | None = None,
+        read: Callable[[str], bytes | None] | None = None,
+    ) -> ErnieTokenizerFast:
+        """Load from a directory holding at least ``vocab.txt`` (paddlenlp or our own checkpoint).
+
+        `read(file name)` -> its bytes or None if absent replaces reading from disk (the service passes a reader
+        that returns the bytes it has just hashed, so what is verified is what is loaded)."""
         d = Path(directory)
-        vocab_path = d / VOCAB_FILE
-        if not vocab_path.is_file():
+        read = read or (lambda name: (d / name).read_bytes() if (d / name).is_file() else None)
+        vocab = read(VOCAB_FILE)
+        if vocab is None:
             raise ModelLoadError(
                 f"No tokenizer in {d}: {VOCAB_FILE} is missing.",
                 "Point at a checkpoint written by `ernie-cls train` (it bundles the tokenizer), "
                 "or copy the model's vocab.txt into that directory.",
             )
         settings: dict = {}
-        if (d / SETTINGS_FILE).is_file():
-            settings = json.loads((d / SETTINGS_FILE).read_text(encoding="utf-8"))
+        own, paddlenlp = read(SETTINGS_FILE), read(PADDLENLP_CONFIG_FILE)
+        if own is not None:
+            settings = json.loads(own.decode("utf-8"))
             version = settings.get("normalization_version", NORMALIZATION_VERSION)
             if version != NORMALIZATION_VERSION:
                 raise ModelLoadError(
@@ -252,10 +262,10 @@ class ErnieTokenizerFast:
                     f"v{NORMALIZATION_VERSION}.",
                     "Use the ernie-cls version that trained the model, or retrain/re-export it with this one.",
                 )
-        elif (d / PADDLENLP_CONFIG_FILE).is_file():
-            settings = json.loads((d / PADDLENLP_CONFIG_FILE).read_text(encoding="utf-8"))
+        elif paddlenlp is not None:
+            settings = json.loads(paddlenlp.decode("utf-8"))
         return cls(
-            _read_vocab(vocab_path),
+            _parse_vocab(vocab.decode("utf-8")),
             max_seq_len=max_seq_len or int(settings.get("max_seq_len", 128)),
             do_lower_case=bool(settings.get("do_lower_case", True)),
         )

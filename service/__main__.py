@@ -1,15 +1,15 @@
 """`python -m service`: serve the configured artifact with uvicorn, JSON logs and a graceful drain.
 
-SIGTERM/SIGINT: readiness turns 503 at once (load balancers stop sending), uvicorn stops accepting connections,
-requests already accepted finish (up to ERNIE_CLS_DRAIN_TIMEOUT_S), then the process exits.
+SIGTERM/SIGINT: readiness turns 503 at once (load balancers stop sending) and every reply says `Connection: close`
+(a kept-alive client opens a new connection, which goes to another replica, instead of sending into a socket that
+is about to close); after ERNIE_CLS_DRAIN_GRACE_S uvicorn stops accepting, requests already accepted finish (the
+HTTP server and then the batcher share one ERNIE_CLS_DRAIN_TIMEOUT_S), and the process exits.
 """
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
-import socket
 import sys
 import threading
 import time
@@ -19,6 +19,7 @@ import uvicorn
 
 from service.config import Settings
 from service.engine import Engine
+from service.http_protocol import protocol_class
 from service.main import create_app
 
 
@@ -54,22 +55,15 @@ class DrainingServer(uvicorn.Server):
         super().__init__(config)
         self.engine = engine
 
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        # The model, the libraries and the app are loaded and live for the whole process: freeze them so the
-        # garbage collector stops re-scanning ~10^5 permanent objects in every full collection (profiled: 7 % of
-        # the event loop's time per request at concurrency 64 went to collections before this).
-        gc.freeze()
-
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         grace = self.engine.settings.drain_grace_s
         if self.engine.draining or grace <= 0:  # no grace, or a second signal: stop accepting now
-            self.engine.draining = True
+            self.engine.start_draining()
             super().handle_exit(sig, frame)
             return
         # Readiness turns 503 now; the listener stays open for `grace` seconds so load balancers notice before
         # connections are refused (closing it earlier resets connections that are in flight towards it).
-        self.engine.draining = True
+        self.engine.start_draining()
         timer = threading.Timer(grace, super().handle_exit, (sig, frame))
         timer.daemon = True
         timer.start()
@@ -78,15 +72,16 @@ class DrainingServer(uvicorn.Server):
 def main() -> None:
     settings = Settings()
     configure_logging(settings.log_json)
-    app = create_app(settings)
+    app = create_app(settings, freeze_gc=True)
+    # No limit_concurrency: uvicorn counts idle connections and answers every route (health included) with a
+    # plain-text 503 past it. The API's own cap (ERNIE_CLS_MAX_CONCURRENT_REQUESTS) exempts the health routes.
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_config=None,
-        timeout_graceful_shutdown=int(settings.drain_timeout_s) or None,
-        limit_concurrency=settings.queue_capacity * 2,
-        http=settings.http_impl,
+        timeout_graceful_shutdown=settings.drain_timeout_s,  # type: ignore[arg-type]  # a float works (wait_for)
+        http=protocol_class(settings.http_impl, settings.header_timeout_s),
     )
     DrainingServer(config, app.state.engine).run()
 

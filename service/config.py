@@ -17,6 +17,12 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ERNIE_CLS_", extra="ignore")
 
     artifact: str = Field("exported/waimai-sentiment", description="Artifact directory written by `ernie-cls export`.")
+    artifact_sha256: str | None = Field(
+        None,
+        pattern=r"^\s*[0-9a-fA-F]{64}\s*$",
+        description="Pin: the sha256 of the artifact's manifest.json (printed by `ernie-cls export` and `verify`, "
+        "shown by GET /v1/models). Any other manifest is refused, so an edited label map cannot be served.",
+    )
     format: str | None = Field(None, description="Artifact format to serve (default: the manifest's default, INT8).")
     workers: int = Field(
         default_factory=usable_cores,
@@ -48,6 +54,16 @@ class Settings(BaseSettings):
     max_texts_per_request: int = Field(64, ge=1, description="Most texts in one request.")
     max_chars_per_text: int = Field(2000, ge=1, description="Longest text accepted (or truncated with truncate=true).")
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body; larger gets 413.")
+    body_timeout_s: float = Field(10.0, gt=0, description="A request body not fully received this long gets 408.")
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="A connection that has not sent a request's headers this long is closed (slowloris)."
+    )
+    max_concurrent_requests: int = Field(
+        512,
+        ge=1,
+        description="Most API requests in progress (reading their body, queued or running); more get 503 at once. "
+        "/healthz, /readyz and /metrics are not counted, so they answer under any flood.",
+    )
     low_confidence_threshold: float = Field(0.6, ge=0, le=1, description="Scores below are flagged low_confidence.")
     cache_size: int = Field(10_000, ge=0, description="Result cache entries (0 disables the cache).")
 

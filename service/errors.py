@@ -1,10 +1,15 @@
-"""The service's errors: the project hierarchy (ernie_cls.errors) plus HTTP-only cases, each with its status.
+"""The service's error table: the project hierarchy (ernie_cls.errors) plus HTTP-only cases, each with its status,
+message, hint and the response headers it needs; `error_parts` turns any of them into a reply (both the ASGI fast
+path and FastAPI's handlers use it, so every route answers an error the same way).
 
-Mapped to responses in one handler (service/main.py). The batcher's own errors (queue full 429, deadline 504,
-inference 500, client gone 499) live beside it in service/batching and are re-exported here.
+The batcher's own errors (queue full 429, deadline 504, inference 500/504, client gone 499, model stuck 503) live
+beside it in service/batching and are re-exported here.
 """
 
 from __future__ import annotations
+
+import re
+from typing import Any
 
 from ernie_cls.errors import ErnieClsError, UserInputError
 from service.batching.batcher import (
@@ -12,16 +17,46 @@ from service.batching.batcher import (
     DeadlineExceededError,
     InferenceError,
     InferenceTimeoutError,
+    ModelStuckError,
     QueueFullError,
 )
+
+RETRY_AFTER_NOT_READY_S = 5
 
 
 class UnauthorizedError(ErnieClsError):
     http_status = 401
+    response_headers = (("WWW-Authenticate", "Bearer"),)
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        message: str = "Missing or wrong API key.",
+        hint: str = "Send `Authorization: Bearer <key>` with a key from ERNIE_CLS_API_KEYS.",
+    ) -> None:
+        super().__init__(message, hint)
+
+
+class BadRequestError(ErnieClsError):
+    http_status = 400
+
+
+class BodyTimeoutError(ErnieClsError):
+    http_status = 408
+
+    def __init__(self, timeout_s: float) -> None:
         super().__init__(
-            "Missing or wrong API key.", "Send `Authorization: Bearer <key>` with a key from ERNIE_CLS_API_KEYS."
+            f"The request body did not arrive within {timeout_s:g} s.",
+            "Send the whole body at once; a slow link needs a larger ERNIE_CLS_BODY_TIMEOUT_S on the server.",
+        )
+
+
+class PayloadTooLargeError(ErnieClsError):
+    http_status = 413
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"The request body is larger than {limit} bytes.",
+            "Send fewer or shorter texts per request (see max_texts_per_request and max_chars_per_text).",
         )
 
 
@@ -32,22 +67,61 @@ class UnsupportedMediaTypeError(ErnieClsError):
         super().__init__("The body must be JSON.", "Send the header `Content-Type: application/json`.")
 
 
+class InvalidJsonError(ErnieClsError):
+    """A body json.loads gave up on other than by a syntax error (FastAPI answers those 400; we say why, 422)."""
+
+    http_status = 422
+
+
 class NotReadyError(ErnieClsError):
     http_status = 503
+    response_headers = (("Retry-After", str(RETRY_AFTER_NOT_READY_S)),)
 
     def __init__(self, reason: str) -> None:
         super().__init__(f"The service is not ready ({reason}).", "Retry shortly; GET /readyz reports readiness.")
 
 
+class OverloadedError(ErnieClsError):
+    http_status = 503
+    response_headers = (("Retry-After", "1"),)
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"The service is handling {limit} requests already.",
+            "Retry after the Retry-After header's seconds, or raise ERNIE_CLS_MAX_CONCURRENT_REQUESTS.",
+        )
+
+
+def error_body(kind: str, message: str, hint: str = "", details: object = None) -> dict[str, Any]:
+    return {"error": {"type": kind, "message": message, "hint": hint, "details": details}}
+
+
+def error_parts(err: ErnieClsError) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """An ErnieClsError -> (status, body, extra headers): its http_status, a snake_case type, message and hint."""
+    headers = dict(err.response_headers)
+    if isinstance(err, QueueFullError):
+        headers["Retry-After"] = str(int(err.retry_after_s))
+    kind = re.sub(r"(?<!^)(?=[A-Z])", "_", type(err).__name__.removesuffix("Error")).lower()
+    return err.http_status, error_body(kind, err.message, err.hint), headers
+
+
 __all__ = [
+    "BadRequestError",
+    "BodyTimeoutError",
     "ClientGoneError",
     "DeadlineExceededError",
     "ErnieClsError",
     "InferenceError",
     "InferenceTimeoutError",
+    "InvalidJsonError",
+    "ModelStuckError",
     "NotReadyError",
+    "OverloadedError",
+    "PayloadTooLargeError",
     "QueueFullError",
     "UnauthorizedError",
     "UnsupportedMediaTypeError",
     "UserInputError",
+    "error_body",
+    "error_parts",
 ]

@@ -32,10 +32,11 @@ def metric(text: str, name: str) -> float:
 
 
 def call(app, fn):
-    """Run `fn(client)` with the app's lifespan (model load, warm-up, batcher) around it."""
+    """Run `fn(client)` with the app's lifespan (model load, warm-up, batcher) around it, once loading ended."""
 
     async def main():
         async with app.router.lifespan_context(app):
+            await app.state.loading
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
                 return await fn(client)
@@ -193,9 +194,12 @@ def test_tampered_artifact_keeps_the_service_not_ready(int8_artifact, tmp_path, 
         )
 
     ready, classify, health = call(app, fn)
-    assert ready.status_code == 503 and "sha256 mismatch" in ready.json()["error"]["message"]
-    assert classify.status_code == 503 and health.status_code == 200
-    assert any("sha256 mismatch" in r.message for r in caplog.records)
+    # the unauthenticated probes say what kind of failure, the log says which file (no path leaks to clients)
+    assert ready.status_code == 503 and "ArtifactError" in ready.json()["error"]["message"]
+    assert str(tmp_path) not in ready.text + classify.text + health.text
+    assert classify.status_code == 503 and classify.headers["retry-after"].isdigit()
+    assert health.status_code == 503  # liveness fails: the orchestrator restarts the process
+    assert any("sha256 mismatch" in r.message and "vocab.txt" in r.message for r in caplog.records)
 
 
 def test_api_keys_protect_classify_but_not_health(int8_artifact):
@@ -260,14 +264,15 @@ def test_other_backends_and_precisions_are_selectable(int8_artifact, fmt, precis
     assert body["model"]["backend"] == ("paddle-inference" if fmt.startswith("paddle") else "onnxruntime")
 
 
-def test_unknown_format_keeps_the_service_not_ready_with_the_choices(int8_artifact):
+def test_unknown_format_keeps_the_service_not_ready_with_the_choices(int8_artifact, caplog):
     app = create_app(settings_for(int8_artifact, format="tensorrt"))
 
     async def fn(client):
         return await client.get("/readyz")
 
     ready = call(app, fn)
-    assert ready.status_code == 503 and "onnx-int8-cpu" in ready.json()["error"]["message"]
+    assert ready.status_code == 503 and "ArtifactError" in ready.json()["error"]["message"]
+    assert any("onnx-int8-cpu" in r.message and "ERNIE_CLS_FORMAT" in r.message for r in caplog.records)
 
 
 def test_serving_an_onnx_artifact_imports_no_paddle_and_unpickles_nothing(int8_artifact):

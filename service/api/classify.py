@@ -1,6 +1,7 @@
 """POST /v1/classify: the hot path, as a plain ASGI endpoint in front of FastAPI.
 
-    bytes -> auth -> JSON (stdlib, as FastAPI parses it) -> the same pydantic request model FastAPI documents
+    bytes (GuardMiddleware has checked key, type, size) -> JSON (stdlib, as FastAPI parses it; bodies over
+      OFF_LOOP_BYTES parsed on a thread) -> the same pydantic request model FastAPI documents
       -> Engine.classify (normalise, cache, tokenise, batch), cancelled if the client disconnects
       -> response dict -> JSON bytes (pydantic_core) -> two ASGI messages
 
@@ -15,10 +16,8 @@ the same: tests/test_service_api.py compares them).
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
@@ -27,8 +26,16 @@ import pydantic_core
 from pydantic import ValidationError
 
 from ernie_cls.errors import ErnieClsError, UserInputError
+from service.api.guards import ascii_int
 from service.api.schemas import ClassifyRequestBase
-from service.errors import ClientGoneError, NotReadyError, QueueFullError, UnauthorizedError
+from service.errors import (
+    ClientGoneError,
+    InferenceTimeoutError,
+    InvalidJsonError,
+    NotReadyError,
+    error_body,
+    error_parts,
+)
 
 if TYPE_CHECKING:
     from service.config import Settings
@@ -42,22 +49,21 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 INTERNAL_ERROR = ("internal_error", "Internal error.", "Retry; if it persists, report the X-Request-ID.")
+OFF_LOOP_BYTES = 65_536  # larger bodies are parsed and validated on a thread (json.loads of 1 MB: milliseconds)
+MAX_TIMEOUT_MS = 600_000
 
 
 # ----------------------------------------------------------------------------- error mapping (both paths)
-def error_body(kind: str, message: str, hint: str = "", details: object = None) -> dict[str, Any]:
-    return {"error": {"type": kind, "message": message, "hint": hint, "details": details}}
-
-
-def error_parts(err: ErnieClsError) -> tuple[int, dict[str, Any], dict[str, str]]:
-    """An ErnieClsError -> (status, body, extra headers): its http_status, a snake_case type, message and hint."""
-    headers: dict[str, str] = {}
-    if isinstance(err, QueueFullError):
-        headers["Retry-After"] = str(int(err.retry_after_s))
-    if isinstance(err, UnauthorizedError):
-        headers["WWW-Authenticate"] = "Bearer"
-    kind = re.sub(r"(?<!^)(?=[A-Z])", "_", type(err).__name__.removesuffix("Error")).lower()
-    return err.http_status, error_body(kind, err.message, err.hint), headers
+def log_server_error(scope: Scope, status: int, err: BaseException | None) -> None:
+    """A reply whose hint says to report the request id or check the logs (500, inference timeout) leaves a log
+    line with that id. 503s and deadline 504s are load signals, counted by the metrics, not logged per request."""
+    if status != 500 and not isinstance(err, InferenceTimeoutError):
+        return
+    request_id = scope.get("state", {}).get("request_id", "")
+    if isinstance(err, ErnieClsError):
+        log.error("%s %s -> %d %s (request id %s)", scope["method"], scope["path"], status, err.message, request_id)
+    else:
+        log.error("%s %s -> %d (request id %s)", scope["method"], scope["path"], status, request_id, exc_info=err)
 
 
 def validation_error_parts(errors: list[Any]) -> tuple[int, dict[str, Any]]:
@@ -73,18 +79,14 @@ def validation_error_parts(errors: list[Any]) -> tuple[int, dict[str, Any]]:
     )
 
 
-def key_matches(header: str, keys: list[bytes]) -> bool:
-    """Bearer token against every configured key, each compared in constant time."""
-    token = header[7:].encode() if header.lower().startswith("bearer ") else b""
-    return any(hmac.compare_digest(token, k) for k in keys)
-
-
 # ----------------------------------------------------------------------------- the work (both paths)
 def not_ready_reason(engine: Engine) -> str:
     from service.engine import UNHEALTHY_AFTER_FAILED_BATCHES
 
     if engine.draining:
         return "draining"
+    if engine.batcher is not None and engine.batcher.all_stuck:
+        return "every model instance is stuck in a call past the inference timeout"
     if engine.faulty:
         return f"{UNHEALTHY_AFTER_FAILED_BATCHES}+ model calls in a row failed or timed out; probing for recovery"
     return engine.not_ready_reason or "loading"
@@ -104,9 +106,12 @@ def model_info(engine: Engine) -> dict[str, str]:
 def timeout_ms(raw: str | None, default: int) -> int:
     if raw is None:
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= 600_000:
-        raise UserInputError("X-Request-Timeout-Ms must be an integer from 1 to 600000.", "E.g. 2000 for 2 s.")
-    return int(raw)
+    value = ascii_int(raw.strip(), len(str(MAX_TIMEOUT_MS)))
+    if value is None or not 1 <= value <= MAX_TIMEOUT_MS:
+        raise UserInputError(
+            f"X-Request-Timeout-Ms must be an integer from 1 to {MAX_TIMEOUT_MS}.", "E.g. 2000 for 2 s."
+        )
+    return value
 
 
 async def classify_texts(
@@ -156,11 +161,16 @@ async def _cancel_on_disconnect(receive: Receive, work: Awaitable[Any]) -> Any:
     gone = False
 
     async def watch() -> None:
+        # The body has been read, so the next message is the disconnect (ASGI). Anything else means this receive()
+        # cannot tell us: stop watching rather than ask again (asking in a loop would spin the event loop).
         nonlocal gone
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        gone = True
-        this.cancel()
+        try:
+            message = await receive()
+        except Exception:  # a guard refused the stream: nothing more to learn from it
+            return
+        if message["type"] == "http.disconnect":
+            gone = True
+            this.cancel()
 
     watcher = asyncio.get_running_loop().create_task(watch())
     try:
@@ -176,7 +186,7 @@ async def _cancel_on_disconnect(receive: Receive, work: Awaitable[Any]) -> Any:
 
 # ----------------------------------------------------------------------------- the fast path
 class ClassifyEndpoint:
-    """ASGI app for POST /v1/classify (mounted behind GuardMiddleware: size limit, content type, request id)."""
+    """ASGI app for POST /v1/classify (mounted behind GuardMiddleware: key, size limit, content type, request id)."""
 
     def __init__(
         self,
@@ -184,10 +194,9 @@ class ClassifyEndpoint:
         settings: Settings,
         metrics: Metrics,
         request_model: type[ClassifyRequestBase],
-        keys: list[bytes],
     ) -> None:
         self.engine, self.settings, self.metrics = engine, settings, metrics
-        self.request_model, self.keys = request_model, keys
+        self.request_model = request_model
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers: dict[str, str] = {}
@@ -197,9 +206,10 @@ class ClassifyEndpoint:
             status, body = validation_error_parts(err.errors)
         except ErnieClsError as err:
             status, body, headers = error_parts(err)
-        except Exception:
-            log.exception("unhandled error on POST /v1/classify")
+            log_server_error(scope, status, err)
+        except Exception as err:
             status, body = 500, error_body(*INTERNAL_ERROR)
+            log_server_error(scope, status, err)
         payload = pydantic_core.to_json(body)
         raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
         raw_headers += [(k.lower().encode(), v.encode("latin-1")) for k, v in headers.items()]
@@ -207,23 +217,26 @@ class ClassifyEndpoint:
         await send({"type": "http.response.body", "body": payload})
 
     async def _handle(self, scope: Scope, receive: Receive) -> tuple[dict[str, Any], dict[str, str]]:
-        auth = timeout_header = None
+        timeout_header = None
         for name, value in scope["headers"]:
-            if name == b"authorization":
-                auth = value.decode("latin-1")
-            elif name == b"x-request-timeout-ms":
+            if name == b"x-request-timeout-ms":
                 timeout_header = value.decode("latin-1")
-        if self.keys and not key_matches(auth or "", self.keys):
-            raise UnauthorizedError()
+        raw = await _read_body(receive)
+        if len(raw) > OFF_LOOP_BYTES:
+            payload = await asyncio.get_running_loop().run_in_executor(None, self._parse, raw)
+        else:
+            payload = self._parse(raw)
+        return await classify_texts(
+            self.engine, self.metrics, payload, timeout_header, receive, self.settings.request_timeout_ms
+        )
+
+    def _parse(self, raw: bytes) -> ClassifyRequestBase:
         try:
-            payload = self.request_model.model_validate(parse_json(await _read_body(receive)))
+            return self.request_model.model_validate(parse_json(raw))
         except ValidationError as err:  # the request model's verdict, located like FastAPI's
             raise RequestValidationFailedError(
                 [{**e, "loc": ("body", *e["loc"])} for e in err.errors(include_url=False)]
             ) from None
-        return await classify_texts(
-            self.engine, self.metrics, payload, timeout_header, receive, self.settings.request_timeout_ms
-        )
 
 
 def parse_json(raw: bytes) -> Any:
@@ -234,21 +247,24 @@ def parse_json(raw: bytes) -> Any:
     except json.JSONDecodeError as err:
         error = {"type": "json_invalid", "loc": ("body", err.pos), "msg": "JSON decode error"}
         raise RequestValidationFailedError([error]) from None
-    except (UnicodeDecodeError, RecursionError) as err:
+    except (ValueError, RecursionError) as err:  # UnicodeDecodeError, or an integer past int()'s digit limit
         raise unparsable_body(err) from None
 
 
-class InvalidJsonError(ErnieClsError):
-    http_status = 422
-
-
-def unparsable_body(cause: BaseException | None) -> InvalidJsonError:
+def unparsable_body(cause: BaseException | None) -> ErnieClsError:
     """A body json.loads gave up on other than by a syntax error (FastAPI answers those 400; we say why, 422)."""
+    if isinstance(cause, ErnieClsError):  # a guard's verdict raised while FastAPI read the body (413, 408)
+        return cause
     if isinstance(cause, RecursionError):
         return InvalidJsonError(
             "The body's JSON is nested too deeply to parse.", 'Send a flat JSON object like {"texts": ["送餐很快"]}.'
         )
-    return InvalidJsonError("The body is not valid UTF-8 JSON.", "Encode the JSON body as UTF-8.")
+    if isinstance(cause, UnicodeDecodeError) or not isinstance(cause, ValueError):
+        return InvalidJsonError("The body is not valid UTF-8 JSON.", "Encode the JSON body as UTF-8.")
+    return InvalidJsonError(
+        "The body holds a number too long to parse (over 4 300 digits).",
+        "Send numbers such as top_k as small integers.",
+    )
 
 
 class RequestValidationFailedError(Exception):

@@ -1,17 +1,42 @@
-"""ASGI middleware: request size limit (413 before the body is read), request id and timing headers.
+"""ASGI middleware in front of every route: request id, API key, content type, body size and read time, in-flight
+cap, and the response headers every reply carries.
+
+    request -> id (X-Request-ID or generated) -> operations route (/healthz, /readyz, /metrics)? straight through
+      -> in-flight cap (503 + Retry-After past ERNIE_CLS_MAX_CONCURRENT_REQUESTS)
+      -> API key (/v1/*: one Bearer header, compared as raw bytes in constant time)
+      -> content type (415) -> Content-Length (400 if not a number, 413 over the limit)
+      -> body stream: past the limit -> PayloadTooLargeError; not complete within body_timeout_s -> 408
+      -> the app; every reply gets X-Request-ID, X-Process-Time-Ms, and `Connection: close` while draining or when
+         the body was not read to its end (the connection cannot be reused)
 
 Pure ASGI, not BaseHTTPMiddleware: it must see the body stream to stop a chunked upload that grows past the limit
-without buffering it, and it must not break request-disconnect detection.
+without buffering it, and it must not break request-disconnect detection. Errors past the body limit or the body
+timeout are *raised* from receive() on every call, never turned into a synthetic end of body: an app that read a
+valid JSON prefix must not go on to classify it, and a disconnect watcher must not spin on instant replies.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hmac
 import itertools
-import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+
+import pydantic_core
+
+from ernie_cls.errors import ErnieClsError
+from service.errors import (
+    BadRequestError,
+    BodyTimeoutError,
+    OverloadedError,
+    PayloadTooLargeError,
+    UnauthorizedError,
+    UnsupportedMediaTypeError,
+    error_parts,
+)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -19,18 +44,57 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+OPERATIONS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+MAX_CONTENT_LENGTH_DIGITS = 18  # int() of longer strings is slow and no body that long is accepted anyway
 
-def error_body(kind: str, message: str, hint: str = "") -> bytes:
-    return json.dumps({"error": {"type": kind, "message": message, "hint": hint, "details": None}}).encode()
+
+def key_matches(token: bytes, keys: list[bytes]) -> bool:
+    """A raw `Authorization` value against every configured key (UTF-8 bytes), each compared in constant time."""
+    presented = token[7:] if token[:7].lower() == b"bearer " else b""
+    return any(hmac.compare_digest(presented, k) for k in keys)
+
+
+def check_key(raw_headers: list[tuple[bytes, bytes]], keys: list[bytes]) -> None:
+    """Raise UnauthorizedError unless exactly one Authorization header carries a configured key."""
+    values = [v for k, v in raw_headers if k.lower() == b"authorization"]
+    if len(values) > 1:
+        raise UnauthorizedError("The request has several Authorization headers.", "Send exactly one.")
+    if not values or not key_matches(values[0], keys):
+        raise UnauthorizedError()
+
+
+def ascii_int(raw: str, max_digits: int) -> int | None:
+    """`raw` as a non-negative integer if it is 1..max_digits ASCII digits, else None (str.isdigit() accepts "²")."""
+    if not raw or len(raw) > max_digits or not (raw.isascii() and raw.isdigit()):
+        return None
+    return int(raw)
+
+
+class InFlight:
+    """API requests in progress, shared by the guards in front of the fast path and of FastAPI (one cap)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.count = limit, 0
 
 
 class GuardMiddleware:
     def __init__(
-        self, app: ASGIApp, max_body_bytes: int, on_response: Callable[[Scope, int], None] | None = None
+        self,
+        app: ASGIApp,
+        max_body_bytes: int,
+        on_response: Callable[[Scope, int], None] | None = None,
+        keys: list[bytes] | None = None,
+        body_timeout_s: float = 10.0,
+        in_flight: InFlight | None = None,
+        draining: Callable[[], bool] = lambda: False,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.on_response = on_response
+        self.keys = keys or []
+        self.body_timeout_s = body_timeout_s
+        self.in_flight = in_flight or InFlight(0)  # limit 0: no cap
+        self.draining = draining
         # Generated ids: a random per-process prefix and a counter (unique, and cheaper than a uuid4 per request).
         prefix = uuid.uuid4().hex[:16]
         self._ids = (f"{prefix}{n:016x}" for n in itertools.count())
@@ -40,95 +104,117 @@ class GuardMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        raw_headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw_headers}
         request_id = headers.get("x-request-id", "")[:128]
-        if not request_id or not request_id.isprintable():
+        if not request_id or not (request_id.isascii() and request_id.isprintable()):
             request_id = next(self._ids)
         scope.setdefault("state", {})["request_id"] = request_id
-        limit = self.max_body_bytes
+        body = _BodyReader(receive, self.max_body_bytes, self.body_timeout_s, expects_body(headers))
+        replied = False
 
         async def send_with_headers(message: Message) -> None:
+            nonlocal replied
             if message["type"] == "http.response.start":
+                replied = True
                 if self.on_response is not None:
                     self.on_response(scope, message["status"])
                 extra = [
                     (b"x-request-id", request_id.encode("latin-1")),
                     (b"x-process-time-ms", f"{(time.perf_counter() - started) * 1000:.2f}".encode()),
                 ]
+                if self.draining() or body.unread:  # the client must open a new connection for its next request
+                    extra.append((b"connection", b"close"))
                 message["headers"] = list(message.get("headers", [])) + extra
             await send(message)
 
+        path = scope["path"].removeprefix(scope.get("root_path", "")) or "/"
+        if path in OPERATIONS_PATHS:  # health stays answerable whatever the API's load
+            await self.app(scope, receive, send_with_headers)
+            return
+        in_flight = self.in_flight
+        if in_flight.limit and in_flight.count >= in_flight.limit:
+            await respond_error(send_with_headers, OverloadedError(in_flight.limit))
+            return
+        in_flight.count += 1
+        try:
+            self._admit(scope, path, headers)
+            await self.app(scope, body.receive, send_with_headers)
+        except ErnieClsError as err:  # refused here, or raised by body.receive and not mapped by the app
+            if replied:
+                raise
+            await respond_error(send_with_headers, err)
+        finally:
+            in_flight.count -= 1
+
+    def _admit(self, scope: Scope, path: str, headers: dict[str, str]) -> None:
+        """The checks that need no body: API key, content type, declared length. Raises ErnieClsError."""
+        if self.keys and path.startswith("/v1/"):
+            check_key(scope.get("headers", []), self.keys)
         if scope["method"] in ("POST", "PUT", "PATCH") and not _is_json(headers.get("content-type", "")):
-            body = error_body(
-                "unsupported_media_type", "The body must be JSON.", "Send the header `Content-Type: application/json`."
-            )
-            await _respond(send_with_headers, 415, body)
-            return
-
+            raise UnsupportedMediaTypeError()
         declared = headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            await self._reject(send_with_headers, limit)
-            return
+        if declared is not None:
+            length = ascii_int(declared, MAX_CONTENT_LENGTH_DIGITS)
+            if length is None:
+                raise BadRequestError("Content-Length is not a number.", "Send the body's length in bytes.")
+            if length > self.max_body_bytes:
+                raise PayloadTooLargeError(self.max_body_bytes)
 
-        received = 0
-        too_large = False
 
-        async def limited_receive() -> Message:
-            # Past the limit, end the body stream here (nothing more is read) and remember to answer 413.
-            nonlocal received, too_large
-            if too_large:
-                return {"type": "http.request", "body": b"", "more_body": False}
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    too_large = True
-                    return {"type": "http.request", "body": b"", "more_body": False}
-            return message
+def expects_body(headers: dict[str, str]) -> bool:
+    return headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
 
-        replaced = False
 
-        async def guarded_send(message: Message) -> None:
-            # Whatever the app made of a cut-off body, the client gets the 413.
-            nonlocal replaced
-            if too_large:
-                if not replaced:
-                    replaced = True
-                    await self._reject(send_with_headers, limit)
-                return
-            await send_with_headers(message)
+class _BodyReader:
+    """The request's receive(), with the size limit and the read deadline applied while the body streams."""
 
-        await self.app(scope, limited_receive, guarded_send)
+    def __init__(self, receive: Receive, limit: int, timeout_s: float, expected: bool) -> None:
+        self._receive, self.limit, self.timeout_s = receive, limit, timeout_s
+        self.received = 0
+        self.complete = not expected
+        self.failed: ErnieClsError | None = None
+        self.deadline: float | None = None
 
-    @staticmethod
-    async def _reject(send: Send, limit: int) -> None:
-        body = error_body(
-            "payload_too_large",
-            f"The request body is larger than {limit} bytes.",
-            "Send fewer or shorter texts per request (see max_texts_per_request and max_chars_per_text).",
-        )
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+    @property
+    def unread(self) -> bool:
+        return not self.complete
+
+    async def receive(self) -> Message:
+        if self.failed is not None:  # every later call fails the same way: nothing can wait on a cut body
+            raise self.failed
+        if self.complete:  # the body is read: what is left is the disconnect, which may take for ever
+            return await self._receive()
+        loop = asyncio.get_running_loop()
+        if self.deadline is None:
+            self.deadline = loop.time() + self.timeout_s
+        try:
+            async with asyncio.timeout_at(self.deadline):
+                message = await self._receive()
+        except TimeoutError:
+            self.failed = BodyTimeoutError(self.timeout_s)
+            raise self.failed from None
+        if message["type"] == "http.request":
+            self.received += len(message.get("body", b""))
+            if self.received > self.limit:
+                self.failed = PayloadTooLargeError(self.limit)
+                raise self.failed
+            self.complete = not message.get("more_body", False)
+        return message
+
+
+async def respond_error(send: Send, err: ErnieClsError) -> None:
+    status, body, headers = error_parts(err)
+    await respond(send, status, pydantic_core.to_json(body), headers)
+
+
+async def respond(send: Send, status: int, payload: bytes, headers: dict[str, str] | None = None) -> None:
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    raw += [(k.lower().encode(), v.encode("latin-1")) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": payload})
 
 
 def _is_json(content_type: str) -> bool:
     media = content_type.split(";", 1)[0].strip().lower()
     return media == "application/json" or media.endswith("+json")
-
-
-async def _respond(send: Send, status: int, body: bytes, close: bool = False) -> None:
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    if close:  # the rest of the body is not read: the connection cannot be reused
-        headers.append((b"connection", b"close"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

@@ -98,6 +98,9 @@ class ErrorResponse(BaseModel):
 class ModelsResponse(BaseModel):
     name: str
     version: str
+    manifest_sha256: str = Field(
+        description="sha256 of the served manifest.json: pin it with ERNIE_CLS_ARTIFACT_SHA256."
+    )
     labels: list[str]
     max_seq_len: int
     serving: ModelInfo

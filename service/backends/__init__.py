@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ernie_cls.artifact import Artifact, ArtifactError
+from ernie_cls.artifact import Artifact, ArtifactError, inside
 from service.backends.base import Backend
 
 
@@ -20,11 +20,12 @@ def load_backend(artifact: Artifact, fmt: str, threads: int) -> Backend:
     if spec["runtime"] == "onnxruntime":
         from service.backends.onnxruntime import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(artifact.root / spec["path"], spec["precision"], threads)
+        # The bytes that were hashed are the bytes loaded (no re-open by path after the check).
+        return OnnxRuntimeBackend(artifact.read_verified(spec["path"]), spec["precision"], threads)
     from service.backends.paddle_inference import PaddleInferenceBackend
 
     return PaddleInferenceBackend(
-        artifact.root / spec["path"], artifact.root / spec["params"], spec["precision"], threads
+        inside(artifact.root, spec["path"]), inside(artifact.root, spec["params"]), spec["precision"], threads
     )
 
 

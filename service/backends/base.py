@@ -1,7 +1,8 @@
 """The backend contract: what the batcher needs from a model runtime, nothing more.
 
-Lifecycle: 1. construct (loads the model file)  2. warmup(shapes)  3. infer(batch) -> logits, many times
-4. healthy() for readiness. Implementations import their runtime only in their own module.
+Lifecycle: 1. construct (loads the model)  2. warmup(shapes)  3. infer(batch) -> logits, many times, from worker
+threads. Health is the batcher's business (failed and timed-out calls), not the backend's. Implementations import
+their runtime only in their own module.
 """
 
 from __future__ import annotations

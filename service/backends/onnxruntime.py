@@ -11,14 +11,15 @@ import onnxruntime as ort
 class OnnxRuntimeBackend:
     runtime = "onnxruntime"
 
-    def __init__(self, model_path: Path, precision: str, threads: int) -> None:
+    def __init__(self, model: Path | bytes, precision: str, threads: int) -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.precision = precision
-        self._session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        source = model if isinstance(model, bytes) else str(model)
+        self._session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         self._output = self._session.get_outputs()[0].name
 
     def infer(self, input_ids: np.ndarray, token_type_ids: np.ndarray) -> np.ndarray:

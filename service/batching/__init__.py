@@ -5,7 +5,17 @@ from service.batching.batcher import (
     ClientGoneError,
     DeadlineExceededError,
     InferenceError,
+    InferenceTimeoutError,
+    ModelStuckError,
     QueueFullError,
 )
 
-__all__ = ["Batcher", "ClientGoneError", "DeadlineExceededError", "InferenceError", "QueueFullError"]
+__all__ = [
+    "Batcher",
+    "ClientGoneError",
+    "DeadlineExceededError",
+    "InferenceError",
+    "InferenceTimeoutError",
+    "ModelStuckError",
+    "QueueFullError",
+]

@@ -74,6 +74,17 @@ class InferenceTimeoutError(ErnieClsError):
         )
 
 
+class ModelStuckError(ErnieClsError):
+    http_status = 503
+    response_headers = (("Retry-After", "5"),)
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(
+            f"Every model instance is stuck in a call that has run longer than {timeout_s:g} s.",
+            "Retry later or on another replica; /readyz is 503 until an instance returns. Check the service logs.",
+        )
+
+
 class InferenceError(ErnieClsError):
     http_status = 500
 
@@ -113,6 +124,7 @@ class _Job:
     texts: list[_Text]
     done: asyncio.Future  # resolved on the event loop with the worker's _Report
     claimed: bool = False  # a worker has taken it (set under the claim lock); until then its texts count as queued
+    started_at: float | None = None  # monotonic time the worker's model call began (None: not started)
 
 
 class _Worker(threading.Thread):
@@ -136,6 +148,7 @@ class _Worker(threading.Thread):
         now = time.monotonic()
         with self.claim_lock:
             job.claimed = True
+            job.started_at = now
             texts = [t for t in job.texts if not t.withdrawn and t.deadline > now]
             expired = [t for t in job.texts if not t.withdrawn and t.deadline <= now]
             for t in texts:
@@ -171,6 +184,7 @@ class BatchStats:
     padded_tokens: int = 0
     dropped_deadline: int = 0
     dropped_disconnected: int = 0
+    dropped_request_failed: int = 0  # a sibling text of the same request failed: the rest were withdrawn
     failed_batches: int = 0
     timed_out_batches: int = 0
     rejected_texts: int = 0
@@ -270,9 +284,7 @@ class Batcher:
 
         `timings`, if given, receives the longest queue wait and model-call time among these texts (seconds).
         """
-        if self.queued_texts + len(sequences) > self.queue_capacity:
-            self.stats.rejected_texts += len(sequences)
-            raise QueueFullError(self.retry_after_s())
+        self.admit(len(sequences))
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         texts = [_Text(list(ids), loop.create_future(), now, deadline) for ids in sequences]
@@ -290,9 +302,13 @@ class Batcher:
             # Answer 504 at the deadline, not at the next batch; texts still queued are never run.
             self.stats.dropped_deadline += self._withdraw(texts)
             raise DeadlineExceededError() from None
-        except BaseException:
-            # The caller gave up (client gone: its task was cancelled) or a text failed: withdraw the rest.
-            self.stats.dropped_disconnected += self._withdraw(texts)
+        except BaseException as err:
+            # The caller gave up (client gone: its task was cancelled) or one of its texts failed: withdraw the rest.
+            withdrawn = self._withdraw(texts)
+            if isinstance(err, asyncio.CancelledError):
+                self.stats.dropped_disconnected += withdrawn
+            else:
+                self.stats.dropped_request_failed += withdrawn
             for t in texts:
                 if not t.future.done():
                     t.future.cancel()
@@ -301,6 +317,25 @@ class Batcher:
             timings["queue_s"] = max(t.queue_s for t in texts)
             timings["inference_s"] = max(t.inference_s for t in texts)
         return rows
+
+    def admit(self, n: int, reserved: int = 0) -> None:
+        """Raise unless `n` more texts fit (`reserved`: texts admitted elsewhere and not yet submitted)."""
+        if self.all_stuck:
+            self.stats.rejected_texts += n
+            raise ModelStuckError(self.inference_timeout_s)
+        if self.queued_texts + reserved + n > self.queue_capacity:
+            self.stats.rejected_texts += n
+            raise QueueFullError(self.retry_after_s())
+
+    @property
+    def stuck_workers(self) -> int:
+        """Instances inside a model call that has run past the inference timeout (a hung runtime)."""
+        limit = time.monotonic() - self.inference_timeout_s
+        return sum(1 for job in self._in_flight if job.started_at is not None and job.started_at < limit)
+
+    @property
+    def all_stuck(self) -> bool:
+        return bool(self._in_flight) and self.stuck_workers >= self.workers
 
     def _withdraw(self, texts: list[_Text]) -> int:
         """Take these texts back if no worker has started them (queued, or in a formed batch that has not started:
@@ -388,6 +423,21 @@ class Batcher:
             return bool(self._pending)
         return False
 
+    async def _wait_for_worker(self, job: _Job) -> _Report:
+        """The worker's report; TimeoutError once its model call has run inference_timeout_s. The clock starts
+        when a worker takes the batch: time waiting for a busy instance is the texts' deadline's business."""
+        while True:
+            started = job.started_at
+            wait = 0.0
+            if started is not None:
+                wait = started + self.inference_timeout_s - time.monotonic()
+                if wait <= 0:
+                    raise TimeoutError
+            done, _ = await asyncio.wait({job.done}, timeout=0.1 if started is None else wait)
+            if done:
+                report: _Report = job.done.result()
+                return report
+
     @staticmethod
     def _fail(batch: list[_Text], error: Exception) -> None:
         for t in batch:
@@ -405,7 +455,7 @@ class Batcher:
         job.done.add_done_callback(worker_done)
         self._jobs.put(job)
         try:
-            report: _Report = await asyncio.wait_for(asyncio.shield(job.done), self.inference_timeout_s)
+            report = await self._wait_for_worker(job)
             self.stats.dropped_deadline += report.expired
             outcome, texts = report.outcome, report.texts
             if isinstance(outcome, Exception):

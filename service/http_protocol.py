@@ -1,0 +1,136 @@
+"""uvicorn's HTTP protocols with a request-header deadline (slowloris).
+
+uvicorn 0.54 has no header timeout: its only timer, keep-alive, is armed after a response and cancelled by any byte
+received, so a connection that never sends a byte, sends half its headers, or trickles a body the app did not read
+stays open for ever (checked on both parsers). Each such socket is a file descriptor and a protocol object; a few
+thousand of them take the process down. These subclasses close a connection whose request headers are not complete
+`header_timeout_s` after it opened or after its request began: silently if it sent nothing, with a 408 otherwise.
+The slow *body* is bounded by service/api/guards.py (ERNIE_CLS_BODY_TIMEOUT_S).
+
+Workaround for a missing uvicorn feature, isolated here; tests/test_http_protocol.py shows the gap on plain uvicorn,
+so it fails (and this module can go) once uvicorn closes such connections itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+from typing import Any
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+_BODY = json.dumps(
+    {
+        "error": {
+            "type": "request_timeout",
+            "message": "The request headers did not arrive in time.",
+            "hint": "Send the whole request at once (the server closes slow connections).",
+            "details": None,
+        }
+    }
+).encode()
+REQUEST_TIMEOUT_408 = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+    + f"content-length: {len(_BODY)}\r\nconnection: close\r\n\r\n".encode()
+    + _BODY
+)
+
+
+class _HeaderDeadline:
+    """The timer both protocol subclasses share."""
+
+    header_timeout_s: float = 10.0
+    loop: asyncio.AbstractEventLoop
+    transport: Any
+    cycle: Any
+
+    def _arm(self) -> None:
+        if getattr(self, "_deadline", None) is None:  # never extend a deadline already running
+            self._deadline: asyncio.TimerHandle | None = self.loop.call_later(self.header_timeout_s, self._expire)
+
+    def _disarm(self) -> None:
+        deadline = getattr(self, "_deadline", None)
+        if deadline is not None:
+            deadline.cancel()
+            self._deadline = None
+
+    def _expire(self) -> None:
+        self._deadline = None
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            self._arm()  # our response is still in flight (pipelining paused reading): not the client's fault
+            return
+        if self._partial_request():
+            self.transport.write(REQUEST_TIMEOUT_408)
+        self.transport.close()
+
+    def _partial_request(self) -> bool:
+        raise NotImplementedError
+
+
+def protocol_class(http_impl: str, header_timeout_s: float) -> type[asyncio.Protocol]:
+    """The protocol class for uvicorn.Config(http=...): "auto" takes httptools when installed, as uvicorn does."""
+    use_httptools = http_impl == "httptools" or (http_impl == "auto" and importlib.util.find_spec("httptools"))
+    base = _httptools_class() if use_httptools else HeaderTimeoutH11Protocol
+    return type(base.__name__, (base,), {"header_timeout_s": header_timeout_s})
+
+
+class HeaderTimeoutH11Protocol(_HeaderDeadline, H11Protocol):
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self._arm()
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        theirs, ours = self.conn.their_state, self.conn.our_state
+        if (theirs is h11.IDLE and self.conn.trailing_data[0]) or (theirs is h11.SEND_BODY and ours is h11.DONE):
+            self._arm()  # a request began, or an unread body is being drained after our response
+        elif theirs is not h11.IDLE:  # the current request's headers are in
+            self._disarm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _partial_request(self) -> bool:
+        return self.conn.their_state is h11.IDLE and bool(self.conn.trailing_data[0])
+
+
+def _httptools_class() -> type[asyncio.Protocol]:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class HeaderTimeoutHttpToolsProtocol(_HeaderDeadline, HttpToolsProtocol):
+        _began = False  # bytes of the current request arrived
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._began = True
+            self._arm()
+
+        def on_headers_complete(self) -> None:
+            self._disarm()
+            self._began = False
+            super().on_headers_complete()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            # The app answered before reading the whole body: uvicorn discards the rest, but every byte cancels its
+            # keep-alive timer, so bound the drain and the next request's headers.
+            if not self.transport.is_closing() and self.cycle is not None and self.cycle.more_body:
+                self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _partial_request(self) -> bool:
+            return self._began
+
+    return HeaderTimeoutHttpToolsProtocol

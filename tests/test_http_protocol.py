@@ -1,0 +1,74 @@
+"""The request-header deadline (service/http_protocol.py) against plain uvicorn, on real sockets."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+import uvicorn
+
+from service.http_protocol import protocol_class
+
+
+async def _app(scope, receive, send) -> None:
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+class _Server:
+    def __init__(self, http) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        config = uvicorn.Config(_app, port=self.port, log_config=None, http=http, timeout_keep_alive=1)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> _Server:
+        self.thread.start()
+        while not self.server.started:
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(5)
+
+    def read_after(self, data: bytes, wait_s: float) -> bytes | None:
+        """What the server sent within wait_s after `data`; None if the connection is still open and silent."""
+        with socket.create_connection(("127.0.0.1", self.port)) as conn:
+            conn.sendall(data)
+            conn.settimeout(wait_s)
+            try:
+                out = b""
+                while chunk := conn.recv(4096):
+                    out += chunk
+                return out  # closed by the server
+            except TimeoutError:
+                return None
+
+
+PARTIAL = b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: appl"
+
+
+@pytest.mark.parametrize("impl", ["httptools", "h11"])
+def test_plain_uvicorn_keeps_half_sent_headers_open_for_ever(impl):
+    """The gap the module works around: if this fails, uvicorn closes such connections itself; drop the module."""
+    with _Server(impl) as server:
+        assert server.read_after(PARTIAL, wait_s=2.0) is None  # past its 1 s keep-alive timeout, still open
+
+
+@pytest.mark.parametrize("impl", ["httptools", "h11"])
+def test_header_deadline_closes_slow_and_silent_connections_but_serves_normal_ones(impl):
+    with _Server(protocol_class(impl, header_timeout_s=0.5)) as server:
+        started = time.monotonic()
+        partial = server.read_after(PARTIAL, wait_s=3.0)
+        assert partial is not None and partial.startswith(b"HTTP/1.1 408") and b'"hint"' in partial
+        assert time.monotonic() - started < 2.0
+        assert server.read_after(b"", wait_s=3.0) == b""  # sent nothing: closed without a word
+        normal = server.read_after(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", wait_s=3.0)
+        assert normal is not None and normal.startswith(b"HTTP/1.1 200") and normal.endswith(b"ok")

@@ -69,21 +69,24 @@ class DrainingServer(uvicorn.Server):
         timer.start()
 
 
-def main() -> None:
-    settings = Settings()
-    configure_logging(settings.log_json)
-    app = create_app(settings, freeze_gc=True)
+def uvicorn_config(settings: Settings, app: object) -> uvicorn.Config:
     # No limit_concurrency: uvicorn counts idle connections and answers every route (health included) with a
     # plain-text 503 past it. The API's own cap (ERNIE_CLS_MAX_CONCURRENT_REQUESTS) exempts the health routes.
-    config = uvicorn.Config(
-        app,
+    return uvicorn.Config(
+        app,  # type: ignore[arg-type]
         host=settings.host,
         port=settings.port,
         log_config=None,
         timeout_graceful_shutdown=settings.drain_timeout_s,  # type: ignore[arg-type]  # a float works (wait_for)
         http=protocol_class(settings.http_impl, settings.header_timeout_s),
     )
-    DrainingServer(config, app.state.engine).run()
+
+
+def main() -> None:
+    settings = Settings()
+    configure_logging(settings.log_json)
+    app = create_app(settings, freeze_gc=True)
+    DrainingServer(uvicorn_config(settings, app), app.state.engine).run()
 
 
 if __name__ == "__main__":

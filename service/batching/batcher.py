@@ -89,7 +89,10 @@ class InferenceError(ErnieClsError):
     http_status = 500
 
     def __init__(self) -> None:
-        super().__init__("Inference failed for this batch.", "Retry; if it persists, check the service logs.")
+        super().__init__(
+            "Inference failed for this batch.",
+            "Retry; if it persists, report this reply's X-Request-ID (it is logged).",
+        )
 
 
 @dataclass(eq=False)

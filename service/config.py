@@ -46,6 +46,13 @@ class Settings(BaseSettings):
     )
     max_wait_ms: float = Field(2.0, ge=0, description="How long a batch waits for more texts before it runs.")
     queue_capacity: int = Field(2048, ge=1, description="Most texts waiting; beyond this requests get 429.")
+    max_queue_ms: float = Field(
+        500.0,
+        ge=0,
+        description="Most model time queued ahead of a new request (texts waiting x recent model time per text); "
+        "beyond it requests get 429 at once, so that under a flood an admitted request still answers within about "
+        "this long (0: count texts only).",
+    )
     inference_timeout_s: float = Field(
         30.0, gt=0, description="A model call running longer fails its batch with 504 (the instance is then busy)."
     )

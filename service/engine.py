@@ -177,6 +177,7 @@ class Engine:
             max_padding_ratio=s.max_padding_ratio,
             policy=s.batch_policy,
             inference_timeout_s=s.inference_timeout_s,
+            max_queue_s=s.max_queue_ms / 1000,
         )
         self.batcher.start()
         self._probe = asyncio.get_running_loop().create_task(self._probe_while_faulty(), name="fault-probe")

@@ -6,8 +6,7 @@ cap, and the response headers every reply carries.
       -> API key (/v1/*: one Bearer header, compared as raw bytes in constant time)
       -> content type (415) -> Content-Length (400 if not a number, 413 over the limit)
       -> body stream: past the limit -> PayloadTooLargeError; not complete within body_timeout_s -> 408
-      -> the app; every reply gets X-Request-ID, X-Process-Time-Ms, and `Connection: close` while draining or when
-         the body was not read to its end (the connection cannot be reused)
+      -> the app; every reply gets X-Request-ID, X-Process-Time-Ms, and `Connection: close` while draining
 
 Pure ASGI, not BaseHTTPMiddleware: it must see the body stream to stop a chunked upload that grows past the limit
 without buffering it, and it must not break request-disconnect detection. Errors past the body limit or the body
@@ -123,7 +122,10 @@ class GuardMiddleware:
                     (b"x-request-id", request_id.encode("latin-1")),
                     (b"x-process-time-ms", f"{(time.perf_counter() - started) * 1000:.2f}".encode()),
                 ]
-                if self.draining() or body.unread:  # the client must open a new connection for its next request
+                # Draining: the client must open its next request's connection elsewhere. A body left unread is not
+                # a reason to close: uvicorn discards the rest (bounded by service/http_protocol.py's deadline),
+                # whereas closing a socket with unread data sends a reset that destroys this reply (the 413).
+                if self.draining():
                     extra.append((b"connection", b"close"))
                 message["headers"] = list(message.get("headers", [])) + extra
             await send(message)
@@ -175,10 +177,6 @@ class _BodyReader:
         self.complete = not expected
         self.failed: ErnieClsError | None = None
         self.deadline: float | None = None
-
-    @property
-    def unread(self) -> bool:
-        return not self.complete
 
     async def receive(self) -> Message:
         if self.failed is not None:  # every later call fails the same way: nothing can wait on a cut body

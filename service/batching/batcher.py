@@ -208,6 +208,7 @@ class Batcher:
         max_padding_ratio: float = 1.05,
         policy: str = "length",
         inference_timeout_s: float = 30.0,
+        max_queue_s: float = 0.0,
     ) -> None:
         if max_batch_size < 1 or max_batch_tokens < 1 or queue_capacity < 1:
             raise ValueError("max_batch_size, max_batch_tokens and queue_capacity must be >= 1")
@@ -215,6 +216,8 @@ class Batcher:
             raise ValueError("max_padding_ratio must be >= 1 and policy 'length' or 'fifo'")
         self.max_padding_ratio = max_padding_ratio
         self.inference_timeout_s = inference_timeout_s
+        self.max_queue_s = max_queue_s  # 0: no time bound, the text count alone
+        self._avg_text_s = 0.002  # model time per text, moving average over recent batches
         self.policy = policy
         # One infer function per worker thread (a model instance each); a batch runs on whichever worker is free.
         infers = list(infer) if isinstance(infer, Sequence) else [infer]
@@ -326,9 +329,14 @@ class Batcher:
         if self.all_stuck:
             self.stats.rejected_texts += n
             raise ModelStuckError(self.inference_timeout_s)
-        if self.queued_texts + reserved + n > self.queue_capacity:
+        ahead = self.queued_texts + reserved + n
+        if ahead > self.queue_capacity or (self.max_queue_s and self.expected_wait_s(ahead) > self.max_queue_s):
             self.stats.rejected_texts += n
             raise QueueFullError(self.retry_after_s())
+
+    def expected_wait_s(self, texts: int) -> float:
+        """How long `texts` queued texts take to run, from the recent model time per text."""
+        return texts * self._avg_text_s / self.workers
 
     @property
     def stuck_workers(self) -> int:
@@ -483,6 +491,7 @@ class Batcher:
         self.consecutive_faults = 0
         width, started, elapsed = report.width, report.started, report.elapsed
         self._avg_batch_s = 0.8 * self._avg_batch_s + 0.2 * elapsed
+        self._avg_text_s = 0.9 * self._avg_text_s + 0.1 * elapsed / len(texts)
         real = sum(len(t.ids) for t in texts)
         self.stats.batches += 1
         self.stats.texts += len(texts)

@@ -19,6 +19,7 @@ import pytest
 import uvicorn
 
 from service.config import Settings
+from service.http_protocol import protocol_class
 from service.main import create_app
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,7 +68,8 @@ class LiveService:
         self.engine = self.app.state.engine
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_config=None, http="httptools")
+        http = protocol_class("httptools", self.settings.header_timeout_s)  # as `python -m service` serves
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_config=None, http=http)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.gates: list[Gate] = []

@@ -297,12 +297,15 @@ PADDLE_COMMANDS = {"train", "qat", "evaluate", "predict", "export", "bench", "ve
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from ernie_cls.artifact import sha256_file
     from training.export import ExportConfig, export
 
     fields = ExportConfig.__dataclass_fields__
     manifest = export(ExportConfig(**{k: v for k, v in vars(args).items() if k in fields}))
     summary = {
         "artifact": args.output,
+        # the value to pin in deployment (ERNIE_CLS_ARTIFACT_SHA256): any other manifest is then refused
+        "manifest_sha256": sha256_file(Path(args.output) / "manifest.json"),
         "formats": sorted(manifest["formats"]),
         "metrics": manifest["metrics"],
         "checks": {k: v["passed"] for k, v in manifest["checks"].items()},
@@ -395,6 +398,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     print(
         f"{'PASSED' if report['passed'] else 'FAILED'} in {report['seconds']} s; report: {report['output']}/VERIFY.md"
     )
+    if report.get("manifest_sha256"):
+        print(f"pin it: ERNIE_CLS_ARTIFACT_SHA256={report['manifest_sha256']}")
     return 0 if report["passed"] else 1
 
 

@@ -36,7 +36,7 @@ from ernie_cls.calibration import softmax_row
 from ernie_cls.errors import UserInputError
 from ernie_cls.tokenization import ErnieTokenizerFast, normalize_text
 from service.backends import Backend, load_backend
-from service.batching import Batcher
+from service.batching import Batcher, DeadlineExceededError
 from service.config import Settings
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 WARMUP_SHAPES = [(1, 16), (1, 64), (8, 32), (32, 32), (32, 128)]
 UNHEALTHY_AFTER_FAILED_BATCHES = 3
 OFF_LOOP_CHARS = 256  # a request with more characters is prepared on the prepare thread (see the docstring)
+PREPARE_CHUNK = 8  # texts per job on the prepare thread (64 texts of 2 000 U+FDFA: ~75 ms a chunk)
+LIVENESS_AFTER_STUCK_TIMEOUTS = 4  # /healthz fails once every instance has been stuck this many inference timeouts
 
 
 @dataclass
@@ -125,7 +127,7 @@ class Engine:
         self.draining = False
         self.draining_since: float | None = None
         self._preparing = 0  # texts admitted and being prepared on the prepare thread, not yet in the batcher
-        self._prepare_pool = ThreadPoolExecutor(1, thread_name_prefix="prepare")
+        self._prepare_pool: ThreadPoolExecutor | None = None  # made by start(), shut down by stop()
         self._probe: asyncio.Task | None = None
         self.on_batch: Callable[[int, int, int, float], None] | None = None
 
@@ -180,6 +182,7 @@ class Engine:
             max_queue_s=s.max_queue_ms / 1000,
         )
         self.batcher.start()
+        self._prepare_pool = ThreadPoolExecutor(1, thread_name_prefix="prepare")
         self._probe = asyncio.get_running_loop().create_task(self._probe_while_faulty(), name="fault-probe")
         self.ready, self.not_ready_reason = True, ""
 
@@ -188,7 +191,9 @@ class Engine:
             self._probe.cancel()
         if self.batcher is not None:
             await self.batcher.stop()
-        self._prepare_pool.shutdown(wait=False, cancel_futures=True)
+        if self._prepare_pool is not None:
+            self._prepare_pool.shutdown(wait=False, cancel_futures=True)
+            self._prepare_pool = None
 
     def start_draining(self) -> None:
         if not self.draining:
@@ -212,6 +217,15 @@ class Engine:
         return b is not None and (b.consecutive_faults >= UNHEALTHY_AFTER_FAILED_BATCHES or b.all_stuck)
 
     @property
+    def alive(self) -> bool:
+        """Liveness: false once the model failed to load, or every instance has been stuck far past the inference
+        timeout (a hung runtime does not come back by itself: a restart does)."""
+        if self.load_failed:
+            return False
+        limit = (LIVENESS_AFTER_STUCK_TIMEOUTS - 1) * self.settings.inference_timeout_s
+        return self.batcher is None or self.batcher.all_stuck_for_s() <= limit
+
+    @property
     def can_serve(self) -> bool:
         """Loaded. Requests still run while `faulty` (so a recovered backend is noticed) and while draining (a
         request that reached us was accepted: it is answered; readiness tells balancers to stop sending)."""
@@ -232,13 +246,14 @@ class Engine:
                     await self.batcher.submit([probe], time.monotonic() + self.settings.inference_timeout_s + 1)
 
     # ------------------------------------------------------------------ requests
-    def prepare(self, texts: list[str], truncate: bool) -> tuple[list[str], list[bool]]:
-        """Guards on raw texts -> (normalised texts, cut flags). Raises UserInputError naming the index.
+    def prepare(self, texts: list[str], truncate: bool, first: int = 0) -> tuple[list[str], list[bool]]:
+        """Guards on raw texts -> (normalised texts, cut flags). Raises UserInputError naming the index (texts[0]
+        is the request's text number `first`).
 
         The cap holds before normalisation (it bounds the work) and after it (NFKC can expand a text 18x)."""
         cap = self.settings.max_chars_per_text
         normalized, cut = [], []
-        for i, text in enumerate(texts):
+        for i, text in enumerate(texts, first):
             was_cut = len(text) > cap
             if was_cut and not truncate:
                 raise UserInputError(
@@ -273,18 +288,20 @@ class Engine:
     ) -> list[Result]:
         assert self.tokenizer is not None and self.batcher is not None
         tokenizer = self.tokenizer
-        self.batcher.admit(len(texts), reserved=self._preparing)  # before any work: a full queue costs nothing
-        if sum(map(len, texts)) <= OFF_LOOP_CHARS:
+        if sum(map(len, texts)) <= OFF_LOOP_CHARS:  # cheap: cached answers are served even when the queue is full
             normalized, cut = self.prepare(texts, truncate)
             hits = self._lookup(normalized)
+            if hits.misses:
+                self.batcher.admit(len(hits.misses), reserved=self._preparing)
             encoded = tokenizer.encode_with_overflow([normalized[i] for i in hits.misses], normalized=True)
-        else:  # prepared on the prepare thread; admitted texts count against the queue meanwhile
+        else:  # admitted before any work, then prepared on the prepare thread in chunks, within the deadline
+            self.batcher.admit(len(texts), reserved=self._preparing)
             self._preparing += len(texts)
             try:
-                normalized, cut = await self._off_loop(self.prepare, texts, truncate)
+                normalized, cut = await self._prepare_off_loop(texts, truncate, deadline)
                 hits = self._lookup(normalized)
-                to_encode = [normalized[i] for i in hits.misses]
-                encoded = await self._off_loop(partial(tokenizer.encode_with_overflow, normalized=True), to_encode)
+                encode = partial(tokenizer.encode_with_overflow, normalized=True)
+                encoded = await self._in_chunks(encode, [normalized[i] for i in hits.misses], deadline)
             finally:
                 self._preparing -= len(texts)
         found, misses = hits.found, hits.misses
@@ -300,8 +317,36 @@ class Engine:
             results.append(self._result(row, cut[i] or overflowed, top_k))
         return results
 
-    async def _off_loop(self, fn: Callable, *args: object) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._prepare_pool, fn, *args)
+    async def _prepare_off_loop(
+        self, texts: list[str], truncate: bool, deadline: float
+    ) -> tuple[list[str], list[bool]]:
+        normalized: list[str] = []
+        cut: list[bool] = []
+        for first in range(0, len(texts), PREPARE_CHUNK):
+            chunk = texts[first : first + PREPARE_CHUNK]
+            norm, was_cut = await self._off_loop(deadline, self.prepare, chunk, truncate, first)
+            normalized += norm
+            cut += was_cut
+        return normalized, cut
+
+    async def _in_chunks(self, fn: Callable[[list[str]], list[Any]], items: list[str], deadline: float) -> list[Any]:
+        out: list[Any] = []
+        for first in range(0, len(items), PREPARE_CHUNK):
+            out += await self._off_loop(deadline, fn, items[first : first + PREPARE_CHUNK])
+        return out
+
+    async def _off_loop(self, deadline: float, fn: Callable, *args: object) -> Any:
+        """fn(*args) on the prepare thread. One chunk at a time, so a small request's chunk queues behind at most
+        one chunk of a large one; past the deadline nothing more is started and the caller gets 504."""
+        loop = asyncio.get_running_loop()
+        left = deadline - time.monotonic()
+        try:
+            if left <= 0:
+                raise TimeoutError
+            async with asyncio.timeout_at(loop.time() + left):
+                return await loop.run_in_executor(self._prepare_pool, fn, *args)
+        except TimeoutError:
+            raise DeadlineExceededError() from None
 
     def _lookup(self, normalized: list[str]) -> _Lookup:
         found: list[Cached | None] = [self.cache.get(self._key(t)) for t in normalized]

@@ -126,7 +126,11 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, f
 
     async def load() -> None:
         await asyncio.to_thread(engine.load)
-        engine.start()
+        try:
+            engine.start()
+        except Exception as err:  # not "loading" for ever: failed, and /healthz says so
+            engine.load_failed, engine.not_ready_reason = True, f"the model failed to start ({type(err).__name__})"
+            log.exception("model loaded but the batcher did not start")
         if freeze_gc:
             gc.freeze()
 
@@ -174,9 +178,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, f
         in_flight=InFlight(settings.max_concurrent_requests),
         draining=lambda: engine.draining,
     )
-    app.add_middleware(GuardMiddleware, on_response=count_response, **guard_settings)
     if settings.docs_require_auth and keys:
         app.add_middleware(DocsAuthMiddleware, keys=keys)
+    app.add_middleware(GuardMiddleware, on_response=count_response, **guard_settings)  # outermost: ids on every reply
 
     # ---------------------------------------------------------------- error mapping
     @app.exception_handler(ErnieClsError)
@@ -259,11 +263,12 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, f
 
     @app.api_route("/healthz", methods=["GET", "HEAD"], tags=["operations"], responses={503: {"model": ErrorResponse}})
     async def healthz() -> Response:
-        """Liveness: 200 while the process can serve or is loading; 503 once the model failed to load, so an
-        orchestrator restarts it (a transient failure, e.g. a volume not mounted yet, then heals)."""
-        if engine.load_failed:
+        """Liveness: 200 while the process can serve or is loading; 503 once the model failed to load or every
+        instance has been stuck for 4 inference timeouts, so an orchestrator restarts it (a transient failure, e.g.
+        a volume not mounted yet, or a hung runtime, then heals)."""
+        if not engine.alive:
             reason = not_ready_reason(engine)
-            return _error(503, "load_failed", f"Not alive: {reason}.", "Fix the artifact or settings, then restart.")
+            return _error(503, "not_alive", f"Not alive: {reason}.", "Fix the artifact or settings, then restart.")
         return JSONResponse({"status": "alive"})
 
     @app.api_route("/readyz", methods=["GET", "HEAD"], tags=["operations"], responses={503: {"model": ErrorResponse}})

@@ -19,7 +19,7 @@ import httpx
 import numpy as np
 import pytest
 
-from ernie_cls.artifact import ArtifactError, verify_artifact
+from ernie_cls.artifact import ArtifactError, sha256_file, verify_artifact
 from ernie_cls.machine import usable_cores
 from service.api.guards import GuardMiddleware
 from service.batching import Batcher
@@ -53,7 +53,7 @@ def test_valid_json_prefix_then_an_over_limit_body_gets_413_and_the_loop_stays_f
         prefix = b'{"text": "hi"}'
         if chunked:
             status = chunked_request(svc.port, [prefix] + [b" " * 16_384] * 8)
-        else:  # a Content-Length that lies low cannot be sent: the declared-length check is the non-chunked form
+        else:  # the non-chunked form is refused on its declared length (a regression check: main did this too)
             body = prefix + b" " * 70_000
             status = f"HTTP/1.1 {httpx.post(f'{svc.base}/v1/classify', content=body, headers={'content-type': 'application/json'}, timeout=5).status_code}".encode()  # noqa: E501
         assert b" 413" in status
@@ -182,7 +182,9 @@ def test_a_large_request_does_not_hold_the_event_loop():
 
 
 # ------------------------------------------------------------------------------------- 4. 500s from client input
-@pytest.mark.parametrize("value", ["²", "0", "600001", "9" * 5000, "1e3", "-5", "５"])
+# b"\xb2" is "²" read as latin-1, as servers read header bytes: str.isdigit() accepts it and int() does not (a 500 on
+# main, as did 5 000 digits); the rest guard the range and the form.
+@pytest.mark.parametrize("value", [b"\xb2", b"\xb3\xb9", b"9" * 5000, b"0", b"600001", b"1e3", b"-5", "５".encode()])
 def test_bad_timeout_headers_get_422_on_both_paths(int8_artifact, value):
     from fastapi import FastAPI
 
@@ -193,9 +195,7 @@ def test_bad_timeout_headers_get_422_on_both_paths(int8_artifact, value):
         for target in (app, lambda s, r, se: FastAPI.__call__(app, s, r, se)):
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=target), base_url="http://t") as client:
                 out.append(
-                    await client.post(
-                        "/v1/classify", json={"text": "好"}, headers={"x-request-timeout-ms": value.encode()}
-                    )
+                    await client.post("/v1/classify", json={"text": "好"}, headers={"x-request-timeout-ms": value})
                 )
         return out
 
@@ -223,7 +223,7 @@ def test_integers_past_the_parsers_digit_limit_get_422_saying_so_on_both_paths(i
         assert reply.status_code == 422 and "number too long" in reply.json()["error"]["message"], reply.text
 
 
-@pytest.mark.parametrize("declared", ["²", "9" * 5000, "-1", "1e3", "１２"])
+@pytest.mark.parametrize("declared", [b"\xb2", b"9" * 5000, b"-1", b"1e3", "１２".encode()])
 def test_content_length_that_is_not_a_number_gets_400_not_500(declared):
     async def app(scope, receive, send):
         raise AssertionError("the app must not run")
@@ -241,7 +241,7 @@ def test_content_length_that_is_not_a_number_gets_400_not_500(declared):
         "type": "http",
         "method": "POST",
         "path": "/v1/classify",
-        "headers": [(b"content-type", b"application/json"), (b"content-length", declared.encode())],
+        "headers": [(b"content-type", b"application/json"), (b"content-length", declared)],
     }
     asyncio.run(guard(scope, receive, send))
     assert sent[0]["status"] == 400 and b"Content-Length" in sent[1]["body"]
@@ -289,6 +289,7 @@ def _swap_labels(root: Path) -> None:
 def test_a_pinned_manifest_refuses_swapped_labels(tmp_path):
     copy = _copy(tmp_path)
     pin = verify_artifact(copy).manifest_sha256
+    assert pin == sha256_file(copy / "manifest.json")  # what `export` and `verify` print is the pin the service takes
     _swap_labels(copy)
     assert verify_artifact(copy).labels == ["positive", "negative"]  # unpinned, an edited label map is self-consistent
     with pytest.raises(ArtifactError, match="pinned"):
@@ -434,3 +435,106 @@ def test_the_socket_answers_while_the_model_loads(int8_artifact):
     (ready_early, health_early), ready_later = asyncio.run(main())
     assert ready_early.status_code == 503 and "loading" in ready_early.json()["error"]["message"]
     assert health_early.status_code == 200 and ready_later.status_code == 200
+
+
+# ------------------------------------------------------------------------------------- found by the review of this work
+def test_stop_returns_while_an_instance_is_stuck_and_fails_what_waits():
+    """A hung call and a batch queued behind it kept Batcher.stop() (and so SIGTERM) waiting for ever."""
+    import threading
+
+    release = threading.Event()
+
+    def hang(ids: np.ndarray, _types: np.ndarray) -> np.ndarray:
+        release.wait(30)
+        return np.zeros((ids.shape[0], 2), dtype=np.float32)
+
+    async def main() -> tuple[float, list]:
+        batcher = Batcher(hang, pad_id=0, max_batch_size=1, max_wait_s=0.0, inference_timeout_s=0.3)
+        batcher.start()
+        far = time.monotonic() + 30
+        waiting = [asyncio.ensure_future(batcher.submit([[i]], far)) for i in range(3)]
+        await asyncio.sleep(0.6)
+        started = time.monotonic()
+        await batcher.stop(timeout_s=0.5)
+        took = time.monotonic() - started
+        results = await asyncio.gather(*waiting, return_exceptions=True)
+        release.set()
+        return took, results
+
+    took, results = asyncio.run(main())
+    assert took < 2.0 and all(isinstance(r, Exception) for r in results)
+
+
+def test_a_large_request_past_its_deadline_stops_preparing_and_small_ones_are_not_stuck_behind_it():
+    with LiveService(cache_size=0) as svc:
+        heavy = {"texts": ["\ufdfa" * 2000] * 64, "truncate": True}
+
+        async def main() -> tuple[list, float, int]:
+            async with httpx.AsyncClient(base_url=svc.base, timeout=30) as client:
+                late = [
+                    asyncio.ensure_future(
+                        client.post("/v1/classify", json=heavy, headers={"x-request-timeout-ms": "300"})
+                    )
+                    for _ in range(4)
+                ]
+                await asyncio.sleep(0.1)
+                started = time.monotonic()
+                small = await client.post("/v1/classify", json={"text": "送餐很快" * 80})  # 320 characters
+                small_s = time.monotonic() - started
+                return [r.status_code for r in await asyncio.gather(*late)], small_s, small.status_code
+
+        late, small_s, small_status = asyncio.run(main())
+    # each is refused (429: the queue-time bound) or stopped at its deadline (504); none runs on after it
+    assert set(late) <= {504, 429} and 504 in late and small_status == 200
+    assert small_s < 1.5, f"a 320-character request waited {small_s:.2f} s behind expired large ones"
+
+
+def test_cached_answers_are_served_when_the_queue_is_full():
+    with LiveService(workers=1, queue_capacity=2, max_batch_size=1, cache_size=100, max_wait_ms=1) as svc:
+        assert httpx.post(f"{svc.base}/v1/classify", json={"text": "已缓存"}, timeout=5).status_code == 200
+        svc.close_gates()
+
+        async def main() -> int:
+            async with httpx.AsyncClient(base_url=svc.base, timeout=10) as client:
+                held = [asyncio.ensure_future(client.post("/v1/classify", json={"text": f"占{i}"})) for i in range(3)]
+                while svc.engine.batcher.queued_texts < 2:
+                    await asyncio.sleep(0.01)
+                cached = await client.post("/v1/classify", json={"text": "已缓存"})
+                svc.open_gates()
+                await asyncio.gather(*held)
+                return cached.status_code
+
+        assert asyncio.run(main()) == 200
+
+
+def test_the_app_serves_again_after_its_lifespan_restarts(int8_artifact):
+    app = create_app(settings_for(int8_artifact))
+    body = {"texts": ["送餐很快，味道不错" * 4] * 8}  # 288 characters, over the on-loop size: the prepare thread
+
+    async def fn(client):
+        return await client.post("/v1/classify", json=body)
+
+    assert call(app, fn).status_code == 200
+    assert call(app, fn).status_code == 200  # main-after-review: the prepare pool was shut down for good
+
+
+def test_liveness_fails_once_every_instance_has_been_stuck_for_long():
+    with LiveService(workers=1, inference_timeout_s=0.25, cache_size=0) as svc:
+        svc.close_gates()
+        with httpx.Client(base_url=svc.base, timeout=5) as client:
+            client.post("/v1/classify", json={"text": "卡住"})
+            assert client.get("/healthz").status_code == 200  # stuck, not for long yet: not ready, still alive
+            time.sleep(1.0)  # 4 inference timeouts
+            dead = client.get("/healthz")
+            svc.open_gates()
+    assert dead.status_code == 503 and "stuck" in dead.json()["error"]["message"]
+
+
+def test_docs_401_carries_a_request_id(int8_artifact):
+    app = create_app(settings_for(int8_artifact, api_keys="k1", docs_require_auth=True))
+
+    async def fn(client):
+        return await client.get("/openapi.json")
+
+    reply = call(app, fn)
+    assert reply.status_code == 401 and reply.headers["x-request-id"]

@@ -517,7 +517,8 @@ def _markdown(report: dict) -> str:
         f"# Pre-launch verification: {report['artifact']}",
         "",
         f"**{'PASSED' if report['passed'] else 'FAILED'}** in {report['seconds']} s. "
-        f"Thresholds: `{json.dumps(report['thresholds'])}`.",
+        f"Thresholds: `{json.dumps(report['thresholds'])}`. Manifest sha256 (pin it with "
+        f"`ERNIE_CLS_ARTIFACT_SHA256`): `{report.get('manifest_sha256')}`.",
         "",
         "| check | result | problems |",
         "|---|---|---|",

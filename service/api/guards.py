@@ -1,12 +1,13 @@
 """ASGI middleware in front of every route: request id, API key, content type, body size and read time, in-flight
 cap, and the response headers every reply carries.
 
-    request -> id (X-Request-ID or generated) -> operations route (/healthz, /readyz, /metrics)? straight through
+    request -> id (X-Request-ID or generated) -> not an API route (/v1/*)? straight through (health, docs)
       -> in-flight cap (503 + Retry-After past ERNIE_CLS_MAX_CONCURRENT_REQUESTS)
-      -> API key (/v1/*: one Bearer header, compared as raw bytes in constant time)
+      -> API key (one Bearer header, compared as raw bytes in constant time)
       -> content type (415) -> Content-Length (400 if not a number, 413 over the limit)
       -> body stream: past the limit -> PayloadTooLargeError; not complete within body_timeout_s -> 408
-      -> the app; every reply gets X-Request-ID, X-Process-Time-Ms, and `Connection: close` while draining
+      -> the app; every reply gets X-Request-ID, X-Process-Time-Ms, and `Connection: close` while draining;
+         a reply the client does not read within body_timeout_s is abandoned (a slow reader cannot hold a slot)
 
 Pure ASGI, not BaseHTTPMiddleware: it must see the body stream to stop a chunked upload that grows past the limit
 without buffering it, and it must not break request-disconnect detection. Errors past the body limit or the body
@@ -17,8 +18,10 @@ valid JSON prefix must not go on to classify it, and a disconnect watcher must n
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import itertools
+import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -37,13 +40,15 @@ from service.errors import (
     error_parts,
 )
 
+log = logging.getLogger(__name__)
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-OPERATIONS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+API_PREFIX = "/v1/"
 MAX_CONTENT_LENGTH_DIGITS = 18  # int() of longer strings is slow and no body that long is accepted anyway
 
 
@@ -128,11 +133,15 @@ class GuardMiddleware:
                 if self.draining():
                     extra.append((b"connection", b"close"))
                 message["headers"] = list(message.get("headers", [])) + extra
-            await send(message)
+            try:  # uvicorn waits here while the client does not read (flow control)
+                async with asyncio.timeout(self.body_timeout_s):
+                    await send(message)
+            except TimeoutError:
+                raise _SlowReaderError from None
 
         path = scope["path"].removeprefix(scope.get("root_path", "")) or "/"
-        if path in OPERATIONS_PATHS:  # health stays answerable whatever the API's load
-            await self.app(scope, receive, send_with_headers)
+        if not path.startswith(API_PREFIX):  # health and docs: never counted, so they answer whatever the load
+            await self._call_app(scope, receive, send_with_headers)
             return
         in_flight = self.in_flight
         if in_flight.limit and in_flight.count >= in_flight.limit:
@@ -140,18 +149,25 @@ class GuardMiddleware:
             return
         in_flight.count += 1
         try:
-            self._admit(scope, path, headers)
-            await self.app(scope, body.receive, send_with_headers)
+            self._admit(scope, headers)
+            await self._call_app(scope, body.receive, send_with_headers)
         except ErnieClsError as err:  # refused here, or raised by body.receive and not mapped by the app
             if replied:
                 raise
-            await respond_error(send_with_headers, err)
+            with contextlib.suppress(_SlowReaderError):
+                await respond_error(send_with_headers, err)
         finally:
             in_flight.count -= 1
 
-    def _admit(self, scope: Scope, path: str, headers: dict[str, str]) -> None:
+    async def _call_app(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.app(scope, receive, send)
+        except _SlowReaderError:  # uvicorn closes the connection of a response that did not complete
+            log.info("%s %s: the client did not read its reply; abandoned", scope["method"], scope["path"])
+
+    def _admit(self, scope: Scope, headers: dict[str, str]) -> None:
         """The checks that need no body: API key, content type, declared length. Raises ErnieClsError."""
-        if self.keys and path.startswith("/v1/"):
+        if self.keys:
             check_key(scope.get("headers", []), self.keys)
         if scope["method"] in ("POST", "PUT", "PATCH") and not _is_json(headers.get("content-type", "")):
             raise UnsupportedMediaTypeError()
@@ -162,6 +178,10 @@ class GuardMiddleware:
                 raise BadRequestError("Content-Length is not a number.", "Send the body's length in bytes.")
             if length > self.max_body_bytes:
                 raise PayloadTooLargeError(self.max_body_bytes)
+
+
+class _SlowReaderError(Exception):
+    """A reply could not be written within the deadline: the client is not reading."""
 
 
 def expects_body(headers: dict[str, str]) -> bool:

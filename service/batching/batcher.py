@@ -250,14 +250,24 @@ class Batcher:
                 thread.start()
             self._task = asyncio.get_running_loop().create_task(self._loop(), name="batcher")
 
-    async def stop(self) -> None:
+    async def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop forming batches; let batches in flight finish for up to timeout_s (a model call cannot be
+        interrupted), then fail whatever is left: a stuck instance must not keep the process from exiting."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if self._running:  # a model call cannot be interrupted: let the batches in flight finish
-            await asyncio.gather(*self._running, return_exceptions=True)
+        if self._running:
+            _, late = await asyncio.wait(self._running, timeout=timeout_s)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late)
+        with self._claim_lock:  # a worker that comes back later skips what nobody waits for any more
+            for job in self._in_flight:
+                for t in job.texts:
+                    t.withdrawn = t.withdrawn or not t.started
         for _ in self._threads:
             self._jobs.put(None)
         for text in self._pending:
@@ -268,7 +278,8 @@ class Batcher:
     @property
     def queued_texts(self) -> int:
         """Texts waiting: not yet in a batch, or in a formed batch no worker has started."""
-        return len(self._pending) + sum(len(job.texts) for job in self._in_flight if not job.claimed)
+        waiting = sum(1 for job in self._in_flight if not job.claimed for t in job.texts if not t.withdrawn)
+        return len(self._pending) + waiting
 
     @property
     def in_flight_texts(self) -> int:
@@ -347,6 +358,14 @@ class Batcher:
     @property
     def all_stuck(self) -> bool:
         return bool(self._in_flight) and self.stuck_workers >= self.workers
+
+    def all_stuck_for_s(self) -> float:
+        """How long every instance has been stuck (0 if one is not): the youngest stuck call's time past the
+        inference timeout."""
+        if not self.all_stuck:
+            return 0.0
+        youngest = max(j.started_at for j in self._in_flight if j.started_at is not None)
+        return time.monotonic() - youngest - self.inference_timeout_s
 
     def _withdraw(self, texts: list[_Text]) -> int:
         """Take these texts back if no worker has started them (queued, or in a formed batch that has not started:
@@ -444,6 +463,8 @@ class Batcher:
                 wait = started + self.inference_timeout_s - time.monotonic()
                 if wait <= 0:
                     raise TimeoutError
+            elif all(t.withdrawn for t in job.texts):  # nobody waits for this batch: the worker will skip it
+                return _Report(None, [], 0, 0, time.monotonic(), 0.0)
             done, _ = await asyncio.wait({job.done}, timeout=0.1 if started is None else wait)
             if done:
                 report: _Report = job.done.result()
@@ -474,6 +495,9 @@ class Batcher:
             if texts and (not isinstance(outcome, np.ndarray) or outcome.shape[0] != len(texts)):
                 rows = getattr(outcome, "shape", ("?",))[0]
                 raise RuntimeError(f"backend returned {rows} rows for a batch of {len(texts)}")
+        except asyncio.CancelledError:  # stop() gave up on this batch
+            self._fail(batch, InferenceError())
+            raise
         except TimeoutError:
             self.consecutive_faults += 1
             log.error("inference of a batch of %d texts exceeded %.1f s", len(batch), self.inference_timeout_s)

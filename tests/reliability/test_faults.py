@@ -18,6 +18,7 @@ import httpx
 import psutil
 import pytest
 
+from ernie_cls.artifact import sha256_file
 from service.loadgen import Connection, prepare
 from tests.reliability.conftest import DEFAULT_ARTIFACT, ROOT, LiveService
 
@@ -108,7 +109,8 @@ def test_overload_burst_gets_exact_429s_and_every_admitted_text_its_answer(recor
 
 def test_deadlines_give_504_and_the_work_is_never_done(record):
     n = 10_000
-    with LiveService(cache_size=0, max_batch_size=8, max_wait_ms=1, queue_capacity=20_000) as svc:
+    # room for every request (texts and queue time), so that each one meets its deadline in the queue
+    with LiveService(cache_size=0, max_batch_size=8, max_wait_ms=1, queue_capacity=20_000, max_queue_ms=0) as svc:
         gate = svc.gates[0]
         baseline_tasks = _server_tasks(svc)
         rss_before = psutil.Process().memory_info().rss
@@ -262,9 +264,12 @@ def _tamper(root, case: str) -> None:
     elif case == "tokenizer modified":
         vocab = root / manifest["tokenizer"]["path"] / "vocab.txt"
         vocab.write_text(vocab.read_text(encoding="utf-8").replace("好", "坏", 1), encoding="utf-8")
-    elif case == "manifest modified":
-        manifest["labels"] = {"0": "positive", "1": "negative"}  # swapped labels: files intact, manifest lies
-        manifest["files"][next(iter(manifest["files"]))]["sha256"] = "0" * 64
+    elif case == "labels swapped in a pinned manifest":
+        # Only the labels: every file hash still matches, so only the pin (ERNIE_CLS_ARTIFACT_SHA256) can tell.
+        manifest["labels"] = {"0": "positive", "1": "negative"}
+        (root / "manifest.json").write_text(json.dumps(manifest))
+    elif case == "path leaves the artifact":
+        manifest["files"]["../outside"] = {"sha256": "0" * 64, "size": 1}
         (root / "manifest.json").write_text(json.dumps(manifest))
     elif case == "file missing":
         model.unlink()
@@ -273,7 +278,15 @@ def _tamper(root, case: str) -> None:
         (root / "manifest.json").write_text(json.dumps(manifest))
 
 
-INTEGRITY_CASES = ["model modified", "tokenizer modified", "manifest modified", "file missing", "newer schema"]
+INTEGRITY_CASES = [
+    "model modified",
+    "tokenizer modified",
+    "labels swapped in a pinned manifest",
+    "path leaves the artifact",
+    "file missing",
+    "newer schema",
+]
+PIN = sha256_file(DEFAULT_ARTIFACT / "manifest.json")  # every case is served with the bundled artifact's pin
 
 
 def test_tampered_or_incomplete_artifacts_are_never_served(tmp_path, caplog, record):
@@ -283,7 +296,7 @@ def test_tampered_or_incomplete_artifacts_are_never_served(tmp_path, caplog, rec
         shutil.copytree(DEFAULT_ARTIFACT, root)
         _tamper(root, case)
         caplog.clear()
-        with caplog.at_level(logging.ERROR), LiveServiceNotReady(artifact=str(root)) as svc:
+        with caplog.at_level(logging.ERROR), LiveServiceNotReady(artifact=str(root), artifact_sha256=PIN) as svc:
             ready = httpx.get(f"{svc.base}/readyz", timeout=5)
             classify = httpx.post(f"{svc.base}/v1/classify", json={"text": "好吃"}, timeout=5)
         logged = [r.getMessage() for r in caplog.records if "not-ready" in r.getMessage()]
@@ -302,7 +315,7 @@ class LiveServiceNotReady(LiveService):
         while time.monotonic() < deadline:
             try:
                 httpx.get(f"{self.base}/healthz", timeout=1)
-                if self.engine.not_ready_reason != "starting":
+                if self.engine.load_failed or self.engine.ready:  # loading has ended, one way or the other
                     return self
             except httpx.HTTPError:
                 pass

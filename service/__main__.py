@@ -92,7 +92,7 @@ def uvicorn_config(settings: Settings, app: object) -> uvicorn.Config:
         port=settings.port,
         log_config=None,
         timeout_graceful_shutdown=settings.drain_timeout_s,  # type: ignore[arg-type]  # a float works (wait_for)
-        http=protocol_class(settings.http_impl, settings.header_timeout_s),
+        http=protocol_class(settings.http_impl, settings.header_timeout_s, settings.write_timeout_s),
     )
 
 

@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     header_timeout_s: float = Field(
         10.0, gt=0, description="A connection that has not sent a request's headers this long is closed (slowloris)."
     )
+    write_timeout_s: float = Field(
+        30.0, gt=0, description="A connection whose client has not read what we sent for this long is aborted."
+    )
     max_concurrent_requests: int = Field(
         512,
         ge=1,

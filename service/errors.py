@@ -19,6 +19,7 @@ from service.batching.batcher import (
     InferenceTimeoutError,
     ModelStuckError,
     QueueFullError,
+    ShuttingDownError,
 )
 
 RETRY_AFTER_NOT_READY_S = 5
@@ -119,6 +120,7 @@ __all__ = [
     "OverloadedError",
     "PayloadTooLargeError",
     "QueueFullError",
+    "ShuttingDownError",
     "UnauthorizedError",
     "UnsupportedMediaTypeError",
     "UserInputError",

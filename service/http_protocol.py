@@ -1,11 +1,14 @@
-"""uvicorn's HTTP protocols with a request-header deadline (slowloris).
+"""uvicorn's HTTP protocols with a request-header deadline (slowloris) and a write deadline (slow readers).
 
-uvicorn 0.54 has no header timeout: its only timer, keep-alive, is armed after a response and cancelled by any byte
-received, so a connection that never sends a byte, sends half its headers, or trickles a body the app did not read
-stays open for ever (checked on both parsers). Each such socket is a file descriptor and a protocol object; a few
-thousand of them take the process down. These subclasses close a connection whose request headers are not complete
-`header_timeout_s` after it opened or after its request began: silently if it sent nothing, with a 408 otherwise.
-The slow *body* is bounded by service/api/guards.py (ERNIE_CLS_BODY_TIMEOUT_S).
+uvicorn 0.54 has neither. Its only timer, keep-alive, is armed after a response and cancelled by any byte received,
+so a connection that never sends a byte, sends half its headers, or trickles a body the app did not read stays open
+for ever (checked on both parsers). And a client that stops reading makes the reply's send() wait for ever, holding
+the request's task, its in-flight slot and the connection (uvicorn's shutdown then waits for it too). These
+subclasses close a connection whose request headers are not complete `header_timeout_s` after it opened or after its
+request began (silently if it sent nothing, with a 408 otherwise), and abort one whose writing has been paused by
+flow control for `write_timeout_s`. Both timers exist only while something is late: a request that arrives in one
+read and a reply the client reads cost no timer. The slow *body* is bounded by service/api/guards.py
+(ERNIE_CLS_BODY_TIMEOUT_S).
 
 Workaround for a missing uvicorn feature, isolated here; tests/test_http_protocol.py shows the gap on plain uvicorn,
 so it fails (and this module can go) once uvicorn closes such connections itself.
@@ -38,13 +41,44 @@ REQUEST_TIMEOUT_408 = (
 )
 
 
-class _HeaderDeadline:
-    """The timer both protocol subclasses share."""
+class _Deadlines:
+    """The timers both protocol subclasses share."""
 
     header_timeout_s: float = 10.0
+    write_timeout_s: float = 30.0
     loop: asyncio.AbstractEventLoop
     transport: Any
     cycle: Any
+    _write_deadline: asyncio.TimerHandle | None = None
+
+    def pause_writing(self) -> None:  # the client is not reading what we send
+        super().pause_writing()  # type: ignore[misc]
+        if self._write_deadline is None:
+            self._write_deadline = self.loop.call_later(self.write_timeout_s, self._abort_stalled)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()  # type: ignore[misc]
+        self._cancel_write_deadline()
+
+    def _cancel_write_deadline(self) -> None:
+        if self._write_deadline is not None:
+            self._write_deadline.cancel()
+            self._write_deadline = None
+
+    def _abort_stalled(self) -> None:
+        # abort, not close: close() waits for the send buffer to drain, which a client that does not read never lets.
+        # The reply's sender is told first that its client is gone, so it stops instead of writing to a dead socket.
+        self._write_deadline = None
+        if self.transport is None or self.transport.is_closing():
+            return
+        for cycle in self._unfinished_cycles():
+            cycle.disconnected = True
+            cycle.message_event.set()
+        super().resume_writing()  # type: ignore[misc]  # wakes the sender waiting for the client to read
+        self.transport.abort()
+
+    def _unfinished_cycles(self) -> list[Any]:
+        return [self.cycle] if self.cycle is not None and not self.cycle.response_complete else []
 
     def _arm(self) -> None:
         if getattr(self, "_deadline", None) is None:  # never extend a deadline already running
@@ -71,14 +105,14 @@ class _HeaderDeadline:
         raise NotImplementedError
 
 
-def protocol_class(http_impl: str, header_timeout_s: float) -> type[asyncio.Protocol]:
+def protocol_class(http_impl: str, header_timeout_s: float, write_timeout_s: float = 30.0) -> type[asyncio.Protocol]:
     """The protocol class for uvicorn.Config(http=...): "auto" takes httptools when installed, as uvicorn does."""
     use_httptools = http_impl == "httptools" or (http_impl == "auto" and importlib.util.find_spec("httptools"))
-    base = _httptools_class() if use_httptools else HeaderTimeoutH11Protocol
-    return type(base.__name__, (base,), {"header_timeout_s": header_timeout_s})
+    base = _httptools_class() if use_httptools else DeadlineH11Protocol
+    return type(base.__name__, (base,), {"header_timeout_s": header_timeout_s, "write_timeout_s": write_timeout_s})
 
 
-class HeaderTimeoutH11Protocol(_HeaderDeadline, H11Protocol):
+class DeadlineH11Protocol(_Deadlines, H11Protocol):
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
         self._arm()
@@ -93,6 +127,7 @@ class HeaderTimeoutH11Protocol(_HeaderDeadline, H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._cancel_write_deadline()
         super().connection_lost(exc)
 
     def _partial_request(self) -> bool:
@@ -102,22 +137,31 @@ class HeaderTimeoutH11Protocol(_HeaderDeadline, H11Protocol):
 def _httptools_class() -> type[asyncio.Protocol]:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    class HeaderTimeoutHttpToolsProtocol(_HeaderDeadline, HttpToolsProtocol):
-        _began = False  # bytes of the current request arrived
+    class DeadlineHttpToolsProtocol(_Deadlines, HttpToolsProtocol):
+        _began = False  # bytes of the current request arrived, its headers are not complete yet
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
             self._arm()
 
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self._began:  # a request's headers are still incomplete after this read: now they are late
+                self._arm()
+
         def on_message_begin(self) -> None:
             super().on_message_begin()
             self._began = True
-            self._arm()
 
         def on_headers_complete(self) -> None:
             self._disarm()
             self._began = False
             super().on_headers_complete()
+            # uvicorn's self.cycle is the newest request's; with pipelining the one replying is an earlier one
+            self._cycles = [c for c in getattr(self, "_cycles", ()) if not c.response_complete] + [self.cycle]
+
+        def _unfinished_cycles(self) -> list[Any]:
+            return [c for c in getattr(self, "_cycles", ()) if not c.response_complete]
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
@@ -128,9 +172,10 @@ def _httptools_class() -> type[asyncio.Protocol]:
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            self._cancel_write_deadline()
             super().connection_lost(exc)
 
         def _partial_request(self) -> bool:
             return self._began
 
-    return HeaderTimeoutHttpToolsProtocol
+    return DeadlineHttpToolsProtocol

@@ -144,7 +144,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, f
         if not loading.done():  # a thread cannot be stopped: let the load finish, then stop what it started
             await asyncio.wait({loading})
         await engine.wait_idle(engine.drain_time_left(settings.drain_timeout_s))
-        await engine.stop()
+        await engine.stop(max(0.5, engine.drain_time_left(settings.drain_timeout_s)))
 
     app = ServiceApp(
         title="ernie-cls",
@@ -304,7 +304,8 @@ class DocsAuthMiddleware:
         self.keys = keys
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"].startswith(DOCS_PATHS):
+        path = scope.get("path", "").removeprefix(scope.get("root_path", ""))
+        if scope["type"] == "http" and path.startswith(DOCS_PATHS):
             try:
                 check_key(scope.get("headers", []), self.keys)
             except UnauthorizedError:

@@ -11,9 +11,20 @@ import uvicorn
 
 from service.http_protocol import protocol_class
 
+BIG = 32 * 2**20
+FINISHED: list[float] = []  # when the app's send of the big reply returned
+
 
 async def _app(scope, receive, send) -> None:
     if scope["type"] != "http":
+        return
+    if scope["path"] == "/big":
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", str(BIG).encode())]})
+        chunk = b"x" * 65_536
+        for _ in range(BIG // len(chunk)):  # in chunks, as a file is streamed: each waits while writing is paused
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        FINISHED.append(time.monotonic())
         return
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
     await send({"type": "http.response.body", "body": b"ok"})
@@ -72,3 +83,30 @@ def test_header_deadline_closes_slow_and_silent_connections_but_serves_normal_on
         assert server.read_after(b"", wait_s=3.0) == b""  # sent nothing: closed without a word
         normal = server.read_after(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", wait_s=3.0)
         assert normal is not None and normal.startswith(b"HTTP/1.1 200") and normal.endswith(b"ok")
+
+
+def _stalled_reader(server: _Server, hold_s: float) -> list[float]:
+    """Ask for 32 MB and read none of it for hold_s; FINISHED as it was before this client hung up."""
+    with socket.socket() as conn:
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        conn.connect(("127.0.0.1", server.port))
+        conn.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(hold_s)
+        return list(FINISHED)
+
+
+def test_plain_uvicorn_waits_for_ever_on_a_client_that_does_not_read():
+    FINISHED.clear()
+    with _Server("httptools") as server:
+        assert _stalled_reader(server, hold_s=2.0) == []  # the app's send still waited when the client gave up
+
+
+@pytest.mark.parametrize("impl", ["httptools", "h11"])
+def test_write_deadline_aborts_a_client_that_does_not_read(impl):
+    FINISHED.clear()
+    with _Server(protocol_class(impl, header_timeout_s=5, write_timeout_s=0.5)) as server:
+        started = time.monotonic()
+        finished = _stalled_reader(server, hold_s=2.5)
+        assert finished and finished[0] - started < 2.0  # aborted: the app's send returned, its task could end
+        normal = server.read_after(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", wait_s=3.0)
+        assert normal is not None and normal.endswith(b"ok")

@@ -1,13 +1,13 @@
 """ASGI middleware in front of every route: request id, API key, content type, body size and read time, in-flight
 cap, and the response headers every reply carries.
 
-    request -> id (X-Request-ID or generated) -> not an API route (/v1/*)? straight through (health, docs)
+    request -> id (X-Request-ID or generated) -> /healthz, /readyz, /metrics? straight through
       -> in-flight cap (503 + Retry-After past ERNIE_CLS_MAX_CONCURRENT_REQUESTS)
-      -> API key (one Bearer header, compared as raw bytes in constant time)
+      -> API key on /v1/* (one Bearer header, compared as raw bytes in constant time)
       -> content type (415) -> Content-Length (400 if not a number, 413 over the limit)
       -> body stream: past the limit -> PayloadTooLargeError; not complete within body_timeout_s -> 408
-      -> the app; every reply gets X-Request-ID, X-Process-Time-Ms, and `Connection: close` while draining;
-         a reply the client does not read within body_timeout_s is abandoned (a slow reader cannot hold a slot)
+      -> the app; every reply gets X-Request-ID, X-Process-Time-Ms, and `Connection: close` while draining
+         (a client that does not read its reply: service/http_protocol.py aborts the connection)
 
 Pure ASGI, not BaseHTTPMiddleware: it must see the body stream to stop a chunked upload that grows past the limit
 without buffering it, and it must not break request-disconnect detection. Errors past the body limit or the body
@@ -18,10 +18,8 @@ valid JSON prefix must not go on to classify it, and a disconnect watcher must n
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import itertools
-import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -30,6 +28,7 @@ from typing import Any
 import pydantic_core
 
 from ernie_cls.errors import ErnieClsError
+from service.api.watchdog import Watchdog
 from service.errors import (
     BadRequestError,
     BodyTimeoutError,
@@ -40,8 +39,6 @@ from service.errors import (
     error_parts,
 )
 
-log = logging.getLogger(__name__)
-
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -49,6 +46,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 API_PREFIX = "/v1/"
+OPERATIONS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 MAX_CONTENT_LENGTH_DIGITS = 18  # int() of longer strings is slow and no body that long is accepted anyway
 
 
@@ -99,6 +97,7 @@ class GuardMiddleware:
         self.body_timeout_s = body_timeout_s
         self.in_flight = in_flight or InFlight(0)  # limit 0: no cap
         self.draining = draining
+        self.watchdog = Watchdog()
         # Generated ids: a random per-process prefix and a counter (unique, and cheaper than a uuid4 per request).
         prefix = uuid.uuid4().hex[:16]
         self._ids = (f"{prefix}{n:016x}" for n in itertools.count())
@@ -114,7 +113,7 @@ class GuardMiddleware:
         if not request_id or not (request_id.isascii() and request_id.isprintable()):
             request_id = next(self._ids)
         scope.setdefault("state", {})["request_id"] = request_id
-        body = _BodyReader(receive, self.max_body_bytes, self.body_timeout_s, expects_body(headers))
+        body = _BodyReader(receive, self.max_body_bytes, self.body_timeout_s, expects_body(headers), self.watchdog)
         replied = False
 
         async def send_with_headers(message: Message) -> None:
@@ -133,15 +132,11 @@ class GuardMiddleware:
                 if self.draining():
                     extra.append((b"connection", b"close"))
                 message["headers"] = list(message.get("headers", [])) + extra
-            try:  # uvicorn waits here while the client does not read (flow control)
-                async with asyncio.timeout(self.body_timeout_s):
-                    await send(message)
-            except TimeoutError:
-                raise _SlowReaderError from None
+            await send(message)  # a client that does not read: service/http_protocol.py's write deadline
 
         path = scope["path"].removeprefix(scope.get("root_path", "")) or "/"
-        if not path.startswith(API_PREFIX):  # health and docs: never counted, so they answer whatever the load
-            await self._call_app(scope, receive, send_with_headers)
+        if path in OPERATIONS_PATHS:  # never counted, so probes and scrapes answer whatever the load
+            await self.app(scope, receive, send_with_headers)
             return
         in_flight = self.in_flight
         if in_flight.limit and in_flight.count >= in_flight.limit:
@@ -149,25 +144,18 @@ class GuardMiddleware:
             return
         in_flight.count += 1
         try:
-            self._admit(scope, headers)
-            await self._call_app(scope, body.receive, send_with_headers)
+            self._admit(scope, path, headers)
+            await self.app(scope, body.receive, send_with_headers)
         except ErnieClsError as err:  # refused here, or raised by body.receive and not mapped by the app
             if replied:
                 raise
-            with contextlib.suppress(_SlowReaderError):
-                await respond_error(send_with_headers, err)
+            await respond_error(send_with_headers, err)
         finally:
             in_flight.count -= 1
 
-    async def _call_app(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await self.app(scope, receive, send)
-        except _SlowReaderError:  # uvicorn closes the connection of a response that did not complete
-            log.info("%s %s: the client did not read its reply; abandoned", scope["method"], scope["path"])
-
-    def _admit(self, scope: Scope, headers: dict[str, str]) -> None:
+    def _admit(self, scope: Scope, path: str, headers: dict[str, str]) -> None:
         """The checks that need no body: API key, content type, declared length. Raises ErnieClsError."""
-        if self.keys:
+        if self.keys and path.startswith(API_PREFIX):
             check_key(scope.get("headers", []), self.keys)
         if scope["method"] in ("POST", "PUT", "PATCH") and not _is_json(headers.get("content-type", "")):
             raise UnsupportedMediaTypeError()
@@ -180,10 +168,6 @@ class GuardMiddleware:
                 raise PayloadTooLargeError(self.max_body_bytes)
 
 
-class _SlowReaderError(Exception):
-    """A reply could not be written within the deadline: the client is not reading."""
-
-
 def expects_body(headers: dict[str, str]) -> bool:
     return headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
 
@@ -191,12 +175,12 @@ def expects_body(headers: dict[str, str]) -> bool:
 class _BodyReader:
     """The request's receive(), with the size limit and the read deadline applied while the body streams."""
 
-    def __init__(self, receive: Receive, limit: int, timeout_s: float, expected: bool) -> None:
-        self._receive, self.limit, self.timeout_s = receive, limit, timeout_s
+    def __init__(self, receive: Receive, limit: int, timeout_s: float, expected: bool, watchdog: Watchdog) -> None:
+        self._receive, self.limit, self.timeout_s, self.watchdog = receive, limit, timeout_s, watchdog
         self.received = 0
         self.complete = not expected
         self.failed: ErnieClsError | None = None
-        self.deadline: float | None = None
+        self.deadline: float | None = None  # loop time by which the whole body must have arrived
 
     async def receive(self) -> Message:
         if self.failed is not None:  # every later call fails the same way: nothing can wait on a cut body
@@ -207,8 +191,7 @@ class _BodyReader:
         if self.deadline is None:
             self.deadline = loop.time() + self.timeout_s
         try:
-            async with asyncio.timeout_at(self.deadline):
-                message = await self._receive()
+            message = await self.watchdog.run(self._receive(), self.deadline - loop.time())
         except TimeoutError:
             self.failed = BodyTimeoutError(self.timeout_s)
             raise self.failed from None

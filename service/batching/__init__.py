@@ -8,6 +8,7 @@ from service.batching.batcher import (
     InferenceTimeoutError,
     ModelStuckError,
     QueueFullError,
+    ShuttingDownError,
 )
 
 __all__ = [
@@ -18,4 +19,5 @@ __all__ = [
     "InferenceTimeoutError",
     "ModelStuckError",
     "QueueFullError",
+    "ShuttingDownError",
 ]

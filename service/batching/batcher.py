@@ -85,6 +85,16 @@ class ModelStuckError(ErnieClsError):
         )
 
 
+class ShuttingDownError(ErnieClsError):
+    http_status = 503
+    response_headers = (("Retry-After", "1"),)
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The service stopped before this text could be classified.", "Retry: another replica will answer."
+        )
+
+
 class InferenceError(ErnieClsError):
     http_status = 500
 
@@ -272,7 +282,7 @@ class Batcher:
             self._jobs.put(None)
         for text in self._pending:
             if not text.future.done():
-                text.future.set_exception(InferenceError())
+                text.future.set_exception(ShuttingDownError())
         self._pending.clear()
 
     @property
@@ -496,7 +506,7 @@ class Batcher:
                 rows = getattr(outcome, "shape", ("?",))[0]
                 raise RuntimeError(f"backend returned {rows} rows for a batch of {len(texts)}")
         except asyncio.CancelledError:  # stop() gave up on this batch
-            self._fail(batch, InferenceError())
+            self._fail(batch, ShuttingDownError())
             raise
         except TimeoutError:
             self.consecutive_faults += 1

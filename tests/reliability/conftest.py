@@ -68,7 +68,8 @@ class LiveService:
         self.engine = self.app.state.engine
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        http = protocol_class("httptools", self.settings.header_timeout_s)  # as `python -m service` serves
+        s = self.settings
+        http = protocol_class("httptools", s.header_timeout_s, s.write_timeout_s)  # as `python -m service` serves
         config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_config=None, http=http)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)

@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 EXTRAS ?= train,serve,dev
 
-.PHONY: install browser test lint format serve demo bench-train default-model bench-model bench-service reliability soak robust-model bench-robustness verify baseline lock clean
+.PHONY: install browser test lint format serve demo bench-train default-model bench-model bench-service bench-ab reliability soak robust-model bench-robustness verify baseline lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -94,7 +94,15 @@ demo: $(STAMP)
 bench-service: $(STAMP)
 	$(BIN)/ernie-cls bench service exported/waimai-sentiment --output reports/bench-service.json
 
-# Reliability under overload, deadlines, disconnects, backend faults, tampering and bad keys (about 8 minutes):
+# The service at concurrency 64, the tree at BASE (a commit) vs the working tree, alternating (about 4 minutes at
+# ROUNDS=4): how a change to the hot path is judged (docs/benchmarks.md section 5).
+BASE ?= HEAD
+ROUNDS ?= 4
+bench-ab: $(STAMP)
+	BASE=$(BASE) ROUNDS=$(ROUNDS) bench/ab_service.sh
+
+# Reliability under overload, deadlines, disconnects, backend faults, tampering, bad keys and eight attack families
+# (about 3 minutes):
 # prints a table and writes reports/reliability.json (docs/reliability.md).
 reliability: $(STAMP)
 	ERNIE_CLS_RELIABILITY=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/reliability -s

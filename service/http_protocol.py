@@ -153,15 +153,18 @@ def _httptools_class() -> type[asyncio.Protocol]:
             super().on_message_begin()
             self._began = True
 
+        _replying: Any = None  # with pipelining: the earlier request still replying while self.cycle is queued
+
         def on_headers_complete(self) -> None:
             self._disarm()
             self._began = False
+            previous = self.cycle
             super().on_headers_complete()
-            # uvicorn's self.cycle is the newest request's; with pipelining the one replying is an earlier one
-            self._cycles = [c for c in getattr(self, "_cycles", ()) if not c.response_complete] + [self.cycle]
+            if previous is not None and not previous.response_complete:
+                self._replying = previous
 
         def _unfinished_cycles(self) -> list[Any]:
-            return [c for c in getattr(self, "_cycles", ()) if not c.response_complete]
+            return [c for c in (self._replying, self.cycle) if c is not None and not c.response_complete]
 
         def on_response_complete(self) -> None:
             super().on_response_complete()

@@ -288,8 +288,9 @@ class Batcher:
     @property
     def queued_texts(self) -> int:
         """Texts waiting: not yet in a batch, or in a formed batch no worker has started."""
-        waiting = sum(1 for job in self._in_flight if not job.claimed for t in job.texts if not t.withdrawn)
-        return len(self._pending) + waiting
+        # Texts of callers that left while their batch waited still count until a worker skips them: conservative,
+        # and cheap on the hot path (admission asks this for every request).
+        return len(self._pending) + sum(len(job.texts) for job in self._in_flight if not job.claimed)
 
     @property
     def in_flight_texts(self) -> int:
@@ -367,7 +368,7 @@ class Batcher:
 
     @property
     def all_stuck(self) -> bool:
-        return bool(self._in_flight) and self.stuck_workers >= self.workers
+        return len(self._in_flight) >= self.workers and self.stuck_workers >= self.workers
 
     def all_stuck_for_s(self) -> float:
         """How long every instance has been stuck (0 if one is not): the youngest stuck call's time past the

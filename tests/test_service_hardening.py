@@ -132,6 +132,18 @@ def test_normalisation_that_expands_past_the_cap_is_refused_or_truncated(int8_ar
     assert cut.status_code == 200 and cut.json()["predictions"][0]["truncated"] is True
 
 
+async def fill_queue(client: httpx.AsyncClient, svc: LiveService, texts: int) -> list[asyncio.Future]:
+    """With the model gated: send one-text requests until `texts` wait in the queue (one more may be inside the
+    gated model, and one may get 429 while the worker has not taken its batch yet); their futures, to await later."""
+    held: list[asyncio.Future] = []
+    deadline = time.monotonic() + 10
+    while svc.engine.batcher.queued_texts < texts:
+        assert time.monotonic() < deadline, "the queue did not fill"
+        held.append(asyncio.ensure_future(client.post("/v1/classify", json={"text": f"占{len(held)}"})))
+        await asyncio.sleep(0.05)
+    return held
+
+
 def test_a_full_queue_refuses_before_normalising_anything(monkeypatch):
     import service.engine as engine_module
 
@@ -147,9 +159,7 @@ def test_a_full_queue_refuses_before_normalising_anything(monkeypatch):
 
         async def fill_then_try() -> tuple[int, int]:
             async with httpx.AsyncClient(base_url=svc.base, timeout=10) as client:
-                held = [asyncio.ensure_future(client.post("/v1/classify", json={"text": f"占{i}"})) for i in range(3)]
-                while svc.engine.batcher.queued_texts < 2:
-                    await asyncio.sleep(0.01)
+                held = await fill_queue(client, svc, texts=2)
                 monkeypatch.setattr(engine_module, "normalize_text", counting)
                 refused = await client.post("/v1/classify", json={"texts": ["\ufdfa" * 2000] * 60, "truncate": True})
                 svc.open_gates()
@@ -496,9 +506,7 @@ def test_cached_answers_are_served_when_the_queue_is_full():
 
         async def main() -> int:
             async with httpx.AsyncClient(base_url=svc.base, timeout=10) as client:
-                held = [asyncio.ensure_future(client.post("/v1/classify", json={"text": f"占{i}"})) for i in range(3)]
-                while svc.engine.batcher.queued_texts < 2:
-                    await asyncio.sleep(0.01)
+                held = await fill_queue(client, svc, texts=2)
                 cached = await client.post("/v1/classify", json={"text": "已缓存"})
                 svc.open_gates()
                 await asyncio.gather(*held)

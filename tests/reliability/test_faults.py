@@ -68,7 +68,14 @@ def test_overload_burst_gets_exact_429s_and_every_admitted_text_its_answer(recor
             task = asyncio.ensure_future(_post_all(svc.base, bodies))
             while svc.engine.batcher.queued_texts + svc.engine.batcher.in_flight_texts < capacity:
                 await asyncio.sleep(0.01)
-            await asyncio.sleep(0.5)  # the rest of the burst arrives and is refused
+            # the rest of the burst arrives and is refused: wait until every request is either held or answered 429
+            # (a fixed pause let late requests in after the gates opened on a busy machine)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                refused = svc.metric('ernie_cls_requests_total{route="/v1/classify",status="429"}')
+                if svc.app.classify_endpoint.in_flight.count + refused >= len(bodies):
+                    break
+                await asyncio.sleep(0.05)
             async with httpx.AsyncClient(base_url=svc.base, timeout=5) as client:
                 health = (await client.get("/healthz")).status_code
             svc.open_gates()

@@ -30,6 +30,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check ernie_cls training service tests
 	$(BIN)/ruff format --check ernie_cls training service tests
 	$(BIN)/mypy service ernie_cls
+	$(BIN)/lint-imports
 
 format: $(STAMP)
 	$(BIN)/ruff format ernie_cls training service tests

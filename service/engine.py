@@ -31,18 +31,17 @@ from typing import Any
 
 import numpy as np
 
-from ernie_cls.artifact import Artifact, verify_artifact
+from ernie_cls.artifact import Artifact
 from ernie_cls.calibration import softmax_row
 from ernie_cls.errors import UserInputError
+from ernie_cls.runtime import WARMUP_SHAPES, Backend, LoadedModel
 from ernie_cls.tokenization import ErnieTokenizerFast, normalize_text
-from service.backends import Backend, load_backend
 from service.batching import Batcher, DeadlineExceededError
 from service.config import Settings
 from service.errors import NotReadyError
 
 log = logging.getLogger(__name__)
 
-WARMUP_SHAPES = [(1, 16), (1, 64), (8, 32), (32, 32), (32, 128)]
 UNHEALTHY_AFTER_FAILED_BATCHES = 3
 OFF_LOOP_CHARS = 256  # a request with more characters is prepared on the prepare thread (see the docstring)
 PREPARE_CHUNK_CHARS = 4096  # characters per job on the prepare thread (4 096 U+FDFA: ~20 ms to normalise)
@@ -78,18 +77,6 @@ def _chunks(texts: list[str]) -> list[tuple[int, int]]:
 class _Lookup:
     found: list[Cached | None]  # per text: its cached (logits, overflowed), or None
     misses: list[int]  # indices of the texts to run
-
-
-def _load_tokenizer(artifact: Artifact) -> ErnieTokenizerFast:
-    """The artifact's tokenizer from bytes checked against the manifest (files it does not list are absent)."""
-    directory = artifact.manifest["tokenizer"]["path"].rstrip("/")
-    listed = artifact.manifest["files"]
-
-    def read(name: str) -> bytes | None:
-        rel = f"{directory}/{name}"
-        return artifact.read_verified(rel) if rel in listed else None
-
-    return ErnieTokenizerFast.load(artifact.root / directory, read=read)
 
 
 class LRUCache:
@@ -149,24 +136,18 @@ class Engine:
     def load(self) -> None:
         """Blocking: verify, load, warm up. Sets `ready` or `not_ready_reason`; never raises."""
         started = time.perf_counter()
+        s = self.settings
         try:
-            artifact = verify_artifact(self.settings.artifact, self.settings.artifact_sha256)
-            fmt = self.settings.format or artifact.manifest.get("default_format", "onnx-fp32")
-            tokenizer = _load_tokenizer(artifact)
-            backends = [load_backend(artifact, fmt, self.settings.threads) for _ in range(self.settings.workers)]
-            for backend in backends:
-                backend.warmup(WARMUP_SHAPES)
+            model = LoadedModel.open(s.artifact, s.format, s.threads, s.workers, s.artifact_sha256, WARMUP_SHAPES)
         except Exception as err:  # any failure: stay up, not ready; the details to the log only
             self.not_ready_reason = f"the model failed to load ({type(err).__name__}); the service log says why"
             self.load_failed = True
             log.error("model not loaded, service stays not-ready: %s", err)
             return
-        self.artifact, self.tokenizer, self.format = artifact, tokenizer, fmt
-        self.backends, self.backend = backends, backends[0]
-        self.labels = artifact.labels
-        self.model_key = artifact.manifest["files"][artifact.manifest["formats"][fmt]["path"]]["sha256"]
-        # Temperature scaling fitted at export (1.0 for artifacts written before it existed).
-        self.temperature = float(artifact.manifest["formats"][fmt].get("temperature", 1.0))
+        artifact, fmt = model.artifact, model.format
+        self.artifact, self.tokenizer, self.format = artifact, model.tokenizer, fmt
+        self.backends, self.backend = model.backends, model.backends[0]
+        self.labels, self.model_key, self.temperature = model.labels, model.model_sha256, model.temperature
         log.info(
             "model %s (%s, %s) ready in %.2f s: %d worker(s) x %d thread(s)",
             artifact.manifest.get("name"),

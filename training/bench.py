@@ -24,10 +24,8 @@ import numpy as np
 
 from ernie_cls.artifact import verify_artifact
 from ernie_cls.machine import usable_cores
-from service.backends import load_backend
+from ernie_cls.runtime import RUNTIME_FORMATS, load_backend
 from training.paddle_env import cpuinfo
-
-RUNTIME_FORMATS = ("paddle-fp32", "paddle-int8", "onnx-fp32", "onnx-int8", "onnx-int8-cpu")
 
 
 @dataclass

@@ -22,7 +22,6 @@ from pathlib import Path
 from ernie_cls.artifact import verify_artifact
 from ernie_cls.errors import ConfigError
 from ernie_cls.machine import usable_cores
-from ernie_cls.tokenization import ErnieTokenizerFast
 from training.noise import NOISE_CHOICES, HomophoneTable, check_noise_kinds, noisy
 
 
@@ -41,7 +40,7 @@ class RobustnessConfig:
 
 
 def run_robustness(cfg: RobustnessConfig, command: str | None = None) -> dict:
-    from service.backends import load_backend
+    from ernie_cls.runtime import load_backend, load_tokenizer
     from training.data import load_examples
     from training.finetune import logits_in_batches
     from training.verify import VerifyConfig, labelled_data
@@ -60,7 +59,7 @@ def run_robustness(cfg: RobustnessConfig, command: str | None = None) -> dict:
         assert data is not None
         texts_sha256 = hashlib.sha256("\n".join(data["texts"]).encode("utf-8", "surrogatepass")).hexdigest()
         evaluated_on[name] = {"split": data["split"], "examples": len(data["texts"]), "texts_sha256": texts_sha256}
-        tokenizer = ErnieTokenizerFast.load(artifact.root / artifact.manifest["tokenizer"]["path"])
+        tokenizer = load_tokenizer(artifact)
         runners = {
             f: load_backend(artifact, f, usable_cores()).infer for f in cfg.formats if f in artifact.manifest["formats"]
         }

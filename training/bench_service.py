@@ -35,9 +35,9 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from ernie_cls.artifact import verify_artifact
 from ernie_cls.errors import ErnieClsError
 from ernie_cls.machine import usable_cores
+from ernie_cls.runtime import WARMUP_SHAPES, LoadedModel
 from ernie_cls.tokenization import ErnieTokenizerFast
 from training.bench import cpu_flags, cpu_model
 from training.data import load_examples
@@ -80,16 +80,10 @@ class RawModel:
 
     @classmethod
     def load(cls, cfg: ServiceBenchConfig, texts: list[str], workers: int) -> RawModel:
-        from service.backends import load_backend  # the service's own loader: same session options
-
-        artifact = verify_artifact(cfg.artifact)
-        fmt = artifact.manifest.get("default_format", "onnx-fp32")
-        tokenizer = ErnieTokenizerFast.load(artifact.root / artifact.manifest["tokenizer"]["path"])
-        backends = [load_backend(artifact, fmt, cfg.threads) for _ in range(workers)]
-        for backend in backends:
-            backend.warmup([(1, 16), (8, 32), (32, 64)])
-        encoded = tokenizer.encode_ids(texts)
-        return cls(fmt, backends, tokenizer, encoded, np.array([len(e) for e in encoded]))
+        # the service's own load sequence: same verification, session options and warm-up
+        model = LoadedModel.open(cfg.artifact, threads=cfg.threads, instances=workers, warmup=WARMUP_SHAPES)
+        encoded = model.tokenizer.encode_ids(texts)
+        return cls(model.format, model.backends, model.tokenizer, encoded, np.array([len(e) for e in encoded]))
 
     def run(self, batch_size: int, order: str, seconds: float, seed: int) -> dict:
         return _raw_run(self.backends, self.tokenizer, self.encoded, self.lengths, batch_size, order, seconds, seed)

@@ -194,14 +194,14 @@ def export_onnx(prefix: Path, onnx_path: Path) -> None:
 
 def onnx_backend(path: Path, threads: int = 0):
     """The service's ONNX Runtime backend, so export checks load models exactly as serving does."""
-    from service.backends.onnxruntime import OnnxRuntimeBackend
+    from ernie_cls.runtime.onnxruntime import OnnxRuntimeBackend
 
     return OnnxRuntimeBackend(path, "", threads or os.cpu_count() or 1)
 
 
 def paddle_backend(prefix: Path, threads: int = 0):
     """The service's Paddle Inference backend on `<prefix>.json` + `<prefix>.pdiparams`."""
-    from service.backends.paddle_inference import PaddleInferenceBackend
+    from ernie_cls.runtime.paddle_inference import PaddleInferenceBackend
 
     return PaddleInferenceBackend(
         Path(f"{prefix}.json"), Path(f"{prefix}.pdiparams"), "", threads or os.cpu_count() or 1

@@ -35,8 +35,8 @@ import numpy as np
 from ernie_cls.artifact import Artifact, ArtifactError, sha256_file, verify_artifact
 from ernie_cls.calibration import expected_calibration_error, softmax
 from ernie_cls.errors import ErnieClsError, UserInputError
+from ernie_cls.runtime import RUNTIME_FORMATS, load_backend, load_tokenizer
 from ernie_cls.tokenization import ErnieTokenizerFast
-from training.bench import RUNTIME_FORMATS
 from training.finetune import logits_in_batches
 from training.metrics import classification_metrics
 
@@ -91,7 +91,7 @@ def run_verify(cfg: VerifyConfig) -> dict:
     if artifact is None:
         check.fail(f"{integrity_error.message} {integrity_error.hint}")  # type: ignore[union-attr]
         return _finish(cfg, None, checks, {}, started)
-    tokenizer = ErnieTokenizerFast.load(artifact.root / artifact.manifest["tokenizer"]["path"])
+    tokenizer = load_tokenizer(artifact)
     runners = _load_runners(artifact, cfg.threads, check)
     check.details["formats_loaded"] = sorted(runners)
     check.details["files_verified"] = len(artifact.manifest["files"])
@@ -115,8 +115,6 @@ def run_verify(cfg: VerifyConfig) -> dict:
 
 # ------------------------------------------------------------------------------------------------- loading
 def _load_runners(artifact: Artifact, threads: int, check: Check) -> dict[str, Callable]:
-    from service.backends import load_backend
-
     runners = {}
     for fmt in RUNTIME_FORMATS:
         if fmt not in artifact.manifest["formats"]:

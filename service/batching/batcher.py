@@ -444,7 +444,11 @@ class Batcher:
                     self._slots.release()
                     break
                 batch = self._take_batch()
-                task = asyncio.get_running_loop().create_task(self._run_batch(batch))
+                # In flight at once, not when the task first runs: texts that are neither pending nor in a job
+                # would be invisible to admission for a loop turn (8 texts over capacity in the overload test).
+                job = _Job(batch, asyncio.get_running_loop().create_future())
+                self._in_flight.add(job)
+                task = asyncio.get_running_loop().create_task(self._run_batch(job))
                 self._running.add(task)
                 task.add_done_callback(self._running.discard)
 
@@ -487,9 +491,8 @@ class Batcher:
             if not t.future.done():
                 t.future.set_exception(error)
 
-    async def _run_batch(self, batch: list[_Text]) -> None:
-        job = _Job(batch, asyncio.get_running_loop().create_future())
-        self._in_flight.add(job)
+    async def _run_batch(self, job: _Job) -> None:
+        batch = job.texts
 
         def worker_done(_: object) -> None:  # only when the call really returned: a hung call keeps its slot
             self._in_flight.discard(job)

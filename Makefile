@@ -31,6 +31,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check ernie_cls training service tests
 	$(BIN)/mypy service ernie_cls
 	$(BIN)/lint-imports
+	$(BIN)/hadolint Dockerfile
 
 format: $(STAMP)
 	$(BIN)/ruff format ernie_cls training service tests

@@ -7,20 +7,31 @@ from pathlib import Path
 import numpy as np
 
 
+def _paddle_import_error(err: ImportError) -> Exception:
+    """Not installed (the serve extra has no paddle) is not the same fix as installed but broken (e.g. libgomp.so.1
+    missing from a slim image): say which."""
+    from ernie_cls.errors import ModelLoadError
+
+    if isinstance(err, ModuleNotFoundError) and (err.name or "").split(".")[0] == "paddle":
+        return ModelLoadError(
+            "The Paddle Inference backend needs paddlepaddle, which the serving install does not include.",
+            "Install it (`pip install -c constraints.txt paddlepaddle`), or set ERNIE_CLS_FORMAT to an onnx-* format.",
+        )
+    return ModelLoadError(
+        f"paddlepaddle is installed but does not import: {err}.",
+        "Install the system library it names (on Debian/Ubuntu images libgomp1 for libgomp.so.1), or set "
+        "ERNIE_CLS_FORMAT to an onnx-* format.",
+    )
+
+
 class PaddleInferenceBackend:
     runtime = "paddle-inference"
 
     def __init__(self, model_json: Path, params: Path, precision: str, threads: int) -> None:
         try:
             from paddle import inference
-        except ImportError as err:  # the serve extra has no paddle
-            from ernie_cls.errors import ModelLoadError
-
-            raise ModelLoadError(
-                "The Paddle Inference backend needs paddlepaddle, which the serving install does not include.",
-                "Install it (`pip install -c constraints.txt -e '.[train]'`), or set ERNIE_CLS_FORMAT to an onnx-* "
-                "format.",
-            ) from err
+        except ImportError as err:
+            raise _paddle_import_error(err) from err
         config = inference.Config(str(model_json), str(params))
         config.disable_gpu()
         config.set_cpu_math_library_num_threads(threads)

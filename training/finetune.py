@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import platform
 import random
@@ -38,6 +37,7 @@ from training.data import (
     load_examples,
     stratified_split,
 )
+from training.distributed import agree, barrier, init_if_launched, rank_and_world, rank_share
 from training.metrics import classification_metrics
 from training.modeling import build_model, parse_base_model
 
@@ -323,9 +323,10 @@ def fit(
     import paddle
     from tqdm import tqdm
 
-    world = paddle.distributed.get_world_size()
-    rank = paddle.distributed.get_rank()
-    steps_per_epoch = math.ceil(len(train_data.ids) / cfg.batch_size / world)
+    rank, world = rank_and_world()
+    lengths = [len(x) for x in train_data.ids]
+    # The batch count does not depend on the shuffle; each rank runs the same share of it (training/distributed.py).
+    steps_per_epoch = len(rank_share(length_bucketed_batches(lengths, cfg.batch_size, random.Random(0)), 0, world))
     total_steps = steps_per_epoch * cfg.epochs
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
@@ -342,7 +343,6 @@ def fit(
     train_model = paddle.DataParallel(model) if world > 1 else model
 
     eval_every = cfg.eval_every or steps_per_epoch
-    lengths = [len(x) for x in train_data.ids]
     rng = random.Random(cfg.seed)
     from training.robust import RobustTraining
 
@@ -355,7 +355,7 @@ def fit(
     step, seen, t_train = 0, 0, 0.0
     stop = False
     for epoch in range(cfg.epochs):
-        batches = length_bucketed_batches(lengths, cfg.batch_size, rng)[rank::world]
+        batches = rank_share(length_bucketed_batches(lengths, cfg.batch_size, rng), rank, world)
         bar = tqdm(
             batches,
             desc=f"{desc} {epoch + 1}/{cfg.epochs}",
@@ -392,7 +392,7 @@ def fit(
                 # With weight averaging, the averaged weights are what is evaluated and saved.
                 with average.swapped_in() if average is not None else contextlib.nullcontext():
                     dev_metrics = evaluate_encoded(model, tokenizer, dev_data, label_map)
-                    improved = dev_metrics["macro_f1"] > best_f1
+                    improved = agree(dev_metrics["macro_f1"] > best_f1)  # rank 0's verdict: ranks stop together
                     if improved and rank == 0:
                         save_best(dev_metrics)
                 train_model.train()
@@ -435,8 +435,7 @@ def train(cfg: TrainConfig) -> dict:
     )
     device = _select_device(cfg.device)
     use_amp = cfg.amp if cfg.amp is not None else device == "gpu"
-    if paddle.distributed.get_world_size() > 1:
-        paddle.distributed.init_parallel_env()
+    init_if_launched()
 
     _set_seed(cfg.seed)
     source = parse_base_model(cfg.base_model)
@@ -499,6 +498,7 @@ def train(cfg: TrainConfig) -> dict:
 
     result = fit(model, tokenizer, label_map, train_data, dev_data, cfg, lr, save_best, use_amp)
     wall = time.perf_counter() - t_wall
+    barrier()  # rank 0 has written best/ before any rank reads it
 
     # Reload the best checkpoint so test metrics describe exactly what was saved.
     from training.modeling import load_checkpoint

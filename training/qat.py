@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from ernie_cls.errors import ConfigError, OutputExistsError
+from training.distributed import barrier, init_if_launched, rank_and_world
 from training.finetune import (
     LABEL_MAP_FILE,
     METRICS_FILE,
@@ -175,6 +176,8 @@ def run_qat(cfg: QATConfig) -> dict:
     out = Path(cfg.output)
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
         raise OutputExistsError(f"{out} already exists and is not empty.", "Pass --overwrite or another --output.")
+    init_if_launched()
+    rank, _ = rank_and_world()
     model, tokenizer, label_map, train_cfg = _load_fp32(ckpt)
     # The training loop runs with the FP32 run's settings (data, split, robustness options) and QAT's own schedule;
     # checked like a training run's, so a bad QAT option gets the same error and hint.
@@ -216,6 +219,7 @@ def run_qat(cfg: QATConfig) -> dict:
     result = fit(
         qat_model, tokenizer, label_map, train_data, dev_data, loop_cfg, cfg.learning_rate, save_best, desc="qat epoch"
     )
+    barrier()  # rank 0 has written best/ before any rank reads it
     best_model = load_qat_checkpoint(out / "best")
     int8 = {
         "dev": evaluate_encoded(best_model, tokenizer, dev_data, label_map),
@@ -229,9 +233,10 @@ def run_qat(cfg: QATConfig) -> dict:
         "train_seconds": round(result.train_seconds, 1),
         "history": result.history,
     }
-    text = json.dumps(metrics, ensure_ascii=False, indent=2)
-    (out / "best" / METRICS_FILE).write_text(text, encoding="utf-8")
-    (out / METRICS_FILE).write_text(text, encoding="utf-8")
+    if rank == 0:  # one writer
+        text = json.dumps(metrics, ensure_ascii=False, indent=2)
+        (out / "best" / METRICS_FILE).write_text(text, encoding="utf-8")
+        (out / METRICS_FILE).write_text(text, encoding="utf-8")
     return metrics
 
 

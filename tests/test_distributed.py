@@ -1,0 +1,67 @@
+"""Data parallelism for real: `paddle.distributed.launch` with 2 CPU processes (Paddle's gloo backend), a batch count
+that does not divide by 2. On main a0f9293 one rank ran out of batches first and the other waited in an all-reduce
+for ever (a GPU run of the bundled data would hang at the end the same way)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, waimai_rows, write_csv
+
+DRIVER = """
+import json, sys
+from training.distributed import rank_and_world
+stage = sys.argv[1]
+if stage == "train":
+    from training.finetune import TrainConfig, train
+    metrics = train(TrainConfig(output=sys.argv[2], train_file=sys.argv[3], dev_file=sys.argv[4],
+        base_model="scratch:pico", max_seq_len=32, batch_size=16, epochs=3, eval_every=2, patience=10,
+        learning_rate=2e-3, vocab_size=800, progress=False, overwrite=True, label_names={"0": "neg", "1": "pos"}))
+else:
+    from training.qat import QATConfig, run_qat
+    metrics = run_qat(QATConfig(checkpoint=sys.argv[2], output=sys.argv[3], epochs=2, batch_size=16, eval_every=2,
+        progress=False, overwrite=True, data=None))
+rank, world = rank_and_world()
+print("RESULT", json.dumps({"rank": rank, "world": world, "steps": metrics["steps"]}), flush=True)
+"""
+
+
+def launch(tmp_path: Path, name: str, *args: str) -> list[dict]:
+    """Run DRIVER under paddle.distributed.launch with 2 CPU processes; each rank's RESULT line."""
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    logs = tmp_path / f"log-{name}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir", str(logs),
+         str(driver), *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240, check=False,
+    )  # fmt: skip
+    worker_logs = sorted(logs.glob("workerlog.*"))
+    text = "\n".join(p.read_text(errors="replace") for p in worker_logs)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-2000:] + text[-3000:]
+    return [json.loads(m) for m in re.findall(r"^RESULT (.*)$", text, re.M)]
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_train_and_qat_with_an_uneven_batch_count_and_finish_together(tmp_path):
+    train_csv = write_csv(tmp_path / "train.csv", waimai_rows(35))  # 70 texts / 16 = 5 batches: uneven for 2
+    dev_csv = write_csv(tmp_path / "dev.csv", waimai_rows(10, offset=40))
+    out = tmp_path / "run"
+    ranks = launch(tmp_path, "train", "train", str(out), str(train_csv), str(dev_csv))
+    assert sorted(r["rank"] for r in ranks) == [0, 1] and {r["world"] for r in ranks} == {2}
+    assert len({r["steps"] for r in ranks}) == 1  # the same steps on both ranks: they stopped together
+    assert (out / "best" / "model_state.pdparams").is_file() and (out / "metrics.json").is_file()
+    assert json.loads((out / "metrics.json").read_text())["steps"] == ranks[0]["steps"]
+
+    qat_out = tmp_path / "qat"
+    ranks = launch(tmp_path, "qat", "qat", str(out / "best"), str(qat_out))
+    assert sorted(r["rank"] for r in ranks) == [0, 1] and len({r["steps"] for r in ranks}) == 1
+    assert (qat_out / "metrics.json").is_file()

@@ -32,6 +32,7 @@ lint: $(STAMP)
 	$(BIN)/mypy service ernie_cls
 	$(BIN)/lint-imports
 	$(BIN)/hadolint Dockerfile
+	$(BIN)/kubernetes-validate --strict --quiet deploy/kubernetes/*.yaml
 
 format: $(STAMP)
 	$(BIN)/ruff format ernie_cls training service tests

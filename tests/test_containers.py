@@ -102,7 +102,12 @@ def test_compose_api_mounts_the_default_artifact_read_only_and_checks_readiness(
     artifact = api["environment"]["ERNIE_CLS_ARTIFACT"].removeprefix("/app/")
     assert (ROOT / artifact / "manifest.json").is_file(), "the default artifact must be committed"
     assert "/readyz" in " ".join(api["healthcheck"]["test"])
-    assert services["trainer-gpu"]["build"]["target"] == "train-gpu"
+    gpu = services["trainer-gpu"]
+    assert gpu["build"]["target"] == "train-gpu"
+    # one process per GPU (the launch test in tests/test_distributed.py runs the same console script this way)
+    assert gpu["entrypoint"][:3] == ["python", "-m", "paddle.distributed.launch"] and gpu["entrypoint"][-1].endswith(
+        "/ernie-cls"
+    )
     for name in ("trainer", "trainer-gpu"):
         svc = services[name]
         assert svc["build"]["target"] in dockerfile_stages()

@@ -65,3 +65,18 @@ def test_two_cpu_processes_train_and_qat_with_an_uneven_batch_count_and_finish_t
     ranks = launch(tmp_path, "qat", "qat", str(out / "best"), str(qat_out))
     assert sorted(r["rank"] for r in ranks) == [0, 1] and len({r["steps"] for r in ranks}) == 1
     assert (qat_out / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [({"amp": True, "device": "cpu"}, "--amp"), ({"device": "gpu"}, "--device gpu")],
+)
+def test_gpu_only_options_are_refused_on_the_cpu_with_a_fix(tmp_path, small_csv, overrides, needle):
+    """What of the GPU path can be checked without a GPU: its options are refused, saying what to do instead."""
+    from ernie_cls.errors import ConfigError
+    from tests.conftest import tiny_train_config
+    from training.finetune import train
+
+    with pytest.raises(ConfigError, match=needle) as err:
+        train(tiny_train_config(tmp_path / "out", small_csv, **overrides))
+    assert err.value.hint

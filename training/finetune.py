@@ -435,6 +435,11 @@ def train(cfg: TrainConfig) -> dict:
     )
     device = _select_device(cfg.device)
     use_amp = cfg.amp if cfg.amp is not None else device == "gpu"
+    if use_amp and device != "gpu":
+        raise ConfigError(
+            "--amp (float16 mixed precision with loss scaling) needs a GPU; this run is on the CPU.",
+            "Drop --amp on the CPU (it is on by default on a GPU), or train with --device gpu.",
+        )
     init_if_launched()
 
     _set_seed(cfg.seed)

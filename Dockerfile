@@ -15,7 +15,8 @@ ENV PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 WORKDIR /app
 COPY pyproject.toml constraints.txt README.md ./
 # Dependencies are installed before the code is copied, so an edit to the code does not reinstall them: until then
-# the three packages are empty stubs, and `pip install --no-deps .` after the copy installs the real ones.
+# the three packages are empty stubs, and `pip install --no-deps .` after the copy installs the real ones (after
+# removing the stubs' build/: setuptools keeps a built file that is newer than its source, and the stubs are).
 RUN mkdir -p ernie_cls training service \
  && touch ernie_cls/__init__.py training/__init__.py service/__init__.py
 
@@ -30,7 +31,7 @@ RUN pip install -c constraints.txt ".[train]"
 COPY ernie_cls ernie_cls
 COPY training training
 COPY service service
-RUN pip install --no-deps -c constraints.txt .
+RUN rm -rf build ./*.egg-info && pip install --no-deps -c constraints.txt .
 COPY data data
 ENTRYPOINT ["ernie-cls"]
 CMD ["train", "--data", "data/waimai_10k.csv", "--base-model", "scratch:nano", "--output", "runs/docker", "--overwrite"]
@@ -44,7 +45,7 @@ RUN pip install "paddlepaddle-gpu==3.3.1" --index-url "${PADDLE_GPU_INDEX}" --ex
 COPY ernie_cls ernie_cls
 COPY training training
 COPY service service
-RUN pip install --no-deps -c constraints.txt .
+RUN rm -rf build ./*.egg-info && pip install --no-deps -c constraints.txt .
 COPY data data
 ENTRYPOINT ["ernie-cls"]
 CMD ["train", "--data", "data/waimai_10k.csv", "--base-model", "scratch:nano", "--device", "gpu", "--output", "runs/gpu", "--overwrite"]
@@ -53,7 +54,7 @@ FROM paddle-base AS serve-paddle
 RUN pip install -c constraints.txt ".[serve]" paddlepaddle
 COPY ernie_cls ernie_cls
 COPY service service
-RUN pip install --no-deps -c constraints.txt .
+RUN rm -rf build ./*.egg-info && pip install --no-deps -c constraints.txt .
 COPY exported/waimai-sentiment exported/waimai-sentiment
 ENV ERNIE_CLS_HOST=0.0.0.0 ERNIE_CLS_ARTIFACT=/app/exported/waimai-sentiment \
     ERNIE_CLS_DRAIN_GRACE_S=3 ERNIE_CLS_DRAIN_TIMEOUT_S=20
@@ -68,7 +69,7 @@ FROM base AS serve
 RUN pip install -c constraints.txt ".[serve]"
 COPY ernie_cls ernie_cls
 COPY service service
-RUN pip install --no-deps -c constraints.txt .
+RUN rm -rf build ./*.egg-info && pip install --no-deps -c constraints.txt .
 COPY exported/waimai-sentiment exported/waimai-sentiment
 ENV ERNIE_CLS_HOST=0.0.0.0 ERNIE_CLS_ARTIFACT=/app/exported/waimai-sentiment \
     ERNIE_CLS_DRAIN_GRACE_S=3 ERNIE_CLS_DRAIN_TIMEOUT_S=20

@@ -33,7 +33,9 @@ def test_probes_hit_the_services_health_routes():
 
 def test_the_pod_is_given_time_to_drain_before_it_is_killed():
     spec = MANIFESTS["deployment"]["spec"]["template"]["spec"]
-    pre_stop = container()["lifecycle"]["preStop"]["sleep"]["seconds"]
+    command = container()["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep"
+    pre_stop = float(command[1])
     needed = pre_stop + float(env()["ERNIE_CLS_DRAIN_GRACE_S"]) + float(env()["ERNIE_CLS_DRAIN_TIMEOUT_S"])
     assert spec["terminationGracePeriodSeconds"] > needed
     # readiness notices the drain within its grace: the balancer stops sending before the listener closes

@@ -7,7 +7,7 @@ import pytest
 
 from ernie_cls.artifact import ArtifactError
 from ernie_cls.runtime import LoadedModel
-from ernie_cls.runtime.paddle_inference import _paddle_import_error
+from ernie_cls.runtime.paddle_inference import PaddleNotInstalledError, _paddle_import_error
 
 
 def test_open_verifies_then_loads_the_default_format_with_its_tokenizer(int8_artifact):
@@ -29,3 +29,5 @@ def test_paddle_not_installed_and_paddle_broken_get_different_fixes():
     broken = _paddle_import_error(ImportError("libgomp.so.1: cannot open shared object file"))
     assert "needs paddlepaddle" in missing.message and "pip install" in str(missing)
     assert "installed but does not import" in broken.message and "libgomp1" in broken.hint
+    # verify skips the Paddle formats of a serve-only install, and fails a broken Paddle: by type, not by wording
+    assert isinstance(missing, PaddleNotInstalledError) and not isinstance(broken, PaddleNotInstalledError)

@@ -36,6 +36,7 @@ from ernie_cls.artifact import Artifact, ArtifactError, sha256_file, verify_arti
 from ernie_cls.calibration import expected_calibration_error, softmax
 from ernie_cls.errors import ErnieClsError, UserInputError
 from ernie_cls.runtime import RUNTIME_FORMATS, load_backend, load_tokenizer
+from ernie_cls.runtime.paddle_inference import PaddleNotInstalledError
 from ernie_cls.tokenization import ErnieTokenizerFast
 from training.finetune import logits_in_batches
 from training.metrics import classification_metrics
@@ -122,7 +123,7 @@ def _load_runners(artifact: Artifact, threads: int, check: Check) -> dict[str, C
         try:
             runners[fmt] = load_backend(artifact, fmt, threads).infer
         except ErnieClsError as err:
-            if fmt.startswith("paddle") and "paddlepaddle" in err.message:
+            if isinstance(err, PaddleNotInstalledError):  # installed but broken is a failure, not a skip
                 check.details.setdefault("not_loaded", {})[fmt] = "paddlepaddle not installed (serve-only install)"
                 continue
             check.fail(f"{fmt} does not load: {err.message}")

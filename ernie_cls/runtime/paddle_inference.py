@@ -6,14 +6,18 @@ from pathlib import Path
 
 import numpy as np
 
+from ernie_cls.errors import ModelLoadError
+
+
+class PaddleNotInstalledError(ModelLoadError):
+    """paddlepaddle is absent (a serve-only install): `verify` skips the Paddle formats instead of failing."""
+
 
 def _paddle_import_error(err: ImportError) -> Exception:
     """Not installed (the serve extra has no paddle) is not the same fix as installed but broken (e.g. libgomp.so.1
     missing from a slim image): say which."""
-    from ernie_cls.errors import ModelLoadError
-
     if isinstance(err, ModuleNotFoundError) and (err.name or "").split(".")[0] == "paddle":
-        return ModelLoadError(
+        return PaddleNotInstalledError(
             "The Paddle Inference backend needs paddlepaddle, which the serving install does not include.",
             "Install it (`pip install -c constraints.txt paddlepaddle`), or set ERNIE_CLS_FORMAT to an onnx-* format.",
         )

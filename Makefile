@@ -29,7 +29,7 @@ test: $(STAMP) browser
 lint: $(STAMP)
 	$(BIN)/ruff check ernie_cls training service tests
 	$(BIN)/ruff format --check ernie_cls training service tests
-	$(BIN)/mypy service ernie_cls
+	$(BIN)/mypy service ernie_cls training
 	$(BIN)/lint-imports
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/kubernetes-validate --strict --quiet deploy/kubernetes/*.yaml

@@ -19,7 +19,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-CONFIGS = [
+# (row name, environment variables: None = unset, "auto" = one per usable core, else the value; fixed padding)
+CONFIGS: list[tuple[str, dict[str, str | None], bool]] = [
     ("out of the box (1 thread, pad to 128)", {"OMP_NUM_THREADS": None, "MKL_DEBUG_CPU_TYPE": None}, True),
     ("+ dynamic padding", {"OMP_NUM_THREADS": None, "MKL_DEBUG_CPU_TYPE": None}, False),
     ("+ all cores", {"OMP_NUM_THREADS": "auto", "MKL_DEBUG_CPU_TYPE": None}, False),

@@ -2,8 +2,8 @@
 message, hint and the response headers it needs; `error_parts` turns any of them into a reply (both the ASGI fast
 path and FastAPI's handlers use it, so every route answers an error the same way).
 
-The batcher's own errors (queue full 429, deadline 504, inference 500/504, client gone 499, model stuck 503) live
-beside it in service/batching and are re-exported here.
+The batcher raises the queue's and the model's errors (queue full 429, deadline 504, inference 500/504, model stuck
+and shutting down 503); they are defined here, with the others, so that every status and hint is in one table.
 """
 
 from __future__ import annotations
@@ -12,17 +12,82 @@ import re
 from typing import Any
 
 from ernie_cls.errors import ErnieClsError, UserInputError
-from service.batching.batcher import (
-    ClientGoneError,
-    DeadlineExceededError,
-    InferenceError,
-    InferenceTimeoutError,
-    ModelStuckError,
-    QueueFullError,
-    ShuttingDownError,
-)
 
 RETRY_AFTER_NOT_READY_S = 5
+
+
+# ----------------------------------------------------------------------------- the queue and the model (batcher)
+class QueueFullError(ErnieClsError):
+    http_status = 429
+
+    def __init__(self, retry_after_s: float) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(
+            "The service is at capacity.", f"Retry after {retry_after_s:.0f} s, or send fewer texts per second."
+        )
+
+
+class DeadlineExceededError(ErnieClsError):
+    http_status = 504
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The request's deadline passed before it could be processed; the work was not done.",
+            "Retry later, or allow more time with the X-Request-Timeout-Ms header.",
+        )
+
+
+class InferenceTimeoutError(ErnieClsError):
+    http_status = 504
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(
+            f"Inference took longer than {timeout_s:.0f} s and was abandoned for this batch.",
+            "Retry; if it persists, the model is overloaded or stuck: check the service logs and /readyz.",
+        )
+
+
+class ModelStuckError(ErnieClsError):
+    http_status = 503
+    response_headers = (("Retry-After", "5"),)
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(
+            f"Every model instance is stuck in a call that has run longer than {timeout_s:g} s.",
+            "Retry later or on another replica; /readyz is 503 until an instance returns. Check the service logs.",
+        )
+
+
+class ShuttingDownError(ErnieClsError):
+    http_status = 503
+    response_headers = (("Retry-After", "1"),)
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The service stopped before this text could be classified.", "Retry: another replica will answer."
+        )
+
+
+class InferenceError(ErnieClsError):
+    http_status = 500
+
+    def __init__(self) -> None:
+        super().__init__(
+            "Inference failed for this batch.",
+            "Retry; if it persists, report this reply's X-Request-ID (it is logged).",
+        )
+
+
+class ClientGoneError(ErnieClsError):
+    """The client disconnected before its answer (499, nginx's code; nobody reads it)."""
+
+    http_status = 499
+
+    def __init__(self) -> None:
+        super().__init__("Client disconnected.", "Keep the connection open until the answer arrives.")
+
+
+# ----------------------------------------------------------------------------- the request
 
 
 class UnauthorizedError(ErnieClsError):

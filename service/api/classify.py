@@ -178,7 +178,7 @@ async def _cancel_on_disconnect(receive: Receive, work: Awaitable[Any]) -> Any:
     except asyncio.CancelledError:
         if gone:
             this.uncancel()
-            raise ClientGoneError("Client disconnected.", "") from None
+            raise ClientGoneError() from None
         raise
     finally:
         watcher.cancel()
@@ -280,7 +280,7 @@ async def _read_body(receive: Receive) -> bytes:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise ClientGoneError("Client disconnected.", "")
+            raise ClientGoneError()
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
             return b"".join(chunks)

@@ -1,8 +1,7 @@
-"""Queue + dynamic batcher. Imports neither FastAPI nor a model runtime."""
+"""Queue + dynamic batcher. Imports neither FastAPI nor a model runtime; its errors are in service/errors.py."""
 
-from service.batching.batcher import (
-    Batcher,
-    ClientGoneError,
+from service.batching.batcher import Batcher
+from service.errors import (
     DeadlineExceededError,
     InferenceError,
     InferenceTimeoutError,
@@ -13,7 +12,6 @@ from service.batching.batcher import (
 
 __all__ = [
     "Batcher",
-    "ClientGoneError",
     "DeadlineExceededError",
     "InferenceError",
     "InferenceTimeoutError",

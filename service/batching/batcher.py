@@ -33,76 +33,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ernie_cls.errors import ErnieClsError
+from service.errors import (
+    DeadlineExceededError,
+    InferenceError,
+    InferenceTimeoutError,
+    ModelStuckError,
+    QueueFullError,
+    ShuttingDownError,
+)
 
 log = logging.getLogger(__name__)
 
 InferFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
-
-
-class QueueFullError(ErnieClsError):
-    http_status = 429
-
-    def __init__(self, retry_after_s: float) -> None:
-        self.retry_after_s = retry_after_s
-        super().__init__(
-            "The service is at capacity.", f"Retry after {retry_after_s:.0f} s, or send fewer texts per second."
-        )
-
-
-class DeadlineExceededError(ErnieClsError):
-    http_status = 504
-
-    def __init__(self) -> None:
-        super().__init__(
-            "The request's deadline passed before it could be processed; the work was not done.",
-            "Retry later, or allow more time with the X-Request-Timeout-Ms header.",
-        )
-
-
-class ClientGoneError(ErnieClsError):
-    http_status = 499
-
-
-class InferenceTimeoutError(ErnieClsError):
-    http_status = 504
-
-    def __init__(self, timeout_s: float) -> None:
-        super().__init__(
-            f"Inference took longer than {timeout_s:.0f} s and was abandoned for this batch.",
-            "Retry; if it persists, the model is overloaded or stuck: check the service logs and /readyz.",
-        )
-
-
-class ModelStuckError(ErnieClsError):
-    http_status = 503
-    response_headers = (("Retry-After", "5"),)
-
-    def __init__(self, timeout_s: float) -> None:
-        super().__init__(
-            f"Every model instance is stuck in a call that has run longer than {timeout_s:g} s.",
-            "Retry later or on another replica; /readyz is 503 until an instance returns. Check the service logs.",
-        )
-
-
-class ShuttingDownError(ErnieClsError):
-    http_status = 503
-    response_headers = (("Retry-After", "1"),)
-
-    def __init__(self) -> None:
-        super().__init__(
-            "The service stopped before this text could be classified.", "Retry: another replica will answer."
-        )
-
-
-class InferenceError(ErnieClsError):
-    http_status = 500
-
-    def __init__(self) -> None:
-        super().__init__(
-            "Inference failed for this batch.",
-            "Retry; if it persists, report this reply's X-Request-ID (it is logged).",
-        )
 
 
 @dataclass(eq=False)

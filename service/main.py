@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import AsyncIterator, MutableMapping
+from collections.abc import AsyncIterator, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from importlib.resources import files
 from typing import Any
@@ -123,6 +123,45 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, f
     engine = engine or Engine(settings)
     metrics = Metrics(engine)
     engine.on_batch = metrics.on_batch
+    app = ServiceApp(
+        title="ernie-cls",
+        version=__version__,
+        description="Chinese text classification with ERNIE (INT8 ONNX Runtime by default). "
+        "Send one text or a list; each text gets its label, score and top-k labels.",
+        lifespan=_lifespan(engine, settings, freeze_gc),
+    )
+    app.state.engine = engine
+    app.state.metrics = metrics
+    count = _request_counter(metrics)
+    keys = [k.get_secret_value().encode() for k in settings.api_keys]
+    guard_settings: dict[str, Any] = dict(
+        max_body_bytes=settings.max_body_bytes,
+        keys=keys,
+        body_timeout_s=settings.body_timeout_s,
+        in_flight=InFlight(settings.max_concurrent_requests),  # one count for both stacks
+        draining=lambda: engine.draining,
+    )
+    if settings.docs_require_auth and keys:
+        app.add_middleware(DocsAuthMiddleware, keys=keys)
+
+    def count_response(scope: MutableMapping[str, Any], status: int) -> None:
+        count(getattr(scope.get("route"), "path", "unmatched"), status)
+
+    app.add_middleware(GuardMiddleware, on_response=count_response, **guard_settings)  # outermost: ids on every reply
+    _add_error_handlers(app)
+    _add_classify_route(app, engine, settings, metrics)
+    app.classify_endpoint = GuardMiddleware(
+        ClassifyEndpoint(engine, settings, metrics, app.state.request_model),
+        on_response=lambda scope, status: count("/v1/classify", status),
+        **guard_settings,
+    )
+    _add_model_and_operations_routes(app, engine, metrics)
+    return app
+
+
+def _lifespan(engine: Engine, settings: Settings, freeze_gc: bool) -> Any:
+    """Start-up: the socket is already open while the model loads on a thread. Shutdown: drain, then stop, within
+    what is left of the drain timeout (uvicorn has already waited part of it for the open connections)."""
 
     async def load() -> None:
         await asyncio.to_thread(engine.load)
@@ -146,17 +185,12 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, f
         await engine.wait_idle(engine.drain_time_left(settings.drain_timeout_s))
         await engine.stop(max(0.5, engine.drain_time_left(settings.drain_timeout_s)))
 
-    app = ServiceApp(
-        title="ernie-cls",
-        version=__version__,
-        description="Chinese text classification with ERNIE (INT8 ONNX Runtime by default). "
-        "Send one text or a list; each text gets its label, score and top-k labels.",
-        lifespan=lifespan,
-    )
-    app.state.engine = engine
-    app.state.metrics = metrics
+    return lifespan
 
-    counters: dict[tuple[str, int], Any] = {}  # (route, status) -> counter child, resolved once (hot path)
+
+def _request_counter(metrics: Metrics) -> Callable[[str, int], None]:
+    """count(route, status): the requests counter, its children resolved once per (route, status) (hot path)."""
+    counters: dict[tuple[str, int], Any] = {}
 
     def count(route: str, status: int) -> None:
         counter = counters.get((route, status))
@@ -164,25 +198,12 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, f
             counter = counters[route, status] = metrics.requests.labels(route, str(status))
         counter.inc()
 
-    def count_response(scope: MutableMapping[str, Any], status: int) -> None:
-        count(getattr(scope.get("route"), "path", "unmatched"), status)
+    return count
 
-    def count_classify(scope: MutableMapping[str, Any], status: int) -> None:
-        count("/v1/classify", status)
 
-    keys = [k.get_secret_value().encode() for k in settings.api_keys]
-    guard_settings: dict[str, Any] = dict(
-        max_body_bytes=settings.max_body_bytes,
-        keys=keys,
-        body_timeout_s=settings.body_timeout_s,
-        in_flight=InFlight(settings.max_concurrent_requests),
-        draining=lambda: engine.draining,
-    )
-    if settings.docs_require_auth and keys:
-        app.add_middleware(DocsAuthMiddleware, keys=keys)
-    app.add_middleware(GuardMiddleware, on_response=count_response, **guard_settings)  # outermost: ids on every reply
+def _add_error_handlers(app: FastAPI) -> None:
+    """FastAPI's side of the one error table (service/errors.py): the same bodies and headers as the fast path."""
 
-    # ---------------------------------------------------------------- error mapping
     @app.exception_handler(ErnieClsError)
     async def _ernie_error(request: Request, err: ErnieClsError) -> JSONResponse:
         status, body, headers = error_parts(err)
@@ -208,8 +229,11 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, f
         log_server_error(request.scope, 500, err)
         return _error(500, *INTERNAL_ERROR)
 
-    # ---------------------------------------------------------------- routes
+
+def _add_classify_route(app: FastAPI, engine: Engine, settings: Settings, metrics: Metrics) -> None:
+    """The documented POST /v1/classify, with this deployment's limits in its request model (app.state)."""
     request_model = classify_request_model(settings.max_texts_per_request, _label_count(settings))
+    app.state.request_model = request_model
 
     async def classify(body: ClassifyRequestBase, request: Request) -> Response:
         """The documented form of the route; requests normally reach ClassifyEndpoint first (ServiceApp)."""
@@ -234,15 +258,11 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, f
         responses=ERROR_RESPONSES,
         tags=["classify"],
     )
-    app.classify_endpoint = GuardMiddleware(
-        ClassifyEndpoint(engine, settings, metrics, request_model),
-        on_response=count_classify,
-        **guard_settings,
-    )
-
     # Route matching is a linear scan: the hot route goes first.
     app.router.routes.sort(key=lambda route: getattr(route, "path", "") != "/v1/classify")
 
+
+def _add_model_and_operations_routes(app: FastAPI, engine: Engine, metrics: Metrics) -> None:
     @app.get("/v1/models", response_model=ModelsResponse, responses=ERROR_RESPONSES, tags=["model"])
     async def models() -> ModelsResponse:
         if engine.artifact is None:
@@ -287,8 +307,6 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, f
     @app.get("/metrics", tags=["operations"], include_in_schema=False)
     async def metrics_route() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    return app
 
 
 # ------------------------------------------------------------------------- helpers

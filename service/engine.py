@@ -110,18 +110,18 @@ class LRUCache:
 
 
 class Engine:
+    """Two optional parts, in order: `model` (load(), on a thread: verified artifact, tokenizer, instances) and
+    `batcher` (start(), on the event loop). Everything else the engine knows of the model derives from `model`."""
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.artifact: Artifact | None = None
-        self.tokenizer: ErnieTokenizerFast | None = None
-        self.backend: Backend | None = None  # the first of `backends` (all alike), for its runtime and precision
-        self.backends: list[Backend] = []
+        self.model: LoadedModel | None = None
         self.batcher: Batcher | None = None
         self.cache = LRUCache(settings.cache_size)
+        # read for every text: copied from `model` once loaded rather than derived per access
         self.labels: list[str] = []
-        self.temperature = 1.0
-        self.format = ""
-        self.model_key = ""
+        self._temperature = 1.0
+        self._model_key = ""
         self.ready = False
         self.not_ready_reason = "loading"  # public (unauthenticated /readyz): never a path or an exception's text
         self.load_failed = False  # /healthz turns 503 so an orchestrator restarts the process
@@ -144,28 +144,47 @@ class Engine:
             self.load_failed = True
             log.error("model not loaded, service stays not-ready: %s", err)
             return
-        artifact, fmt = model.artifact, model.format
-        self.artifact, self.tokenizer, self.format = artifact, model.tokenizer, fmt
-        self.backends, self.backend = model.backends, model.backends[0]
-        self.labels, self.model_key, self.temperature = model.labels, model.model_sha256, model.temperature
+        self.model = model
+        self.labels, self._model_key, self._temperature = model.labels, model.model_sha256, model.temperature
         log.info(
             "model %s (%s, %s) ready in %.2f s: %d worker(s) x %d thread(s)",
-            artifact.manifest.get("name"),
-            fmt,
-            self.backend.precision,
+            model.artifact.manifest.get("name"),
+            model.format,
+            model.backends[0].precision,
             time.perf_counter() - started,
             self.settings.workers,
             self.settings.threads,
         )
 
+    @property
+    def artifact(self) -> Artifact | None:
+        return self.model.artifact if self.model is not None else None
+
+    @property
+    def tokenizer(self) -> ErnieTokenizerFast | None:
+        return self.model.tokenizer if self.model is not None else None
+
+    @property
+    def backends(self) -> list[Backend]:
+        return self.model.backends if self.model is not None else []
+
+    @property
+    def backend(self) -> Backend | None:
+        """The first instance (all alike): its runtime and precision describe the model."""
+        return self.model.backends[0] if self.model is not None else None
+
+    @property
+    def format(self) -> str:
+        return self.model.format if self.model is not None else ""
+
     def start(self) -> None:
         """In the event loop: start the batcher. Ready only if load() succeeded."""
-        if self.backend is None or self.tokenizer is None:
+        if self.model is None:
             return
         s = self.settings
         self.batcher = Batcher(
             [partial(self._infer, backend) for backend in self.backends],
-            self.tokenizer.pad_id,
+            self.model.tokenizer.pad_id,
             s.max_batch_size,
             s.max_batch_tokens,
             s.max_wait_ms / 1000,
@@ -351,10 +370,10 @@ class Engine:
         return _Lookup(found, [i for i, hit in enumerate(found) if hit is None])
 
     def _key(self, normalized: str) -> str:
-        return f"{self.model_key}:{normalized}"
+        return f"{self._model_key}:{normalized}"
 
     def _result(self, row: np.ndarray, truncated: bool, top_k: int) -> Result:
-        probs = softmax_row(row.tolist(), self.temperature)
+        probs = softmax_row(row.tolist(), self._temperature)
         order = sorted(range(len(probs)), key=probs.__getitem__, reverse=True)[:top_k]
         best = order[0]
         score = probs[best]

@@ -163,9 +163,13 @@ def test_attack_family(family, record):
 
 
 def test_keep_alive_clients_across_a_drain_lose_nothing(record):
-    """Clients that keep one connection alive (as bots' HTTP pools do) while SIGTERM arrives: while draining every
-    reply says `Connection: close`, so no client sends into a socket the server is about to close. Each request
-    is answered, or refused at connect (never accepted); none is sent and then lost."""
+    """Clients that keep one connection alive (as bots' HTTP pools do), behind a balancer that probes /readyz every
+    250 ms, while SIGTERM arrives: while draining every reply says `Connection: close`, so no client sends into a
+    kept-alive socket the server is about to close. Each request is answered; none is sent and then lost.
+
+    The balancer matters: a client that keeps opening connections after readiness failed and up to the instant the
+    listener closes can have one reset in the kernel's accept queue (seen once in 1 943 requests without it). That
+    is TCP's, not the service's, and it is what the drain grace is for."""
     from concurrent.futures import ThreadPoolExecutor
 
     from tests.reliability.conftest import DEFAULT_ARTIFACT
@@ -175,11 +179,26 @@ def test_keep_alive_clients_across_a_drain_lose_nothing(record):
     stop_at = [float("inf")]
     outcomes: dict[str, int] = {}
     closes_while_draining = [0]
+    routes = threading.Event()  # the balancer's view: set while /readyz said 200 at its last probe
+    routes.set()
+
+    def balancer() -> None:
+        while time.monotonic() < stop_at[0]:
+            try:
+                ok = httpx.get(f"{base}/readyz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            if not ok:
+                routes.clear()
+            time.sleep(0.25)
 
     def client(k: int) -> None:
         with httpx.Client(base_url=base, timeout=15) as pooled:  # keep-alive, as a bot's HTTP pool
             i = 0
             while time.monotonic() < stop_at[0]:
+                if not routes.is_set():
+                    time.sleep(0.01)
+                    continue
                 i += 1
                 try:
                     r = pooled.post("/v1/classify", json={"text": f"{NORMAL_TEXTS[k % 4]} {i}"})
@@ -193,7 +212,8 @@ def test_keep_alive_clients_across_a_drain_lose_nothing(record):
                 outcomes[kind] = outcomes.get(kind, 0) + 1
                 time.sleep(0.005)
 
-    with ThreadPoolExecutor(8) as pool:
+    with ThreadPoolExecutor(9) as pool:
+        pool.submit(balancer)
         for k in range(8):
             pool.submit(client, k)
         time.sleep(2)
@@ -209,6 +229,6 @@ def test_keep_alive_clients_across_a_drain_lose_nothing(record):
         replies_with_connection_close=closes_while_draining[0],
         exit_seconds_after_signal=round(time.monotonic() - signalled, 2),
     )
-    assert lost == 0, outcomes
+    assert lost == 0 and not outcomes.get("refused (not accepted)"), outcomes
     assert closes_while_draining[0] > 0 and outcomes.get("answered 200", 0) > 50
     assert code in (0, -15)

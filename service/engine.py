@@ -127,7 +127,7 @@ class Engine:
         self.load_failed = False  # /healthz turns 503 so an orchestrator restarts the process
         self.draining = False
         self.draining_since: float | None = None
-        self._preparing = 0  # texts admitted and being prepared on the prepare thread, not yet in the batcher
+        self.preparing = 0  # texts admitted and being prepared on the prepare thread, not yet in the batcher
         self._prepare_pool: ThreadPoolExecutor | None = None  # made by start(), shut down by stop()
         self._probe: asyncio.Task | None = None
         self.on_batch: Callable[[int, int, int, float], None] | None = None
@@ -307,18 +307,18 @@ class Engine:
             normalized, cut = self.prepare(texts, truncate)
             hits = self._lookup(normalized)
             if hits.misses:
-                self.batcher.admit(len(hits.misses), reserved=self._preparing)
+                self.batcher.admit(len(hits.misses), reserved=self.preparing)
             encoded = tokenizer.encode_with_overflow([normalized[i] for i in hits.misses], normalized=True)
         else:  # admitted before any work, then prepared on the prepare thread in chunks, within the deadline
-            self.batcher.admit(len(texts), reserved=self._preparing)
-            self._preparing += len(texts)
+            self.batcher.admit(len(texts), reserved=self.preparing)
+            self.preparing += len(texts)
             try:
                 normalized, cut = await self._prepare_off_loop(texts, truncate, deadline)
                 hits = self._lookup(normalized)
                 encode = partial(tokenizer.encode_with_overflow, normalized=True)
                 encoded = await self._in_chunks(encode, [normalized[i] for i in hits.misses], deadline)
             finally:
-                self._preparing -= len(texts)
+                self.preparing -= len(texts)
         found, misses = hits.found, hits.misses
         if misses:
             rows = await self.batcher.submit([ids for ids, _ in encoded], deadline, timings)

@@ -522,20 +522,36 @@ def test_a_large_request_past_its_deadline_stops_preparing_and_small_ones_are_no
     assert small_s < 1.5, f"a 320-character request waited {small_s:.2f} s behind expired large ones"
 
 
-def test_cached_answers_are_served_when_the_queue_is_full():
+def test_a_full_queue_refuses_before_the_body_is_parsed_cached_texts_included(monkeypatch):
+    """Under a flood the cheapest refusal protects the rest: with no room for one more text, 429 comes before the body
+    is parsed (a 600-connection flood of 64-text requests pushed /healthz to 543 ms when every body was parsed
+    first). A cached text is refused too; it is served again as soon as the queue has room."""
+    import service.api.classify as classify_module
+
+    parsed = {"n": 0}
+    real = classify_module.parse_json
+
+    def counting(raw: bytes):
+        parsed["n"] += 1
+        return real(raw)
+
     with LiveService(workers=1, queue_capacity=2, max_batch_size=1, cache_size=100, max_wait_ms=1) as svc:
         assert httpx.post(f"{svc.base}/v1/classify", json={"text": "已缓存"}, timeout=5).status_code == 200
         svc.close_gates()
 
-        async def main() -> int:
+        async def main() -> tuple[httpx.Response, int]:
             async with httpx.AsyncClient(base_url=svc.base, timeout=10) as client:
                 held = await fill_queue(client, svc, texts=2)
-                cached = await client.post("/v1/classify", json={"text": "已缓存"})
+                monkeypatch.setattr(classify_module, "parse_json", counting)
+                refused = await client.post("/v1/classify", json={"text": "已缓存"})
                 svc.open_gates()
                 await asyncio.gather(*held)
-                return cached.status_code
+                again = await client.post("/v1/classify", json={"text": "已缓存"})
+                return refused, again.status_code
 
-        assert asyncio.run(main()) == 200
+        refused, again = asyncio.run(main())
+    assert refused.status_code == 429 and refused.headers["retry-after"].isdigit()
+    assert parsed["n"] == 1 and again == 200  # only the request after the queue drained was parsed
 
 
 def test_the_app_serves_again_after_its_lifespan_restarts(int8_artifact):

@@ -221,6 +221,8 @@ class ClassifyEndpoint:
         for name, value in scope["headers"]:
             if name == b"x-request-timeout-ms":
                 timeout_header = value.decode("latin-1")
+        if self.engine.batcher is not None:  # no room for even one text: 429 before reading or parsing anything
+            self.engine.batcher.admit(1, reserved=self.engine.preparing)
         raw = await _read_body(receive)
         if len(raw) > OFF_LOOP_BYTES:
             payload = await asyncio.get_running_loop().run_in_executor(None, self._parse, raw)

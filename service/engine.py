@@ -127,7 +127,7 @@ class Engine:
         self.load_failed = False  # /healthz turns 503 so an orchestrator restarts the process
         self.draining = False
         self.draining_since: float | None = None
-        self.preparing = 0  # texts admitted and being prepared on the prepare thread, not yet in the batcher
+        self._preparing = 0  # texts admitted and being prepared on the prepare thread, not yet in the batcher
         self._prepare_pool: ThreadPoolExecutor | None = None  # made by start(), shut down by stop()
         self._probe: asyncio.Task | None = None
         self.on_batch: Callable[[int, int, int, float], None] | None = None
@@ -303,25 +303,23 @@ class Engine:
     ) -> list[Result]:
         assert self.tokenizer is not None and self.batcher is not None
         tokenizer = self.tokenizer
-        if sum(map(len, texts)) <= OFF_LOOP_CHARS:  # cheap: cached answers are served even when the queue is full
+        if sum(map(len, texts)) <= OFF_LOOP_CHARS:  # cheap: admitted by submit() below, cache hits need no room
             normalized, cut = self.prepare(texts, truncate)
             hits = self._lookup(normalized)
-            if hits.misses:
-                self.batcher.admit(len(hits.misses), reserved=self.preparing)
             encoded = tokenizer.encode_with_overflow([normalized[i] for i in hits.misses], normalized=True)
         else:  # admitted before any work, then prepared on the prepare thread in chunks, within the deadline
-            self.batcher.admit(len(texts), reserved=self.preparing)
-            self.preparing += len(texts)
+            self.batcher.admit(len(texts), reserved=self._preparing)
+            self._preparing += len(texts)
             try:
                 normalized, cut = await self._prepare_off_loop(texts, truncate, deadline)
                 hits = self._lookup(normalized)
                 encode = partial(tokenizer.encode_with_overflow, normalized=True)
                 encoded = await self._in_chunks(encode, [normalized[i] for i in hits.misses], deadline)
             finally:
-                self.preparing -= len(texts)
+                self._preparing -= len(texts)
         found, misses = hits.found, hits.misses
         if misses:
-            rows = await self.batcher.submit([ids for ids, _ in encoded], deadline, timings)
+            rows = await self.batcher.submit([ids for ids, _ in encoded], deadline, timings, reserved=self._preparing)
             for i, (_, overflowed), row in zip(misses, encoded, rows, strict=True):
                 found[i] = (row, overflowed)
                 self.cache.put(self._key(normalized[i]), (row, overflowed))
@@ -331,6 +329,12 @@ class Engine:
             row, overflowed = hit
             results.append(self._result(row, cut[i] or overflowed, top_k))
         return results
+
+    def refuse_if_full(self) -> None:
+        """Raise QueueFullError / ModelStuckError when not even one more text fits: the HTTP layer asks before it
+        reads a body, so a flood is refused at the cost of its headers (counted as one rejected text each)."""
+        if self.batcher is not None:
+            self.batcher.admit(1, reserved=self._preparing)
 
     async def _prepare_off_loop(
         self, texts: list[str], truncate: bool, deadline: float

@@ -22,6 +22,7 @@ class QueueFullError(ErnieClsError):
 
     def __init__(self, retry_after_s: float) -> None:
         self.retry_after_s = retry_after_s
+        self.response_headers = (("Retry-After", str(int(retry_after_s))),)
         super().__init__(
             "The service is at capacity.", f"Retry after {retry_after_s:.0f} s, or send fewer texts per second."
         )
@@ -165,8 +166,6 @@ def error_body(kind: str, message: str, hint: str = "", details: object = None) 
 def error_parts(err: ErnieClsError) -> tuple[int, dict[str, Any], dict[str, str]]:
     """An ErnieClsError -> (status, body, extra headers): its http_status, a snake_case type, message and hint."""
     headers = dict(err.response_headers)
-    if isinstance(err, QueueFullError):
-        headers["Retry-After"] = str(int(err.retry_after_s))
     kind = re.sub(r"(?<!^)(?=[A-Z])", "_", type(err).__name__.removesuffix("Error")).lower()
     return err.http_status, error_body(kind, err.message, err.hint), headers
 

@@ -26,7 +26,7 @@ import pydantic_core
 from pydantic import ValidationError
 
 from ernie_cls.errors import ErnieClsError, UserInputError
-from service.api.guards import ascii_int
+from service.api.guards import ascii_int, respond
 from service.api.schemas import ClassifyRequestBase
 from service.errors import (
     ClientGoneError,
@@ -210,19 +210,14 @@ class ClassifyEndpoint:
         except Exception as err:
             status, body = 500, error_body(*INTERNAL_ERROR)
             log_server_error(scope, status, err)
-        payload = pydantic_core.to_json(body)
-        raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
-        raw_headers += [(k.lower().encode(), v.encode("latin-1")) for k, v in headers.items()]
-        await send({"type": "http.response.start", "status": status, "headers": raw_headers})
-        await send({"type": "http.response.body", "body": payload})
+        await respond(send, status, pydantic_core.to_json(body), headers)
 
     async def _handle(self, scope: Scope, receive: Receive) -> tuple[dict[str, Any], dict[str, str]]:
         timeout_header = None
         for name, value in scope["headers"]:
             if name == b"x-request-timeout-ms":
                 timeout_header = value.decode("latin-1")
-        if self.engine.batcher is not None:  # no room for even one text: 429 before reading or parsing anything
-            self.engine.batcher.admit(1, reserved=self.engine.preparing)
+        self.engine.refuse_if_full()  # no room for even one text: 429 before reading or parsing anything
         raw = await _read_body(receive)
         if len(raw) > OFF_LOOP_BYTES:
             payload = await asyncio.get_running_loop().run_in_executor(None, self._parse, raw)

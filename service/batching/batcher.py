@@ -249,12 +249,13 @@ class Batcher:
         sequences: Sequence[list[int]],
         deadline: float,
         timings: dict[str, float] | None = None,
+        reserved: int = 0,
     ) -> list[np.ndarray]:
         """Logits rows for `sequences` (token ids incl. [CLS]/[SEP]), in order. Raises the errors above.
 
         `timings`, if given, receives the longest queue wait and model-call time among these texts (seconds).
         """
-        self.admit(len(sequences))
+        self.admit(len(sequences), reserved)
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         texts = [_Text(list(ids), loop.create_future(), now, deadline) for ids in sequences]

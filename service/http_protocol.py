@@ -24,15 +24,14 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from service.errors import error_body
+
 _BODY = json.dumps(
-    {
-        "error": {
-            "type": "request_timeout",
-            "message": "The request headers did not arrive in time.",
-            "hint": "Send the whole request at once (the server closes slow connections).",
-            "details": None,
-        }
-    }
+    error_body(
+        "request_timeout",
+        "The request headers did not arrive in time.",
+        "Send the whole request at once (the server closes slow connections).",
+    )
 ).encode()
 REQUEST_TIMEOUT_408 = (
     b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
@@ -49,7 +48,17 @@ class _Deadlines:
     loop: asyncio.AbstractEventLoop
     transport: Any
     cycle: Any
-    _write_deadline: asyncio.TimerHandle | None = None
+    _deadline: asyncio.TimerHandle | None = None  # request headers
+    _write_deadline: asyncio.TimerHandle | None = None  # writing paused by flow control
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        self._cancel_write_deadline()
+        super().connection_lost(exc)  # type: ignore[misc]
 
     def pause_writing(self) -> None:  # the client is not reading what we send
         super().pause_writing()  # type: ignore[misc]
@@ -81,13 +90,12 @@ class _Deadlines:
         return [self.cycle] if self.cycle is not None and not self.cycle.response_complete else []
 
     def _arm(self) -> None:
-        if getattr(self, "_deadline", None) is None:  # never extend a deadline already running
-            self._deadline: asyncio.TimerHandle | None = self.loop.call_later(self.header_timeout_s, self._expire)
+        if self._deadline is None:  # never extend a deadline already running
+            self._deadline = self.loop.call_later(self.header_timeout_s, self._expire)
 
     def _disarm(self) -> None:
-        deadline = getattr(self, "_deadline", None)
-        if deadline is not None:
-            deadline.cancel()
+        if self._deadline is not None:
+            self._deadline.cancel()
             self._deadline = None
 
     def _expire(self) -> None:
@@ -113,10 +121,6 @@ def protocol_class(http_impl: str, header_timeout_s: float, write_timeout_s: flo
 
 
 class DeadlineH11Protocol(_Deadlines, H11Protocol):
-    def connection_made(self, transport: Any) -> None:
-        super().connection_made(transport)
-        self._arm()
-
     def handle_events(self) -> None:
         super().handle_events()
         theirs, ours = self.conn.their_state, self.conn.our_state
@@ -124,11 +128,6 @@ class DeadlineH11Protocol(_Deadlines, H11Protocol):
             self._arm()  # a request began, or an unread body is being drained after our response
         elif theirs is not h11.IDLE:  # the current request's headers are in
             self._disarm()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
-        self._cancel_write_deadline()
-        super().connection_lost(exc)
 
     def _partial_request(self) -> bool:
         return self.conn.their_state is h11.IDLE and bool(self.conn.trailing_data[0])
@@ -139,10 +138,6 @@ def _httptools_class() -> type[asyncio.Protocol]:
 
     class DeadlineHttpToolsProtocol(_Deadlines, HttpToolsProtocol):
         _began = False  # bytes of the current request arrived, its headers are not complete yet
-
-        def connection_made(self, transport: Any) -> None:
-            super().connection_made(transport)
-            self._arm()
 
         def data_received(self, data: bytes) -> None:
             super().data_received(data)
@@ -172,11 +167,6 @@ def _httptools_class() -> type[asyncio.Protocol]:
             # keep-alive timer, so bound the drain and the next request's headers.
             if not self.transport.is_closing() and self.cycle is not None and self.cycle.more_body:
                 self._arm()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
-            self._cancel_write_deadline()
-            super().connection_lost(exc)
 
         def _partial_request(self) -> bool:
             return self._began

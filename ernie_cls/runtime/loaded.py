@@ -47,7 +47,7 @@ class LoadedModel:
         """An artifact already verified -> tokenizer + `instances` backends of `fmt` (default: the manifest's)."""
         fmt = fmt or artifact.manifest.get("default_format", "onnx-fp32")
         tokenizer = load_tokenizer(artifact)
-        backends = [load_backend(artifact, fmt, threads) for _ in range(instances)]
+        backends = load_backends(artifact, fmt, threads, instances)
         for backend in backends:
             if warmup:
                 backend.warmup(warmup)
@@ -81,8 +81,14 @@ def load_tokenizer(artifact: Artifact) -> ErnieTokenizerFast:
 
 
 def load_backend(artifact: Artifact, fmt: str, threads: int) -> Backend:
-    """One model instance of format `fmt`. ONNX models load from the bytes that were hashed (no re-open by path
-    after the check); the Paddle program loads by path, after its hash check, from inside the artifact."""
+    """One model instance of format `fmt`."""
+    return load_backends(artifact, fmt, threads, 1)[0]
+
+
+def load_backends(artifact: Artifact, fmt: str, threads: int, instances: int) -> list[Backend]:
+    """`instances` model instances of format `fmt`. ONNX models load from the bytes that were hashed, read once for
+    all instances (no re-open by path after the check); the Paddle program loads by path, after its hash check,
+    from inside the artifact."""
     spec = artifact.manifest["formats"].get(fmt)
     if spec is None or spec.get("runtime") not in RUNTIMES:
         servable = [f for f, s in artifact.manifest["formats"].items() if s.get("runtime") in RUNTIMES]
@@ -92,9 +98,9 @@ def load_backend(artifact: Artifact, fmt: str, threads: int) -> Backend:
     if spec["runtime"] == "onnxruntime":
         from ernie_cls.runtime.onnxruntime import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(artifact.read_verified(spec["path"]), spec["precision"], threads)
+        model = artifact.read_verified(spec["path"])
+        return [OnnxRuntimeBackend(model, spec["precision"], threads) for _ in range(instances)]
     from ernie_cls.runtime.paddle_inference import PaddleInferenceBackend
 
-    return PaddleInferenceBackend(
-        inside(artifact.root, spec["path"]), inside(artifact.root, spec["params"]), spec["precision"], threads
-    )
+    program, params = inside(artifact.root, spec["path"]), inside(artifact.root, spec["params"])
+    return [PaddleInferenceBackend(program, params, spec["precision"], threads) for _ in range(instances)]

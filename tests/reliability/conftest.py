@@ -117,6 +117,26 @@ class LiveService:
             gate.open.set()
 
 
+class Balancer:
+    """A load balancer's view of one replica: `routes` is set while /readyz said 200 at the last probe (every
+    250 ms, shorter than the drain grace); `run()` probes until `stop_at[0]` (monotonic time)."""
+
+    def __init__(self, base: str, stop_at: list[float]) -> None:
+        self.base, self.stop_at = base, stop_at
+        self.routes = threading.Event()
+        self.routes.set()
+
+    def run(self) -> None:
+        while time.monotonic() < self.stop_at[0]:
+            try:
+                ok = httpx.get(f"{self.base}/readyz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            if not ok:
+                self.routes.clear()
+            time.sleep(0.25)
+
+
 @pytest.fixture
 def record(request):
     """record(cases=..., failures=..., **figures): this test's row in reports/reliability.json."""

@@ -20,7 +20,7 @@ import time
 import httpx
 import pytest
 
-from tests.reliability.conftest import ROOT, LiveService
+from tests.reliability.conftest import ROOT, Balancer, LiveService
 
 SETTINGS = dict(
     max_body_bytes=65_536, body_timeout_s=2.0, header_timeout_s=2.0, write_timeout_s=2.0, cache_size=0, max_wait_ms=2
@@ -179,24 +179,13 @@ def test_keep_alive_clients_across_a_drain_lose_nothing(record):
     stop_at = [float("inf")]
     outcomes: dict[str, int] = {}
     closes_while_draining = [0]
-    routes = threading.Event()  # the balancer's view: set while /readyz said 200 at its last probe
-    routes.set()
-
-    def balancer() -> None:
-        while time.monotonic() < stop_at[0]:
-            try:
-                ok = httpx.get(f"{base}/readyz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                ok = False
-            if not ok:
-                routes.clear()
-            time.sleep(0.25)
+    balancer = Balancer(base, stop_at)
 
     def client(k: int) -> None:
         with httpx.Client(base_url=base, timeout=15) as pooled:  # keep-alive, as a bot's HTTP pool
             i = 0
             while time.monotonic() < stop_at[0]:
-                if not routes.is_set():
+                if not balancer.routes.is_set():
                     time.sleep(0.01)
                     continue
                 i += 1
@@ -213,7 +202,7 @@ def test_keep_alive_clients_across_a_drain_lose_nothing(record):
                 time.sleep(0.005)
 
     with ThreadPoolExecutor(9) as pool:
-        pool.submit(balancer)
+        pool.submit(balancer.run)
         for k in range(8):
             pool.submit(client, k)
         time.sleep(2)

@@ -11,7 +11,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import httpx
@@ -20,7 +19,7 @@ import pytest
 
 from ernie_cls.artifact import sha256_file
 from service.loadgen import Connection, prepare
-from tests.reliability.conftest import DEFAULT_ARTIFACT, ROOT, LiveService
+from tests.reliability.conftest import DEFAULT_ARTIFACT, ROOT, Balancer, LiveService
 
 TEXTS = [
     "送餐很快，味道很好，下次还点",
@@ -395,23 +394,12 @@ def test_sigterm_under_continuous_load_loses_no_accepted_request(record):
     )
     stop_at = [float("inf")]
     outcomes: dict[str, int] = {}
-    balancer_routes = threading.Event()  # a load balancer's view: sends while /readyz said 200 at its last probe
-    balancer_routes.set()
-
-    def balancer() -> None:
-        while time.monotonic() < stop_at[0]:
-            try:
-                ok = httpx.get(f"{base}/readyz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                ok = False
-            if not ok:
-                balancer_routes.clear()
-            time.sleep(0.25)  # probe period, shorter than the drain grace
+    balancer = Balancer(base, stop_at)
 
     def client(k: int) -> None:
         i = 0
         while time.monotonic() < stop_at[0]:
-            if not balancer_routes.is_set():
+            if not balancer.routes.is_set():
                 time.sleep(0.01)
                 continue
             i += 1
@@ -427,7 +415,7 @@ def test_sigterm_under_continuous_load_loses_no_accepted_request(record):
             outcomes[kind] = outcomes.get(kind, 0) + 1
 
     with ThreadPoolExecutor(9) as pool:
-        pool.submit(balancer)
+        pool.submit(balancer.run)
         for k in range(8):
             pool.submit(client, k)
         time.sleep(3)

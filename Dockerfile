@@ -15,10 +15,9 @@ ENV PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 WORKDIR /app
 COPY pyproject.toml constraints.txt README.md ./
 # Dependencies are installed before the code is copied, so an edit to the code does not reinstall them: until then
-# the three packages are empty stubs, and `pip install --no-deps .` after the copy installs the real ones (after
+# the packages are empty stubs, and `pip install --no-deps .` after the copy installs the real ones (after
 # removing the stubs' build/: setuptools keeps a built file that is newer than its source, and the stubs are).
-RUN mkdir -p ernie_cls training service \
- && touch ernie_cls/__init__.py training/__init__.py service/__init__.py
+RUN for pkg in ernie_cls training release service bench commands; do mkdir -p "$pkg" && touch "$pkg/__init__.py"; done
 
 # Paddle's CPU wheel needs the OpenMP runtime, which the slim image lacks.
 FROM base AS paddle-base
@@ -30,7 +29,10 @@ FROM paddle-base AS train
 RUN pip install -c constraints.txt ".[train]"
 COPY ernie_cls ernie_cls
 COPY training training
+COPY release release
 COPY service service
+COPY bench bench
+COPY commands commands
 RUN rm -rf build ./*.egg-info && pip install --no-deps -c constraints.txt .
 COPY data data
 ENTRYPOINT ["ernie-cls"]
@@ -44,7 +46,10 @@ RUN pip install "paddlepaddle-gpu==3.3.1" --index-url "${PADDLE_GPU_INDEX}" --ex
  && pip install -c constraints.txt ".[train-core]"
 COPY ernie_cls ernie_cls
 COPY training training
+COPY release release
 COPY service service
+COPY bench bench
+COPY commands commands
 RUN rm -rf build ./*.egg-info && pip install --no-deps -c constraints.txt .
 COPY data data
 ENTRYPOINT ["ernie-cls"]

@@ -27,16 +27,16 @@ test: $(STAMP) browser
 	$(MAKE) --no-print-directory lint
 
 lint: $(STAMP)
-	$(BIN)/ruff check ernie_cls training service tests
-	$(BIN)/ruff format --check ernie_cls training service tests
-	$(BIN)/mypy service ernie_cls training
+	$(BIN)/ruff check ernie_cls training release service bench commands tests
+	$(BIN)/ruff format --check ernie_cls training release service bench commands tests
+	$(BIN)/mypy ernie_cls training release service bench commands
 	$(BIN)/lint-imports
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/kubernetes-validate --strict --quiet deploy/kubernetes/*.yaml
 
 format: $(STAMP)
-	$(BIN)/ruff format ernie_cls training service tests
-	$(BIN)/ruff check --fix ernie_cls training service tests
+	$(BIN)/ruff format ernie_cls training release service bench commands tests
+	$(BIN)/ruff check --fix ernie_cls training release service bench commands tests
 
 # Serve the bundled default model (exported/waimai-sentiment) on http://127.0.0.1:8000 (docs at /docs).
 serve: $(STAMP)

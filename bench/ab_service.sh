@@ -25,7 +25,7 @@ for _ in range(150):
         urllib.request.urlopen('http://127.0.0.1:$PORT/readyz', timeout=1); break
     except OSError:
         time.sleep(0.2)"
-  (cd "$ROOT" && "$PY" -m service.loadgen --port "$PORT" --bodies "$WORK/bodies.jsonl" --concurrency 64 \
+  (cd "$ROOT" && "$PY" -m bench.loadgen --port "$PORT" --bodies "$WORK/bodies.jsonl" --concurrency 64 \
      --duration "${SECONDS_PER_RUN:-12}" --warmup 3) | "$PY" -c "import json,sys; d=json.load(sys.stdin); \
 print('$2', d['items_per_second'], d['statuses'], d['latency_ms']['p99'])" | tee -a "$WORK/results"
   kill -TERM "$pid"; wait "$pid" 2>/dev/null || true

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-import training  # noqa: F401  (sets Paddle's CPU environment before any test imports paddle)
+from training import paddle_env
+
+paddle_env.configure()  # Paddle's CPU environment, before any test imports paddle
 
 ROOT = Path(__file__).resolve().parents[1]
 # The reliability suite (tests/reliability) runs with `make reliability`, not in `make test`.
@@ -86,7 +88,7 @@ def qat_run(trained_run, tmp_path_factory):
 @pytest.fixture(scope="session")
 def int8_artifact(trained_run, qat_run, tmp_path_factory) -> Path:
     """A complete artifact (FP32 + INT8 + Triton) exported from the tiny model."""
-    from training.export import ExportConfig, export
+    from release.export import ExportConfig, export
 
     out = tmp_path_factory.mktemp("exported") / "tiny-int8"
     export(ExportConfig(checkpoint=str(trained_run / "best"), qat=str(qat_run[0] / "best"), output=str(out)))

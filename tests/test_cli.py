@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 
-from ernie_cls.cli import main
+from commands.main import main
 from tests.conftest import waimai_rows, write_csv
 
 

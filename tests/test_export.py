@@ -10,7 +10,7 @@ import pytest
 
 from ernie_cls.artifact import ArtifactError, read_manifest, verify_artifact
 from ernie_cls.errors import ConfigError, ModelLoadError, OutputExistsError
-from training.export import ExportCheckError, ExportConfig, export, onnx_backend
+from release.export import ExportCheckError, ExportConfig, export, onnx_backend
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,7 @@ def test_parity_check_catches_a_corrupted_weight(trained_run, tmp_path, monkeypa
     import onnx
     from onnx import numpy_helper
 
-    import training.export as ex
+    import release.export as ex
 
     real_export_onnx = ex.export_onnx
 

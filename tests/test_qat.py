@@ -10,7 +10,7 @@ import pytest
 
 from ernie_cls.artifact import verify_artifact
 from ernie_cls.errors import ConfigError
-from training.export import ExportConfig, export
+from release.export import ExportConfig, export
 from training.qat import QATConfig, quantizable_linears, quantize_model, run_qat
 
 
@@ -123,7 +123,7 @@ def test_qat_and_fp32_checkpoints_cannot_be_swapped(trained_run, qat_run, tmp_pa
 
 
 def test_paddle_int8_inference_model_matches_the_qat_model(int8_artifact, qat_run, trained_run):
-    from training.export import paddle_backend
+    from release.export import paddle_backend
     from training.finetune import predict_logits
     from training.modeling import load_checkpoint
     from training.qat import load_qat_checkpoint
@@ -138,7 +138,7 @@ def test_paddle_int8_inference_model_matches_the_qat_model(int8_artifact, qat_ru
 
 def test_export_leaves_the_callers_model_callable(qat_run, tmp_path):
     """to_static converts a Layer in place; a converted QAT model fails when called again (Paddle 3.3.1)."""
-    from training.export import export_paddle_inference
+    from release.export import export_paddle_inference
     from training.finetune import predict_logits
     from training.modeling import load_checkpoint
     from training.qat import load_qat_checkpoint
@@ -160,7 +160,7 @@ def test_copying_a_qat_dir_with_another_vocab_is_refused(trained_run, qat_run, t
 
 
 def test_bench_model_measures_every_format_and_writes_json_and_plot(int8_artifact, tmp_path):
-    from training.bench import BenchConfig, run_bench
+    from bench.formats import BenchConfig, run_bench
 
     out = tmp_path / "bench.json"
     report = run_bench(
@@ -181,9 +181,9 @@ def test_int8_onnx_is_under_30_percent_of_fp32_with_ernie_sized_vocabulary(tmp_p
     import paddle
     from paddlenlp.transformers import ErnieConfig, ErnieForSequenceClassification
 
-    from training.export import export_onnx, export_paddle_inference
+    from release.export import export_onnx, export_paddle_inference
+    from release.quantize_onnx import write_int8_qdq
     from training.qat import quantizable_linears
-    from training.quantize_onnx import write_int8_qdq
 
     paddle.seed(0)
     config = ErnieConfig(

@@ -11,9 +11,9 @@ import pytest
 from ernie_cls.artifact import verify_artifact
 from ernie_cls.errors import ConfigError
 from ernie_cls.tokenization import normalize_text
+from release.verify import VerifyConfig, labelled_data
 from tests.conftest import tiny_train_config, waimai_rows
 from training.noise import NOISE_KINDS, HomophoneTable, noisy
-from training.verify import VerifyConfig, labelled_data
 
 TEXT = "送餐很快，味道很好，下次还点！ABC 123"
 
@@ -118,7 +118,7 @@ def test_noise_consistency_pass_sees_a_noisy_copy_of_every_text(small_csv, tmp_p
 
 
 def test_noise_draws_are_independent_reproducible_and_draw_0_is_the_historical_one():
-    from training.bench_robustness import noisy_texts
+    from bench.robustness import noisy_texts
 
     texts = [r["review"] for r in waimai_rows(40)]
     table = HomophoneTable.from_texts(texts)
@@ -130,7 +130,7 @@ def test_noise_draws_are_independent_reproducible_and_draw_0_is_the_historical_o
 
 
 def test_bench_robustness_measures_every_condition_and_judges_plain_against_robust(int8_artifact, small_csv, tmp_path):
-    from training.bench_robustness import RobustnessConfig, run_robustness
+    from bench.robustness import RobustnessConfig, run_robustness
 
     cfg = RobustnessConfig(
         artifacts={"plain": str(int8_artifact), "robust": str(int8_artifact)},
@@ -162,10 +162,10 @@ def test_bench_robustness_measures_every_condition_and_judges_plain_against_robu
 def test_bench_robustness_judges_no_target_when_the_models_were_scored_on_different_texts(
     int8_artifact, small_csv, tmp_path, monkeypatch
 ):
-    import training.verify
-    from training.bench_robustness import RobustnessConfig, run_robustness
+    import release.verify
+    from bench.robustness import RobustnessConfig, run_robustness
 
-    real = training.verify.labelled_data
+    real = release.verify.labelled_data
     calls = []
 
     def held_out_differently(cfg, artifact):  # the second model's split leaves out one more row
@@ -173,7 +173,7 @@ def test_bench_robustness_judges_no_target_when_the_models_were_scored_on_differ
         calls.append(cfg)
         return data if len(calls) == 1 else {**data, "texts": data["texts"][1:], "labels": data["labels"][1:]}
 
-    monkeypatch.setattr(training.verify, "labelled_data", held_out_differently)
+    monkeypatch.setattr(release.verify, "labelled_data", held_out_differently)
     cfg = RobustnessConfig(
         artifacts={"plain": str(int8_artifact), "robust": str(int8_artifact)},
         data=str(small_csv), kinds=["mixed"], rates=[0.1], output=str(tmp_path / "rob.json"),

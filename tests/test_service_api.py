@@ -72,7 +72,7 @@ def test_answers_match_the_exported_model(app, int8_artifact, trained_run):
     import numpy as np
 
     from ernie_cls.tokenization import ErnieTokenizerFast
-    from training.export import onnx_backend
+    from release.export import onnx_backend
 
     texts = ["送餐很快，味道不错", "太难吃了，差评", "ＡＢＣ全角😀"]
     tok = ErnieTokenizerFast.load(int8_artifact / "tokenizer")

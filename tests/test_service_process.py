@@ -126,7 +126,7 @@ def test_real_process_serves_the_bundled_default_model_correctly():
 def test_bench_service_measures_the_real_service_against_the_raw_model(int8_artifact, tmp_path):
     out = tmp_path / "bench-service.json"
     done = subprocess.run(
-        [sys.executable, "-m", "ernie_cls.cli", "bench", "service", str(int8_artifact), "--texts", "80",
+        [sys.executable, "-m", "commands.main", "bench", "service", str(int8_artifact), "--texts", "80",
          "--duration", "1", "--concurrency", "2,8", "--raw-seconds", "0.2", "--pairs", "1", "--port", str(free_port()),
          "--workers", "1", "--own-core-pairs", "1", "--texts-per-request", "2", "--output", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
@@ -160,7 +160,7 @@ def test_bench_service_measures_the_real_service_against_the_raw_model(int8_arti
 
 
 def test_bench_bodies_carry_the_texts_per_request_asked(tmp_path):
-    from training.bench_service import _write_bodies
+    from bench.serving import _write_bodies
 
     texts = [f"第{i}条评论" for i in range(10)]
     one = [json.loads(x) for x in _write_bodies(tmp_path / "a", texts).read_text(encoding="utf-8").splitlines()]

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from ernie_cls.artifact import write_manifest
-from training.verify import VerifyConfig, run_verify
+from release.verify import VerifyConfig, run_verify
 
 NAMES = [
     "1 integrity",

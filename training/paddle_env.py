@@ -53,7 +53,7 @@ def configure(threads: int | None = None) -> dict[str, str]:
 
         logging.getLogger(__name__).warning(
             "paddle was imported before its CPU environment was set (%s); set these variables yourself or "
-            "import training first",
+            "call training.paddle_env.configure() first",
             applied,
         )
     return applied

@@ -17,8 +17,8 @@ import httpx
 import psutil
 import pytest
 
+from bench.loadgen import Connection, prepare
 from ernie_cls.artifact import sha256_file
-from service.loadgen import Connection, prepare
 from tests.reliability.conftest import DEFAULT_ARTIFACT, ROOT, Balancer, LiveService
 
 TEXTS = [

@@ -276,9 +276,9 @@ def export(cfg: ExportConfig) -> dict:
 
 def _export_int8(cfg: ExportConfig, tmp: Path, tokenizer, label_map: LabelMap, dev: list[Example]) -> dict:
     """Paddle INT8 (the fake-quantised QAT program) and ONNX INT8 (QDQ with the QAT scales) + Triton repository."""
+    from release.quantize_onnx import write_int8_cpu, write_int8_qdq
     from training.modeling import load_checkpoint
     from training.qat import SCALES_FILE, load_qat_checkpoint, quantizable_linears
-    from training.quantize_onnx import write_int8_cpu, write_int8_qdq
 
     qat_dir = Path(cfg.qat or "")
     qat_model = load_qat_checkpoint(qat_dir)

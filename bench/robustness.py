@@ -41,9 +41,9 @@ class RobustnessConfig:
 
 def run_robustness(cfg: RobustnessConfig, command: str | None = None) -> dict:
     from ernie_cls.runtime import load_backend, load_tokenizer
+    from release.verify import VerifyConfig, labelled_data
     from training.data import load_examples
     from training.finetune import logits_in_batches
-    from training.verify import VerifyConfig, labelled_data
 
     check_noise_kinds(cfg.kinds)  # before any model loads
     if cfg.draws < 1:

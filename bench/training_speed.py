@@ -1,6 +1,6 @@
 """Training-speed ladder: samples/s of scratch:nano fine-tuning steps under each CPU setting, side by side.
 
-    python -m training.bench_speed [--steps 40] [--output reports/train-speed.json]
+    python -m bench.training_speed [--steps 40] [--output reports/train-speed.json]
 
 Each configuration runs in its own process (thread and MKL variables must be set before Paddle loads), on the
 same length-bucketed batches of waimai_10k; the first 5 steps are warm-up and not timed.
@@ -82,14 +82,12 @@ def main() -> None:
         for key, value in env_vars.items():
             if value is not None:
                 env[key] = str(usable_cores()) if value == "auto" else value
-        # training/__init__ fills in unset variables; keep "unset" unset for the baseline rows
-        env["ERNIE_CLS_NO_PADDLE_ENV"] = "1"
         out = (
             subprocess.run(
                 [
                     sys.executable,
                     "-m",
-                    "training.bench_speed",
+                    "bench.training_speed",
                     "--steps",
                     str(args.steps),
                     "--child",

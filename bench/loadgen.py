@@ -9,8 +9,8 @@ Raw asyncio streams with keep-alive, no HTTP library: at a few hundred requests/
 one core. In open loop the latency counts from the scheduled send time, so a stalled server cannot hide its queue
 (no coordinated omission).
 
-    python -m service.loadgen --port 8000 --bodies bodies.jsonl --concurrency 64 --duration 20
-    python -m service.loadgen --port 8000 --bodies bodies.jsonl --rate 80 --duration 20
+    python -m bench.loadgen --port 8000 --bodies bodies.jsonl --concurrency 64 --duration 20
+    python -m bench.loadgen --port 8000 --bodies bodies.jsonl --rate 80 --duration 20
 """
 
 from __future__ import annotations
@@ -180,7 +180,7 @@ def summarize(rec: Record, mode: dict, cpu_s: float, wall_s: float) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m service.loadgen", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.loadgen", description=__doc__.split("\n\n")[0])
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--path", default="/v1/classify")

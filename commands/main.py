@@ -298,7 +298,7 @@ PADDLE_COMMANDS = {"train", "qat", "evaluate", "predict", "export", "bench", "ve
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from ernie_cls.artifact import sha256_file
-    from training.export import ExportConfig, export
+    from release.export import ExportConfig, export
 
     fields = ExportConfig.__dataclass_fields__
     manifest = export(ExportConfig(**{k: v for k, v in vars(args).items() if k in fields}))
@@ -332,7 +332,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         return _cmd_bench_soak(args)
     if args.bench_target == "robustness":
         return _cmd_bench_robustness(args)
-    from training.bench import BenchConfig, run_bench
+    from bench.formats import BenchConfig, run_bench
 
     fields = BenchConfig.__dataclass_fields__
     report = run_bench(BenchConfig(**{k: v for k, v in vars(args).items() if k in fields}))
@@ -343,7 +343,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_service(args: argparse.Namespace) -> int:
-    from training.bench_service import ServiceBenchConfig, run_service_bench
+    from bench.serving import ServiceBenchConfig, run_service_bench
 
     fields = ServiceBenchConfig.__dataclass_fields__
     cfg = ServiceBenchConfig(**{k: v for k, v in vars(args).items() if k in fields})
@@ -357,7 +357,7 @@ def _cmd_bench_service(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_soak(args: argparse.Namespace) -> int:
-    from training.bench_service import ServiceBenchConfig, run_soak
+    from bench.serving import ServiceBenchConfig, run_soak
 
     fields = ServiceBenchConfig.__dataclass_fields__
     cfg = ServiceBenchConfig(**{k: v for k, v in vars(args).items() if k in fields})
@@ -367,7 +367,7 @@ def _cmd_bench_soak(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_robustness(args: argparse.Namespace) -> int:
-    from training.bench_robustness import RobustnessConfig, run_robustness
+    from bench.robustness import RobustnessConfig, run_robustness
 
     pairs = [a.split("=", 1) if "=" in a else (Path(a).name, a) for a in args.artifacts]
     cfg = RobustnessConfig(
@@ -388,7 +388,7 @@ def _cmd_bench_robustness(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from training.verify import VerifyConfig, run_verify
+    from release.verify import VerifyConfig, run_verify
 
     fields = VerifyConfig.__dataclass_fields__
     report = run_verify(VerifyConfig(**{k: v for k, v in vars(args).items() if k in fields}))

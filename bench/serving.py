@@ -4,7 +4,7 @@
     1. raw ceiling: the served backend in this process, same threads, pre-tokenised texts, no HTTP; every batch size
        in two orders: length-grouped (the least padding possible) and arrival order. The ceiling is the best of all.
     2. `python -m service` in a subprocess (time to /readyz recorded), cache off so every text reaches the model
-    3. load from `python -m service.loadgen` in another process: closed loop at several concurrencies, open loop at
+    3. load from `python -m bench.loadgen` in another process: closed loop at several concurrencies, open loop at
        half the maximum throughput (latency percentiles), the same closed loop with FIFO batching and with batching
        off (max batch size 1), padded/real tokens read from the service's own /metrics
     -> JSON (machine, command, every run, targets with pass/fail) + PNG
@@ -35,11 +35,11 @@ from pathlib import Path
 import numpy as np
 import psutil
 
+from bench.formats import cpu_flags, cpu_model
 from ernie_cls.errors import ErnieClsError
 from ernie_cls.machine import usable_cores
 from ernie_cls.runtime import WARMUP_SHAPES, LoadedModel
 from ernie_cls.tokenization import ErnieTokenizerFast
-from training.bench import cpu_flags, cpu_model
 from training.data import load_examples
 
 
@@ -229,7 +229,7 @@ class ServerProcess:
         cmd = [
             sys.executable,
             "-m",
-            "service.loadgen",
+            "bench.loadgen",
             "--port",
             str(self.port),
             "--bodies",

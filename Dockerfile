@@ -7,6 +7,8 @@
 #                                                               formats: mount it, set ERNIE_CLS_ARTIFACT/FORMAT)
 #   docker build --target train -t ernie-cls:train .            training image (Paddle CPU + PaddleNLP)
 #   docker build --target train-gpu -t ernie-cls:train-gpu .    training on GPUs: paddlepaddle-gpu from Paddle's index
+#   docker build --target triton -t ernie-cls:triton .          Triton Inference Server with the bundled model's
+#                                                               repository (text in, labels out; docs/triton.md)
 # Stop with a grace above ERNIE_CLS_DRAIN_GRACE_S + ERNIE_CLS_DRAIN_TIMEOUT_S (3 + 20 s): `docker stop -t 30`,
 # `docker run --stop-timeout 30`; compose sets stop_grace_period.
 ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
@@ -69,6 +71,24 @@ USER 65534:65534
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s \
   CMD ["python", "-c", "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/readyz').status != 200)"]
 CMD ["python", "-m", "service"]
+
+# Triton with the bundled model's repository. Its Python models (tokenizer, postprocess) import ernie-cls's core
+# (tokenization, calibration: numpy + tokenizers only). On a GPU: add --model-config-name=gpu (TensorRT, INT8).
+# Into the image's own Python (the one the Python backend runs), keeping its numpy: only tokenizers is added.
+ARG TRITON_IMAGE=nvcr.io/nvidia/tritonserver:25.01-py3
+FROM ${TRITON_IMAGE} AS triton
+ENV PIP_BREAK_SYSTEM_PACKAGES=1 PIP_NO_CACHE_DIR=1
+WORKDIR /opt/ernie-cls
+COPY pyproject.toml constraints.txt README.md ./
+RUN grep '^tokenizers==' constraints.txt > tokenizers.txt && pip install -r tokenizers.txt \
+ && mkdir -p /cache/tensorrt
+COPY ernie_cls ernie_cls
+RUN pip install --no-deps .
+COPY exported/waimai-sentiment/triton /models
+EXPOSE 8000 8001 8002
+HEALTHCHECK --interval=10s --timeout=3s --start-period=60s \
+  CMD ["curl", "-fsS", "http://127.0.0.1:8000/v2/health/ready"]
+CMD ["tritonserver", "--model-repository=/models"]
 
 FROM base AS serve
 RUN pip install -c constraints.txt ".[serve]"

@@ -17,26 +17,29 @@ import platform
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ernie_cls.artifact import verify_artifact
 from ernie_cls.machine import usable_cores
+from ernie_cls.options import opt
 from ernie_cls.runtime import RUNTIME_FORMATS, load_backend
 from training.paddle_env import cpuinfo
 
 
 @dataclass
 class BenchConfig:
-    artifact: str
-    batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32, 64])
-    seq_lens: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256])
-    formats: list[str] | None = None  # default: every runtime format in the artifact
-    threads: int = 0  # 0: all usable cores
-    min_seconds: float = 1.0
-    output: str = "reports/bench-model.json"
+    """`ernie-cls bench model`: every field is a flag (ernie_cls/options.py)."""
+
+    artifact: str = opt(help="exported/<name>", positional=True)
+    batch_sizes: list[int] = opt([1, 8, 32, 64])
+    seq_lens: list[int] = opt([16, 32, 64, 128, 256])
+    formats: list[str] | None = opt(None, "default: all runtime formats in the artifact")
+    threads: int = opt(0, "inference threads (default: all cores)")
+    min_seconds: float = opt(1.0, "timed seconds per format and shape")
+    output: str = opt("reports/bench-model.json")
 
 
 def cpu_model() -> str:

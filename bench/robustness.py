@@ -16,34 +16,36 @@ import hashlib
 import json
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ernie_cls.artifact import verify_artifact
 from ernie_cls.errors import ConfigError
 from ernie_cls.machine import usable_cores
+from ernie_cls.options import opt
+from ernie_cls.runtime import load_backend, load_tokenizer, logits_in_batches
+from release.verify import VerifyConfig, labelled_data
+from training.data import load_examples
 from training.noise import NOISE_CHOICES, HomophoneTable, check_noise_kinds, noisy
 
 
 @dataclass
 class RobustnessConfig:
-    artifacts: dict[str, str]  # name -> artifact directory
-    data: str = "data/waimai_10k.csv"
-    text_col: str | None = "review"
-    label_col: str | None = "label"
-    kinds: list[str] = field(default_factory=lambda: list(NOISE_CHOICES))
-    rates: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2])
-    formats: list[str] = field(default_factory=lambda: ["onnx-fp32", "onnx-int8-cpu"])
-    seed: int = 0
-    draws: int = 1  # independent noise draws per noisy condition; accuracy is their mean
-    output: str = "reports/bench-robustness.json"
+    """`ernie-cls bench robustness`: every field is a flag (ernie_cls/options.py)."""
+
+    artifacts: dict[str, str] = opt(help="name -> artifact directory (the command line's name=dir list)", cli=False)
+    data: str = opt("data/waimai_10k.csv")
+    text_col: str | None = opt("review")
+    label_col: str | None = opt("label")
+    kinds: list[str] = opt(list(NOISE_CHOICES), "noise kinds (default: all + mixed)")
+    rates: list[float] = opt([0.05, 0.1, 0.2])
+    formats: list[str] = opt(["onnx-fp32", "onnx-int8"])
+    seed: int = opt(0)
+    draws: int = opt(1, "independent noise draws per condition, accuracy averaged")
+    output: str = opt("reports/bench-robustness.json")
 
 
 def run_robustness(cfg: RobustnessConfig, command: str | None = None) -> dict:
-    from ernie_cls.runtime import load_backend, load_tokenizer
-    from release.verify import VerifyConfig, labelled_data
-    from training.data import load_examples
-    from training.finetune import logits_in_batches
 
     check_noise_kinds(cfg.kinds)  # before any model loads
     if cfg.draws < 1:

@@ -36,8 +36,8 @@ def _measure(steps: int, fixed_pad: bool) -> float:
     import paddle
     import paddle.nn.functional as F  # noqa: N812
 
+    from training.batching import encode, length_bucketed_batches
     from training.data import LabelMap, load_examples, stratified_split
-    from training.finetune import encode, length_bucketed_batches
     from training.modeling import ModelSource, build_model
 
     examples, _ = load_examples("data/waimai_10k.csv")

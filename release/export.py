@@ -4,8 +4,11 @@
                        -> ONNX FP32 (paddle2onnx), inputs/outputs renamed to input_ids/token_type_ids -> logits,
                           dynamic axes named batch/sequence
                        -> tokenizer/ (the checkpoint's own tokenizer files)
-    checks: onnx checker; ONNX Runtime loads; Paddle inference vs ONNX max |logit diff| on dev <= tolerance;
-            test accuracy per format
+    QAT checkpoint (--qat) -> Paddle INT8 (the fake-quantised program), ONNX INT8 (explicit Q/DQ with the QAT scales,
+                          release/quantize_onnx.py) + onnx/quant_scales.json, Triton repository (release/triton.py)
+    checks: onnx checker; ONNX Runtime loads; Paddle inference vs ONNX max |logit diff| on dev <= tolerance; the
+            INT8 graph rules (release/qdq_rules.py) and ONNX Runtime running every quantised MatMul as an integer
+            GEMM; INT8 vs the QAT model on dev; test accuracy and calibration per format
     -> manifest.json (files + sha256, metrics per format, checks, provenance) -> rename into place
 
 Everything is written to a hidden temporary directory beside the output and renamed at the end, so an export that
@@ -33,16 +36,18 @@ from ernie_cls import __version__
 from ernie_cls.artifact import TOKENIZER_DIR, write_manifest
 from ernie_cls.calibration import expected_calibration_error, fit_temperature, softmax
 from ernie_cls.errors import ConfigError, ErnieClsError, ModelLoadError, OutputExistsError
+from ernie_cls.options import opt
+from ernie_cls.runtime import logits_in_batches
+from release.qdq_rules import ort_integer_gemms, qdq_problems
+from release.quantize_onnx import write_int8_qdq
+from release.triton import write_triton_repository
+from training.batching import Encoded, encode
+from training.checkpoint import LABEL_MAP_FILE, METRICS_FILE, TRAINING_CONFIG_FILE
 from training.data import Example, LabelMap, check_known_labels, load_examples, stratified_split
-from training.finetune import (
-    LABEL_MAP_FILE,
-    METRICS_FILE,
-    TRAINING_CONFIG_FILE,
-    encode,
-    logits_in_batches,
-    predict_logits,
-)
+from training.loop import predict_logits
 from training.metrics import classification_metrics
+from training.modeling import load_checkpoint
+from training.qat import SCALES_FILE, is_qat_checkpoint, load_qat_checkpoint, quantizable_linears
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +58,9 @@ PADDLE_FP32 = "paddle/fp32/model"
 PADDLE_INT8 = "paddle/int8/model"
 ONNX_FP32 = "onnx/model.fp32.onnx"
 ONNX_INT8 = "onnx/model.int8.onnx"
-ONNX_INT8_CPU = "onnx/model.int8-cpu.onnx"
-TRITON_MODEL = "triton/ernie_cls"
+ONNX_INT8_SCALES = "onnx/quant_scales.json"  # the QAT scales the INT8 file was written with
+TRITON_DIR = "triton"
+TRITON_ENSEMBLE = "ernie_cls_text"
 
 
 class ExportCheckError(ErnieClsError):
@@ -63,19 +69,23 @@ class ExportCheckError(ErnieClsError):
 
 @dataclass
 class ExportConfig:
-    checkpoint: str
-    output: str
-    qat: str | None = None  # QAT checkpoint (`ernie-cls qat`): adds the INT8 Paddle and ONNX models
-    name: str | None = None  # default: the output directory's name
-    version: str = "1"
-    data: str | None = None  # labelled data for the checks; default: what training used (same split)
-    text_col: str | None = None
-    label_col: str | None = None
-    parity_tolerance: float = 1e-4
-    keep_formats: list[str] | None = None  # formats to ship; None = all (every format is still checked)
-    min_int8_agreement: float = 0.99  # INT8 ONNX vs QAT model argmax agreement on dev
-    max_int8_accuracy_drop: float = 0.005  # INT8 ONNX test accuracy vs FP32 (absolute)
-    overwrite: bool = False
+    """`ernie-cls export`: every field is a flag (ernie_cls/options.py)."""
+
+    checkpoint: str = opt(help="the FP32 checkpoint (runs/<x>/best)")
+    output: str = opt(help="artifact directory, e.g. exported/waimai-sentiment")
+    qat: str | None = opt(None, "QAT checkpoint from `ernie-cls qat` (adds INT8 Paddle/ONNX models + Triton repo)")
+    name: str | None = opt(None, "model name in the manifest (default: the output directory's name)")
+    version: str = opt("1", "model version in the manifest")
+    data: str | None = opt(None, "labelled file for the export checks (default: the training split)")
+    text_col: str | None = opt(None, "column holding the text")
+    label_col: str | None = opt(None, "column holding the label")
+    parity_tolerance: float = opt(1e-4, "max |logit diff| Paddle vs ONNX on dev")
+    keep_formats: list[str] | None = opt(
+        None, "formats to ship (comma-separated); all are still checked. Default: all", flag="--formats"
+    )
+    min_int8_agreement: float = opt(0.99, "INT8 vs QAT argmax agreement on dev")
+    max_int8_accuracy_drop: float = opt(0.005, "INT8 vs FP32 test accuracy (absolute)")
+    overwrite: bool = opt(False)
 
 
 def _check_checkpoint(d: Path) -> dict:
@@ -103,7 +113,6 @@ def _check_checkpoint(d: Path) -> dict:
 
 
 def _check_qat(d: Path, fp32_dir: Path) -> None:
-    from training.qat import is_qat_checkpoint
 
     if not d.is_dir():
         raise ModelLoadError(f"QAT checkpoint {d} does not exist.", "Run `ernie-cls qat` and pass its best/ directory.")
@@ -232,9 +241,6 @@ def _versions() -> dict[str, str]:
 
 def export(cfg: ExportConfig) -> dict:
     """Write the artifact; returns its manifest. Raises ExportCheckError (nothing written) when a check fails."""
-    import onnx
-
-    from training.modeling import load_checkpoint
 
     ckpt = Path(cfg.checkpoint)
     training_config = _check_checkpoint(ckpt)
@@ -257,8 +263,14 @@ def export(cfg: ExportConfig) -> dict:
         )
         export_paddle_inference(model, tmp / PADDLE_FP32)
         export_onnx(tmp / PADDLE_FP32, tmp / ONNX_FP32)
-        int8 = _export_int8(cfg, tmp, tokenizer, label_map, dev) if cfg.qat else None
-        manifest = _check_and_describe(cfg, tmp, model, tokenizer, label_map, dev, test, training_config, onnx, int8)
+        int8 = _export_int8(cfg, tmp) if cfg.qat else None
+        data = _Splits(encode(dev, tokenizer, label_map), encode(test, tokenizer, label_map), label_map)
+        checks, runners, dev_logits = _parity_checks(cfg, tmp, model, tokenizer, data, int8)
+        metrics = _measure(runners, dev_logits, tokenizer, data)
+        if int8 is not None:
+            checks["int8_accuracy_drop"] = _int8_accuracy_check(cfg, metrics)
+            _write_triton(tmp, label_map, metrics["onnx-int8"]["temperature"], tokenizer.max_seq_len)
+        manifest = _describe(cfg, tmp, tokenizer, label_map, training_config, metrics, checks, int8)
         manifest["provenance"]["data_path"] = os.path.basename(data_path)
         if cfg.keep_formats is not None:
             _drop_formats(tmp, manifest, cfg.keep_formats)
@@ -274,11 +286,16 @@ def export(cfg: ExportConfig) -> dict:
     return json.loads((out / "manifest.json").read_text(encoding="utf-8"))
 
 
-def _export_int8(cfg: ExportConfig, tmp: Path, tokenizer, label_map: LabelMap, dev: list[Example]) -> dict:
-    """Paddle INT8 (the fake-quantised QAT program) and ONNX INT8 (QDQ with the QAT scales) + Triton repository."""
-    from release.quantize_onnx import write_int8_cpu, write_int8_qdq
-    from training.modeling import load_checkpoint
-    from training.qat import SCALES_FILE, load_qat_checkpoint, quantizable_linears
+@dataclass
+class _Splits:
+    dev: Encoded
+    test: Encoded
+    label_map: LabelMap
+
+
+def _export_int8(cfg: ExportConfig, tmp: Path) -> dict:
+    """Paddle INT8 (the fake-quantised QAT program) and ONNX INT8 (QDQ with the QAT scales, rules checked)."""
+    import onnx
 
     qat_dir = Path(cfg.qat or "")
     qat_model = load_qat_checkpoint(qat_dir)
@@ -289,20 +306,121 @@ def _export_int8(cfg: ExportConfig, tmp: Path, tokenizer, label_map: LabelMap, d
     scales = json.loads((qat_dir / SCALES_FILE).read_text(encoding="utf-8"))
     work = tmp / ".int8-work"
     saved = export_paddle_inference(float_model, work / "model")
-    by_weight = {layer.weight.name: scales[name] for name, layer in quantizable_linears(saved).items()}
+    by_weight = {
+        layer.weight.name: {"layer": name, **scales[name]} for name, layer in quantizable_linears(saved).items()
+    }
     export_onnx(work / "model", work / "float.onnx")
-    dev_ids = encode(dev, tokenizer, label_map).ids
-    calibration = [
-        dict(zip(INPUT_NAMES, tokenizer.pad(dev_ids[i : i + 32]), strict=True))
-        for i in range(0, min(128, len(dev_ids)), 32)
-    ]
-    info = write_int8_qdq(work / "float.onnx", tmp / ONNX_INT8, by_weight, calibration)
-    write_int8_cpu(work / "float.onnx", tmp / ONNX_INT8_CPU, by_weight, calibration)
+    info = write_int8_qdq(work / "float.onnx", tmp / ONNX_INT8, by_weight)
     shutil.rmtree(work)
-    write_triton_repository(tmp / TRITON_MODEL, tmp / ONNX_INT8, len(label_map))
+    for weight, matmul in info.pop("matmul_of").items():
+        by_weight[weight]["matmul"] = matmul
+    (tmp / ONNX_INT8_SCALES).write_text(json.dumps(by_weight, indent=1), encoding="utf-8")
+    model_bytes = (tmp / ONNX_INT8).read_bytes()
+    problems = qdq_problems(onnx.load_from_string(model_bytes), by_weight)
+    info["checks"] = {
+        "int8_qdq_rules": {"problems": problems[:20], "rules": "release/qdq_rules.py", "passed": not problems},
+        "onnxruntime_integer_gemms": {
+            "integer_gemms": (gemms := ort_integer_gemms(model_bytes)),
+            "quantized_matmuls": info["matmuls"],
+            "passed": gemms == info["matmuls"],
+        },
+    }
+    info["onnxruntime_integer_gemms"] = gemms
     info["qat_model"] = qat_model
     info["qat_checkpoint"] = json.loads((qat_dir / "qat_config.json").read_text(encoding="utf-8"))
     return info
+
+
+def _write_triton(tmp: Path, label_map: LabelMap, temperature: float, max_seq_len: int) -> None:
+
+    labels = [label_map.display(i) for i in range(len(label_map))]
+    write_triton_repository(tmp / TRITON_DIR, tmp / ONNX_INT8, tmp / TOKENIZER_DIR, labels, temperature, max_seq_len)
+
+
+def _parity_checks(cfg: ExportConfig, tmp: Path, model, tokenizer, data: _Splits, int8: dict | None):
+    """Every format against its source on dev -> (checks, runners, dev logits); raises if one fails."""
+    import onnx
+
+    checks: dict[str, dict] = {}
+    onnx.checker.check_model(str(tmp / ONNX_FP32))
+    checks["onnx_checker"] = {"passed": True}
+    runners: dict[str, Any] = {
+        "paddle-fp32": paddle_backend(tmp / PADDLE_FP32),
+        "onnx-fp32": onnx_backend(tmp / ONNX_FP32),
+    }
+    checks["onnxruntime_loads"] = {"passed": True, "formats": ["onnx-fp32"]}
+    ids = data.dev.ids
+    dev_logits = {fmt: logits_in_batches(runner.infer, tokenizer, ids) for fmt, runner in runners.items()}
+    dygraph = predict_logits(model, tokenizer, ids)
+    for name, a, b in [
+        ("paddle_fp32_vs_onnx_fp32", dev_logits["paddle-fp32"], dev_logits["onnx-fp32"]),
+        ("checkpoint_vs_paddle_fp32", dev_logits["paddle-fp32"], dygraph),
+    ]:
+        diff = float(np.abs(a - b).max())
+        checks[name] = {"max_abs_logit_diff": diff, "tolerance": cfg.parity_tolerance, "n": len(ids)}
+        checks[name]["passed"] = diff <= cfg.parity_tolerance
+    if int8 is not None:
+        onnx.checker.check_model(str(tmp / ONNX_INT8))
+        runners["paddle-int8"] = paddle_backend(tmp / PADDLE_INT8)
+        runners["onnx-int8"] = onnx_backend(tmp / ONNX_INT8)
+        checks["onnxruntime_loads"]["formats"].append("onnx-int8")
+        checks.update(int8["checks"])
+        qat_dev = predict_logits(int8["qat_model"], tokenizer, ids)
+        int8_dev = dev_logits["onnx-int8"] = logits_in_batches(runners["onnx-int8"].infer, tokenizer, ids)
+        agreement = float((qat_dev.argmax(-1) == int8_dev.argmax(-1)).mean())
+        checks["qat_vs_onnx_int8"] = {
+            "argmax_agreement": agreement,
+            "max_abs_logit_diff": float(np.abs(qat_dev - int8_dev).max()),
+            "min_agreement": cfg.min_int8_agreement,
+            "n": len(ids),
+            "passed": agreement >= cfg.min_int8_agreement,
+        }
+    failed = [name for name, c in checks.items() if not c["passed"]]
+    if failed:
+        raise ExportCheckError(
+            f"Export checks failed: {', '.join(f'{n} {checks[n]}' for n in failed)}. No artifact was written.",
+            "A corrupted or non-exportable checkpoint: retrain, or report the versions in `pip freeze`.",
+        )
+    return checks, runners, dev_logits
+
+
+def _measure(runners: dict[str, Any], dev_logits: dict[str, np.ndarray], tokenizer, data: _Splits) -> dict:
+    """Test accuracy, macro-F1 and calibration per format; the temperature is fitted on dev, per format."""
+    names = [data.label_map.display(i) for i in range(len(data.label_map))]
+    metrics = {}
+    for fmt, runner in runners.items():
+        logits = logits_in_batches(runner.infer, tokenizer, data.test.ids)
+        m = classification_metrics(data.test.labels.tolist(), logits.argmax(-1).tolist(), names)
+        if fmt not in dev_logits:
+            dev_logits[fmt] = logits_in_batches(runner.infer, tokenizer, data.dev.ids)
+        temperature = fit_temperature(dev_logits[fmt], data.dev.labels)
+        metrics[fmt] = {
+            "test_accuracy": m["accuracy"],
+            "test_macro_f1": m["macro_f1"],
+            "n_test": m["n"],
+            "temperature": round(temperature, 4),
+            "test_ece": expected_calibration_error(softmax(logits), data.test.labels),
+            "test_ece_calibrated": expected_calibration_error(softmax(logits, temperature), data.test.labels),
+        }
+    return metrics
+
+
+def _int8_accuracy_check(cfg: ExportConfig, metrics: dict) -> dict:
+    drop = metrics["onnx-fp32"]["test_accuracy"] - metrics["onnx-int8"]["test_accuracy"]
+    check = {
+        "fp32_test_accuracy": metrics["onnx-fp32"]["test_accuracy"],
+        "int8_test_accuracy": metrics["onnx-int8"]["test_accuracy"],
+        "drop": drop,
+        "max_drop": cfg.max_int8_accuracy_drop,
+        "passed": drop <= cfg.max_int8_accuracy_drop,
+    }
+    if not check["passed"]:
+        raise ExportCheckError(
+            f"INT8 ONNX test accuracy is {drop * 100:.2f} pt below FP32 (limit "
+            f"{cfg.max_int8_accuracy_drop * 100:.2f} pt). No artifact was written.",
+            "Run QAT longer (`ernie-cls qat --epochs 2`), or relax --max-int8-accuracy-drop knowingly.",
+        )
+    return check
 
 
 def model_card(manifest: dict) -> str:
@@ -369,7 +487,7 @@ def _drop_formats(root: Path, manifest: dict, keep: list[str]) -> None:
             if key in spec:
                 (root / spec[key]).unlink(missing_ok=True)
         if fmt == "triton":
-            shutil.rmtree(root / TRITON_MODEL.split("/")[0], ignore_errors=True)
+            shutil.rmtree(root / TRITON_DIR, ignore_errors=True)
         omitted[fmt] = "checked at export, then left out (--formats); `make default-model` rebuilds all formats"
     for d in sorted((p for p in root.rglob("*") if p.is_dir()), reverse=True):
         if not any(d.iterdir()):
@@ -382,131 +500,7 @@ def _drop_formats(root: Path, manifest: dict, keep: list[str]) -> None:
     manifest["omitted_formats"] = omitted
 
 
-def write_triton_repository(model_dir: Path, onnx_path: Path, num_labels: int, max_batch_size: int = 64) -> None:
-    """A Triton model repository (ONNX Runtime backend) for the INT8 model, with dynamic batching."""
-    (model_dir / "1").mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(onnx_path, model_dir / "1" / "model.onnx")
-    inputs = "\n".join(
-        f'  {{ name: "{n}" data_type: TYPE_INT64 dims: [ -1 ] }}{"," if i == 0 else ""}'
-        for i, n in enumerate(INPUT_NAMES)
-    )
-    (model_dir / "config.pbtxt").write_text(
-        f"""# Triton model configuration for the ernie-cls INT8 model (explicit QDQ quantisation).
-# Inputs are token ids from the artifact's tokenizer/ ([CLS] ... [SEP], right-padded with [PAD]);
-# the output is unnormalised logits (softmax over them; labels in ../../manifest.json).
-name: "{model_dir.name}"
-backend: "onnxruntime"
-max_batch_size: {max_batch_size}
-input [
-{inputs}
-]
-output [
-  {{ name: "{OUTPUT_NAME}" data_type: TYPE_FP32 dims: [ {num_labels} ] }}
-]
-dynamic_batching {{
-  preferred_batch_size: [ 8, 16, 32 ]
-  max_queue_delay_microseconds: 2000
-}}
-instance_group [ {{ kind: KIND_CPU count: 1 }} ]
-# For TensorRT on GPU, switch the ONNX Runtime backend to its TensorRT execution provider:
-# optimization {{ execution_accelerators {{ gpu_execution_accelerator: [ {{ name: "tensorrt"
-#   parameters {{ key: "precision_mode" value: "INT8" }} }} ] }} }}
-""",
-        encoding="utf-8",
-    )
-
-
-def _check_and_describe(
-    cfg, tmp, model, tokenizer, label_map: LabelMap, dev, test, training_config, onnx, int8: dict | None
-) -> dict:
-    checks: dict[str, dict] = {}
-    onnx.checker.check_model(str(tmp / ONNX_FP32))
-    checks["onnx_checker"] = {"passed": True}
-
-    paddle_runner = paddle_backend(tmp / PADDLE_FP32)
-    onnx_runner = onnx_backend(tmp / ONNX_FP32)
-    checks["onnxruntime_loads"] = {"passed": True, "formats": ["onnx-fp32"]}
-
-    dev_enc = encode(dev, tokenizer, label_map)
-    dygraph = predict_logits(model, tokenizer, dev_enc.ids)
-    paddle_dev = logits_in_batches(paddle_runner.infer, tokenizer, dev_enc.ids)
-    onnx_dev = logits_in_batches(onnx_runner.infer, tokenizer, dev_enc.ids)
-    diff = float(np.abs(paddle_dev - onnx_dev).max())
-    diff_dygraph = float(np.abs(paddle_dev - dygraph).max())
-    checks["paddle_fp32_vs_onnx_fp32"] = {
-        "max_abs_logit_diff": diff,
-        "tolerance": cfg.parity_tolerance,
-        "n": len(dev),
-        "passed": diff <= cfg.parity_tolerance,
-    }
-    checks["checkpoint_vs_paddle_fp32"] = {
-        "max_abs_logit_diff": diff_dygraph,
-        "tolerance": cfg.parity_tolerance,
-        "passed": diff_dygraph <= cfg.parity_tolerance,
-    }
-    runners: dict[str, Any] = {"paddle-fp32": paddle_runner, "onnx-fp32": onnx_runner}
-    dev_logits = {"paddle-fp32": paddle_dev, "onnx-fp32": onnx_dev}  # reused for calibration below
-    if int8 is not None:
-        onnx.checker.check_model(str(tmp / ONNX_INT8))
-        onnx.checker.check_model(str(tmp / ONNX_INT8_CPU))
-        runners["paddle-int8"] = paddle_backend(tmp / PADDLE_INT8)
-        runners["onnx-int8"] = onnx_backend(tmp / ONNX_INT8)
-        runners["onnx-int8-cpu"] = onnx_backend(tmp / ONNX_INT8_CPU)
-        checks["onnxruntime_loads"]["formats"] += ["onnx-int8", "onnx-int8-cpu"]
-        qat_dev = predict_logits(int8["qat_model"], tokenizer, dev_enc.ids)
-        for fmt in ("onnx-int8", "onnx-int8-cpu"):
-            int8_dev = dev_logits[fmt] = logits_in_batches(runners[fmt].infer, tokenizer, dev_enc.ids)
-            agreement = float((qat_dev.argmax(-1) == int8_dev.argmax(-1)).mean())
-            checks[f"qat_vs_{fmt.replace('-', '_')}"] = {
-                "argmax_agreement": agreement,
-                "max_abs_logit_diff": float(np.abs(qat_dev - int8_dev).max()),
-                "min_agreement": cfg.min_int8_agreement,
-                "n": len(dev),
-                "passed": agreement >= cfg.min_int8_agreement,
-            }
-    failed = [name for name, c in checks.items() if not c["passed"]]
-    if failed:
-        raise ExportCheckError(
-            f"Export checks failed: {', '.join(f'{n} {checks[n]}' for n in failed)}. No artifact was written.",
-            "A corrupted or non-exportable checkpoint: retrain, or report the versions in `pip freeze`.",
-        )
-
-    test_enc = encode(test, tokenizer, label_map)
-    names = [label_map.display(i) for i in range(len(label_map))]
-    metrics = {}
-    for fmt, runner in runners.items():
-        logits = logits_in_batches(runner.infer, tokenizer, test_enc.ids)
-        m = classification_metrics(test_enc.labels.tolist(), logits.argmax(-1).tolist(), names)
-        metrics[fmt] = {"test_accuracy": m["accuracy"], "test_macro_f1": m["macro_f1"], "n_test": m["n"]}
-        # Temperature scaling fitted on dev, per format (INT8 logits are not FP32's); ECE measured on test.
-        if fmt not in dev_logits:
-            dev_logits[fmt] = logits_in_batches(runner.infer, tokenizer, dev_enc.ids)
-        temperature = fit_temperature(dev_logits[fmt], dev_enc.labels)
-        metrics[fmt]["temperature"] = round(temperature, 4)
-        metrics[fmt]["test_ece"] = expected_calibration_error(softmax(logits), test_enc.labels)
-        metrics[fmt]["test_ece_calibrated"] = expected_calibration_error(softmax(logits, temperature), test_enc.labels)
-    if int8 is not None:
-        drop = metrics["onnx-fp32"]["test_accuracy"] - min(
-            metrics["onnx-int8"]["test_accuracy"], metrics["onnx-int8-cpu"]["test_accuracy"]
-        )
-        checks["int8_accuracy_drop"] = {
-            "fp32_test_accuracy": metrics["onnx-fp32"]["test_accuracy"],
-            "int8_test_accuracy": metrics["onnx-int8"]["test_accuracy"],
-            "int8_cpu_test_accuracy": metrics["onnx-int8-cpu"]["test_accuracy"],
-            "drop": drop,
-            "max_drop": cfg.max_int8_accuracy_drop,
-            "passed": drop <= cfg.max_int8_accuracy_drop,
-        }
-        if not checks["int8_accuracy_drop"]["passed"]:
-            raise ExportCheckError(
-                f"INT8 ONNX test accuracy is {drop * 100:.2f} pt below FP32 (limit "
-                f"{cfg.max_int8_accuracy_drop * 100:.2f} pt). No artifact was written.",
-                "Run QAT longer (`ernie-cls qat --epochs 2`), or relax --max-int8-accuracy-drop knowingly.",
-            )
-
-    ckpt_metrics_file = Path(cfg.checkpoint) / METRICS_FILE
-    training_metrics = json.loads(ckpt_metrics_file.read_text(encoding="utf-8")) if ckpt_metrics_file.is_file() else {}
-    num_labels = len(label_map)
+def _formats(int8: dict | None) -> dict[str, dict[str, Any]]:
     formats: dict[str, dict[str, Any]] = {
         "paddle-fp32": {
             "path": f"{PADDLE_FP32}.json",
@@ -516,49 +510,49 @@ def _check_and_describe(
         },
         "onnx-fp32": {"path": ONNX_FP32, "runtime": "onnxruntime", "precision": "fp32", "opset": ONNX_OPSET},
     }
-    if int8 is not None:
-        formats["paddle-int8"] = {
-            "path": f"{PADDLE_INT8}.json",
-            "params": f"{PADDLE_INT8}.pdiparams",
-            "runtime": "paddle-inference",
-            "precision": "int8-simulated",
-            "note": "the QAT program with fake-quantise ops: same numerics as INT8, runs in FP32 on CPU",
-        }
-        formats["onnx-int8"] = {
-            "path": ONNX_INT8,
-            "runtime": "onnxruntime",
-            "precision": "int8",
-            "opset": ONNX_OPSET,
-            "quantization": {
-                "form": "QDQ, explicit (TensorRT-ready)",
-                "scales": "from QAT (quant_scales.json), not calibrated",
-                "activations": "int8 symmetric per-tensor, zero point 0",
-                "weights": "int8 symmetric per-output-channel (axis 1), zero point 0",
-                "quantized_matmuls": int8["matmuls"],
-                "embeddings": "int8 weight-only, per-row scale: " + ", ".join(int8["embedding_tables_int8"]),
-                "fp32": "attention QK^T and AV matmuls, LayerNorm, softmax, GELU, pooler and classifier head",
-            },
-        }
-        formats["onnx-int8-cpu"] = {
-            "path": ONNX_INT8_CPU,
-            "runtime": "onnxruntime",
-            "precision": "int8",
-            "opset": ONNX_OPSET,
-            "quantization": {
-                "form": "QOperator (QLinearMatMul), tuned for ONNX Runtime on x86 CPUs without VNNI",
-                "scales": "the same QAT scales as onnx-int8",
-                "activations": "uint8 per-tensor, zero point 128 (the symmetric int8 grid, shifted)",
-                "weights": "int8 symmetric per-output-channel (axis 1), zero point 0",
-                "quantized_matmuls": int8["matmuls"],
-                "embeddings": "int8 weight-only, per-row scale",
-            },
-        }
-        formats["triton"] = {
-            "path": f"{TRITON_MODEL}/config.pbtxt",
-            "runtime": "triton",
-            "precision": "int8",
-            "model": f"{TRITON_MODEL}/1/model.onnx",
-        }
+    if int8 is None:
+        return formats
+    formats["paddle-int8"] = {
+        "path": f"{PADDLE_INT8}.json",
+        "params": f"{PADDLE_INT8}.pdiparams",
+        "runtime": "paddle-inference",
+        "precision": "int8-simulated",
+        "note": "the QAT program with fake-quantise ops: same numerics as INT8, runs in FP32 on CPU",
+    }
+    formats["onnx-int8"] = {
+        "path": ONNX_INT8,
+        "runtime": "onnxruntime",
+        "precision": "int8",
+        "opset": ONNX_OPSET,
+        "quantization": {
+            "form": "QDQ, explicit: what TensorRT builds INT8 engines from, and what ONNX Runtime runs on CPU",
+            "scales": f"from QAT, never calibrated: {ONNX_INT8_SCALES} (by weight initializer)",
+            "activations": "int8 symmetric per-tensor, zero point 0, one dedicated Q/DQ pair per Linear input",
+            "weights": "int8 symmetric per-output-channel (axis 1), zero point 0",
+            "outputs": "float: no Q/DQ on GEMM outputs",
+            "quantized_matmuls": int8["matmuls"],
+            "onnxruntime_integer_gemms": int8["onnxruntime_integer_gemms"],
+            "embeddings": "float (TensorRT's Gather takes no quantised tables)",
+            "position_ids": "CumSum computed in float32 (TensorRT's CumSum takes no integers)",
+            "fp32": "embeddings, attention QK^T and AV matmuls, LayerNorm, softmax, GELU, pooler and classifier head",
+        },
+        "scales": ONNX_INT8_SCALES,
+    }
+    formats["triton"] = {
+        "path": f"{TRITON_DIR}/{TRITON_ENSEMBLE}/config.pbtxt",
+        "runtime": "triton",
+        "precision": "int8",
+        "model": f"{TRITON_DIR}/ernie_cls/1/model.onnx",
+        "note": "ensemble: text in, label + score + probabilities out (docs/triton.md)",
+    }
+    return formats
+
+
+def _describe(cfg, tmp: Path, tokenizer, label_map: LabelMap, training_config: dict, metrics, checks, int8) -> dict:
+    ckpt_metrics_file = Path(cfg.checkpoint) / METRICS_FILE
+    training_metrics = json.loads(ckpt_metrics_file.read_text(encoding="utf-8")) if ckpt_metrics_file.is_file() else {}
+    num_labels = len(label_map)
+    formats = _formats(int8)
     for fmt, spec in formats.items():
         if fmt in metrics:
             spec["temperature"] = metrics[fmt]["temperature"]
@@ -578,46 +572,31 @@ def _check_and_describe(
         "inputs": [{"name": n, "dtype": "int64", "shape": ["batch", "sequence"]} for n in INPUT_NAMES],
         "outputs": [{"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch", num_labels]}],
         "formats": formats,
-        "default_format": "onnx-int8-cpu" if int8 is not None else "onnx-fp32",
+        "default_format": "onnx-int8" if int8 is not None else "onnx-fp32",
         "metrics": {**metrics, "training": {k: training_metrics.get(k) for k in ("dev", "test") if training_metrics}},
         "checks": checks,
-        "provenance": {
-            "base_model": training_config.get("base_model"),
-            "qat": None
-            if int8 is None
-            else {
-                k: int8["qat_checkpoint"].get(k)
-                for k in ("epochs", "learning_rate", "moving_rate", "seed", "quantized_layers")
-            },
-            "training_data_sha256": (training_metrics.get("provenance", {}).get("data") or {}).get("sha256"),
-            "training_config": {
-                k: training_config.get(k)
-                for k in (
-                    "epochs",
-                    "batch_size",
-                    "learning_rate",
-                    "max_seq_len",
-                    "seed",
-                    "dropout",
-                    "test_size",
-                    "dev_size",
-                    "pretrain_epochs",
-                    "vocab_size",
-                    "base_model",
-                    "label_smoothing",
-                    "adversarial",
-                    "noise_augment",
-                    "noise_rate",
-                    "rdrop_alpha",
-                    "noise_consistency",
-                    "distill_alpha",
-                )
-                if k in training_config
-            }
-            | {"teacher": Path(training_config["teacher"]).name if training_config.get("teacher") else None},
-            "versions": _versions(),
-            "git_commit": _git_commit(),
-            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "machine": platform.machine(),
-        },
+        "provenance": _provenance(training_config, training_metrics, int8),
+    }
+
+
+_RECIPE_KEYS = (
+    "epochs", "batch_size", "learning_rate", "max_seq_len", "seed", "dropout", "test_size", "dev_size",
+    "pretrain_epochs", "vocab_size", "base_model", "label_smoothing", "adversarial", "noise_augment", "noise_rate",
+    "rdrop_alpha", "noise_consistency", "distill_alpha",
+)  # fmt: skip
+
+
+def _provenance(training_config: dict, training_metrics: dict, int8: dict | None) -> dict:
+    qat_keys = ("epochs", "learning_rate", "moving_rate", "seed", "quantized_layers")
+    teacher = training_config.get("teacher")
+    return {
+        "base_model": training_config.get("base_model"),
+        "qat": None if int8 is None else {k: int8["qat_checkpoint"].get(k) for k in qat_keys},
+        "training_data_sha256": (training_metrics.get("provenance", {}).get("data") or {}).get("sha256"),
+        "training_config": {k: training_config.get(k) for k in _RECIPE_KEYS if k in training_config}
+        | {"teacher": Path(teacher).name if teacher else None},
+        "versions": _versions(),
+        "git_commit": _git_commit(),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": platform.machine(),
     }

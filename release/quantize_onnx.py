@@ -1,45 +1,35 @@
-"""INT8 ONNX from the QAT scales, written by ONNX Runtime's quantiser (no fresh calibration decides a scale).
+"""INT8 ONNX in the explicit Q/DQ form TensorRT builds INT8 engines from, every scale taken from QAT.
 
-    FP32 ONNX of the QAT-trained weights
-      -> onnxruntime.quantization.quantize_static(QDQ, INT8 activations and weights, symmetric, zero point 0)
-         restricted to the MatMuls of the QAT-wrapped Linears, every scale pinned by TensorQuantOverrides:
-           activation (MatMul input 0): the QAT moving-average scale, per tensor
-           weight     (MatMul input 1): the QAT per-output-channel scale, axis 1
-      -> embedding tables (Gather data) stored INT8 weight-only, per-row scale, via DequantizeLinear
-    = model.int8.onnx: explicit quantisation (Q/DQ pairs) in the form TensorRT builds INT8 engines from.
-    The same scales written in QOperator form with uint8 activations (zero point 128) = model.int8-cpu.onnx, the
-    flavour ONNX Runtime runs fast on x86 CPUs without VNNI (docs/benchmarks.md).
+    FP32 ONNX of the QAT-trained float weights + the QAT scales (per encoder Linear: activation scale, per-output-
+    channel weight scales; quant_scales.json of the QAT checkpoint)
+      -> for each encoder Linear's MatMul (24 in scratch:nano):
+           input:  its own QuantizeLinear -> DequantizeLinear pair, int8, zero point 0, that layer's QAT activation
+                   scale (per tensor). Nothing else reads the pair, so the residual path stays float, as in QAT.
+           weight: an int8 initializer, round(w / s) clipped to +-127 with s the QAT per-output-channel scale
+                   -> DequantizeLinear (axis 1: Paddle's Linear weight is [in, out]) -> the MatMul
+           output: float; no QuantizeLinear (TensorRT and ONNX Runtime pick the output precision themselves)
+      -> an integer CumSum (the position ids) is computed in float: TensorRT's CumSum takes FP32/FP16/BF16 only
+      -> embeddings, attention QK^T/AV, LayerNorm, softmax, GELU and the head stay float
+    = onnx/model.int8.onnx, for TensorRT and for ONNX Runtime on CPU alike: ONNX Runtime's QDQ transformer turns every
+      DQ -> MatMul <- DQ group into an integer GEMM (MatMulIntegerToFloat), checked at export.
 
-quantize_static still runs a calibration pass (its API requires one); with every quantised tensor overridden,
-the calibrated ranges are not used. The one hand-written graph edit is the embedding weight-only step, because
-ORT's Gather quantisation also quantises the Gather output (an activation), which is not what we want.
+Written here rather than by onnxruntime.quantization.quantize_static: the quantiser also quantises MatMul outputs
+(with calibrated scales) and shares one Q/DQ pair among all readers of a tensor, residual Add included; with
+`OpTypesToExcludeOutputQuantization` and `DedicatedQDQPair` set, ONNX Runtime still ran 16 of its 24 MatMuls in
+float. The insertion is a few fixed rules; release/qdq_rules.py checks every one of them on the written file.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 log = logging.getLogger(__name__)
 
-
-class _Batches:
-    """CalibrationDataReader over a few pre-tokenised batches."""
-
-    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
-        self._iter: Iterator[dict[str, np.ndarray]] = iter(feeds)
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._iter, None)
-
-
-def _name_nodes(model) -> None:
-    for i, node in enumerate(model.graph.node):
-        if not node.name:
-            node.name = f"{node.op_type}_{i}"
+INT8_MAX = 127
+WEIGHT_AXIS = 1  # Paddle's (and paddle2onnx's) Linear weight is [in, out]: output channels on axis 1
 
 
 def linear_matmuls(model, weight_names: set[str]) -> dict[str, tuple[str, str]]:
@@ -52,131 +42,104 @@ def linear_matmuls(model, weight_names: set[str]) -> dict[str, tuple[str, str]]:
     }
 
 
-def _f32(value: float) -> np.ndarray:
-    return np.array([value], dtype=np.float32)  # ORT wants arrays here, not numpy scalars
+def quantize_weight(weight: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """Symmetric int8 per output channel, as QAT's weight quanter rounds: round(w / s) clipped to +-127."""
+    return np.clip(np.round(weight / scales[None, :]), -INT8_MAX, INT8_MAX).astype(np.int8)
 
 
-def _zero() -> np.ndarray:
-    return np.zeros(1, dtype=np.int8)
-
-
-def build_overrides(
-    matmuls: dict[str, tuple[str, str]], scales_by_weight: dict[str, dict], activation_zero_point: np.ndarray
-) -> dict[str, list[dict]]:
-    """TensorQuantOverrides pinning every activation and weight scale of the quantised MatMuls to the QAT ones."""
-    overrides: dict[str, list[dict]] = {}
-    for activation, weight in matmuls.values():
-        s = scales_by_weight[weight]
-        # q/k/v projections read the same tensor; their QAT quanters observed the same values, take the largest.
-        prev = float(overrides.get(activation, [{"scale": np.zeros(1)}])[0]["scale"][0])
-        overrides[activation] = [{"scale": _f32(max(prev, s["activation_scale"])), "zero_point": activation_zero_point}]
-        # per-channel entries: one scalar each (ORT stacks them into the [channels] scale vector)
-        channel = [{"scale": np.float32(v), "zero_point": np.array(0, dtype=np.int8)} for v in s["weight_scales"]]
-        channel[0]["axis"] = s["weight_axis"]
-        overrides[weight] = channel
-    return overrides
-
-
-def quantize_embeddings_weight_only(model) -> list[str]:
-    """Store every Gather table (initializer, rank 2) as INT8 with per-row symmetric scales + DequantizeLinear."""
+def _quantize_matmul(model, node, weight: str, scales: dict, inits: dict) -> list:
+    """Q/DQ on the MatMul's input and a DQ'd int8 weight; returns the new nodes (to go right before the MatMul)."""
     from onnx import helper, numpy_helper
 
-    inits = {i.name: i for i in model.graph.initializer}
-    done = []
-    new_nodes = []
-    for node in model.graph.node:
-        if node.op_type != "Gather" or node.input[0] not in inits:
-            continue
-        table = numpy_helper.to_array(inits[node.input[0]])
-        if table.ndim != 2 or table.dtype != np.float32:
-            continue
-        name = node.input[0]
-        scale = np.maximum(np.abs(table).max(axis=1), 1e-8) / 127.0
-        q = np.clip(np.round(table / scale[:, None]), -127, 127).astype(np.int8)
-        model.graph.initializer.remove(inits[name])
-        model.graph.initializer.extend(
-            [
-                numpy_helper.from_array(q, f"{name}_int8"),
-                numpy_helper.from_array(scale.astype(np.float32), f"{name}_scale"),
-                numpy_helper.from_array(np.zeros(len(scale), dtype=np.int8), f"{name}_zero_point"),
-            ]
-        )
-        new_nodes.append(
-            helper.make_node(
-                "DequantizeLinear",
-                [f"{name}_int8", f"{name}_scale", f"{name}_zero_point"],
-                [name],
-                name=f"{name}_DequantizeLinear",
-                axis=0,
-            )
-        )
-        done.append(name)
-    for n in reversed(new_nodes):  # DequantizeLinear first, so the graph stays topologically sorted
-        model.graph.node.insert(0, n)
-    return done
+    channel_scales = np.asarray(scales["weight_scales"], dtype=np.float32)
+    if scales.get("weight_axis", WEIGHT_AXIS) != WEIGHT_AXIS:
+        raise ValueError(f"{weight}: QAT weight scales on axis {scales['weight_axis']}, expected {WEIGHT_AXIS}")
+    float_weight = numpy_helper.to_array(inits[weight])
+    model.graph.initializer.remove(inits[weight])
+    pair = f"{node.name}_input"
+    model.graph.initializer.extend(
+        [
+            # the int8 weight keeps the float weight's name, so quant_scales.json (keyed by it) names it too
+            numpy_helper.from_array(quantize_weight(float_weight, channel_scales), weight),
+            numpy_helper.from_array(channel_scales, f"{weight}_scale"),
+            numpy_helper.from_array(np.zeros(len(channel_scales), dtype=np.int8), f"{weight}_zero_point"),
+            numpy_helper.from_array(np.array(scales["activation_scale"], dtype=np.float32), f"{pair}_scale"),
+            numpy_helper.from_array(np.array(0, dtype=np.int8), f"{pair}_zero_point"),
+        ]
+    )
+    activation = node.input[0]
+    node.input[0], node.input[1] = f"{pair}_dequantized", f"{weight}_dequantized"
+    return [
+        helper.make_node(
+            "QuantizeLinear", [activation, f"{pair}_scale", f"{pair}_zero_point"], [f"{pair}_quantized"],
+            name=f"{pair}_QuantizeLinear",
+        ),
+        helper.make_node(
+            "DequantizeLinear", [f"{pair}_quantized", f"{pair}_scale", f"{pair}_zero_point"], [node.input[0]],
+            name=f"{pair}_DequantizeLinear",
+        ),
+        helper.make_node(
+            "DequantizeLinear", [weight, f"{weight}_scale", f"{weight}_zero_point"], [node.input[1]],
+            name=f"{weight}_DequantizeLinear", axis=WEIGHT_AXIS,
+        ),
+    ]  # fmt: skip
 
 
-def write_int8_qdq(
-    fp32_path: Path, out_path: Path, scales_by_weight: dict[str, dict], calibration: list[dict[str, np.ndarray]]
-) -> dict:
-    """The TensorRT form: QDQ, int8 activations and weights, symmetric, zero point 0. Returns what was quantised."""
-    return _write_int8(fp32_path, out_path, scales_by_weight, calibration, tensorrt_form=True)
-
-
-def write_int8_cpu(
-    fp32_path: Path, out_path: Path, scales_by_weight: dict[str, dict], calibration: list[dict[str, np.ndarray]]
-) -> dict:
-    """The CPU-tuned INT8 flavour from the same QAT scales: QOperator, uint8 activations, int8 weights.
-
-    On x86 without VNNI, ONNX Runtime's u8s8 integer GEMM kernels are the fast path; its kernels for the QDQ form
-    with int8 activations (the TensorRT form) are not. uint8 with zero point 128 and the QAT scale s is the same
-    quantisation grid as symmetric int8 with scale s, shifted: the learned ranges carry over unchanged.
-    """
-    return _write_int8(fp32_path, out_path, scales_by_weight, calibration, tensorrt_form=False)
-
-
-def _write_int8(
-    fp32_path: Path,
-    out_path: Path,
-    scales_by_weight: dict[str, dict],
-    calibration: list[dict[str, np.ndarray]],
-    tensorrt_form: bool,
-) -> dict:
-    import onnx
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-
-    model = onnx.load(str(fp32_path))
-    _name_nodes(model)
+def insert_qdq(model, scales_by_weight: dict[str, dict]) -> dict[str, str]:
+    """Quantise every MatMul whose weight has QAT scales; returns {weight: its MatMul}. Keeps the graph sorted."""
+    for i, node in enumerate(model.graph.node):
+        node.name = node.name or f"{node.op_type}_{i}"
     matmuls = linear_matmuls(model, set(scales_by_weight))
     missing = set(scales_by_weight) - {w for _, w in matmuls.values()}
     if missing:
         raise ValueError(f"QAT layers without a MatMul in the ONNX graph: {sorted(missing)}")
-    if tensorrt_form:
-        fmt, act_type, zero = QuantFormat.QDQ, QuantType.QInt8, _zero()
-    else:
-        fmt, act_type, zero = QuantFormat.QOperator, QuantType.QUInt8, np.array([128], dtype=np.uint8)
-    extra = {"WeightSymmetric": True, "TensorQuantOverrides": build_overrides(matmuls, scales_by_weight, zero)}
-    if tensorrt_form:
-        extra["ActivationSymmetric"] = True
-    named = out_path.with_suffix(".named.onnx")
-    onnx.save(model, str(named))
-    try:
-        quantize_static(
-            str(named),
-            str(out_path),
-            calibration_data_reader=_Batches(calibration),
-            quant_format=fmt,
-            activation_type=act_type,
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            op_types_to_quantize=["MatMul"],
-            nodes_to_quantize=list(matmuls),
-            extra_options=extra,
-        )
-    finally:
-        named.unlink(missing_ok=True)
-    quantized = onnx.load(str(out_path))
-    embeddings = quantize_embeddings_weight_only(quantized)
-    onnx.checker.check_model(quantized)
-    onnx.save(quantized, str(out_path))
-    return {"matmuls": len(matmuls), "embedding_tables_int8": embeddings}
+    inits = {i.name: i for i in model.graph.initializer}
+    nodes = []
+    for node in model.graph.node:
+        if node.name in matmuls:
+            weight = matmuls[node.name][1]
+            nodes += _quantize_matmul(model, node, weight, scales_by_weight[weight], inits)
+        nodes.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return {weight: node for node, (_, weight) in matmuls.items()}
+
+
+def cumsum_in_float(model) -> int:
+    """Compute each integer CumSum in float32 (exact below 2**24) between two Casts; returns how many."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    types = {v.name: v.type.tensor_type.elem_type for v in onnx.shape_inference.infer_shapes(model).graph.value_info}
+    types.update({v.name: v.type.tensor_type.elem_type for v in model.graph.input})
+    nodes, done = [], 0
+    for node in model.graph.node:
+        integer = types.get(node.input[0]) in (TensorProto.INT32, TensorProto.INT64)
+        if node.op_type == "CumSum" and integer:
+            source, result, int_type = node.input[0], node.output[0], types[node.input[0]]
+            node.input[0], node.output[0] = f"{node.name}_float_in", f"{node.name}_float_out"
+            nodes.append(helper.make_node("Cast", [source], [node.input[0]], f"{node.name}_to_float", to=1))
+            nodes.append(node)
+            nodes.append(helper.make_node("Cast", [node.output[0]], [result], f"{node.name}_to_int", to=int_type))
+            done += 1
+        else:
+            nodes.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return done
+
+
+def write_int8_qdq(fp32_path: Path, out_path: Path, scales_by_weight: dict[str, dict]) -> dict:
+    """FP32 ONNX + QAT scales (keyed by weight initializer name) -> the INT8 QDQ file; returns what was done, with
+    the MatMul each weight feeds (`matmul_of`: recorded with the scales, so the rules can check where each sits)."""
+    import onnx
+
+    model = onnx.load(str(fp32_path))
+    matmul_of = insert_qdq(model, scales_by_weight)
+    matmuls = len(matmul_of)
+    cumsums = cumsum_in_float(model)
+    onnx.checker.check_model(model)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(out_path))
+    log.info("INT8 QDQ: %d MatMuls quantised with QAT scales, %d integer CumSum in float", matmuls, cumsums)
+    return {"matmuls": matmuls, "cumsum_in_float": cumsums, "matmul_of": matmul_of}

@@ -32,13 +32,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ernie_cls.artifact import Artifact, ArtifactError, sha256_file, verify_artifact
+from ernie_cls.artifact import Artifact, ArtifactError, inside, sha256_file, verify_artifact
 from ernie_cls.calibration import expected_calibration_error, softmax
 from ernie_cls.errors import ErnieClsError, UserInputError
-from ernie_cls.runtime import RUNTIME_FORMATS, load_backend, load_tokenizer
+from ernie_cls.options import opt
+from ernie_cls.runtime import RUNTIME_FORMATS, load_backend, load_tokenizer, logits_in_batches
 from ernie_cls.runtime.paddle_inference import PaddleNotInstalledError
 from ernie_cls.tokenization import ErnieTokenizerFast
-from training.finetune import logits_in_batches
+from release.qdq_rules import ort_integer_gemms, qdq_problems
+from release.triton import repository_problems
+from training.data import LabelMap, check_known_labels, load_examples, stratified_split
 from training.metrics import classification_metrics
 
 EXAMPLE_TEXTS = ["送餐很快，味道很好，下次还点", "等了两个小时，饭都凉了，差评", "菜品分量太少了，而且还洒了一半"]
@@ -46,21 +49,27 @@ EXAMPLE_TEXTS = ["送餐很快，味道很好，下次还点", "等了两个小�
 
 @dataclass
 class VerifyConfig:
-    artifact: str
-    data: str | None = None
-    text_col: str | None = None
-    label_col: str | None = None
-    split: str = "auto"  # "auto": the artifact's own test split when the data is its training file; "all": every row
-    max_examples: int = 0  # 0: all
-    output: str | None = None  # default: reports/verify-<name>
-    max_accuracy_drop: float = 0.01  # vs the accuracy recorded at export, on the same split
-    min_accuracy: float = 0.0
-    max_fp32_logit_diff: float = 1e-4
-    min_int8_agreement: float = 0.99
-    max_int8_accuracy_drop: float = 0.01
-    max_p99_ms_batch1: float = 50.0
-    threads: int = 1
-    explain: int = 5
+    """`ernie-cls verify`: every field is a flag (ernie_cls/options.py)."""
+
+    artifact: str = opt(help="exported/<name>", positional=True)
+    data: str | None = opt(None, "labelled file for accuracy/agreement (its own test split if it trained the model)")
+    text_col: str | None = opt(None)
+    label_col: str | None = opt(None)
+    split: str = opt(
+        "auto",
+        "auto: the artifact's own test split when --data trained it; all: every row",
+        choices=("auto", "test", "all"),
+    )
+    max_examples: int = opt(0, "0: all")
+    output: str | None = opt(None, "report directory (default reports/verify-<name>)")
+    max_accuracy_drop: float = opt(0.01, "vs the accuracy recorded at export")
+    min_accuracy: float = opt(0.0)
+    max_fp32_logit_diff: float = opt(1e-4)
+    min_int8_agreement: float = opt(0.99)
+    max_int8_accuracy_drop: float = opt(0.01)
+    max_p99_ms_batch1: float = opt(50.0)
+    threads: int = opt(1)
+    explain: int = opt(5, "texts to explain with occlusion attributions")
 
 
 @dataclass
@@ -136,7 +145,6 @@ def labelled_data(cfg: VerifyConfig, artifact: Artifact) -> dict | None:
     """Texts and label ids from --data: the artifact's own test split when the file is the one it trained on."""
     if not cfg.data:
         return None
-    from training.data import LabelMap, check_known_labels, load_examples, stratified_split
 
     examples, report = load_examples(cfg.data, cfg.text_col, cfg.label_col)
     provenance = artifact.manifest.get("provenance", {})
@@ -202,10 +210,26 @@ def _check_graphs(artifact: Artifact) -> Check:
             "weights": len(graph.initializer),
             "opset": model.opset_import[0].version,
         }
+        if artifact.manifest["formats"][fmt].get("scales"):
+            _check_int8_graph(check, artifact, fmt, model, path)
     paddle_formats = [f for f in artifact.manifest["formats"] if f.startswith("paddle")]
     if paddle_formats:
         check.details["paddle"] = "program and parameters load together (check 1)"
     return check
+
+
+def _check_int8_graph(check: Check, artifact: Artifact, fmt: str, model, path: Path) -> None:
+    """The INT8 file still keeps the TensorRT/QAT rules with the scales the artifact records, and ONNX Runtime still
+    runs every quantised MatMul as an integer GEMM (what export checked, re-checked on the files as shipped)."""
+    spec = artifact.manifest["formats"][fmt]
+    problems = qdq_problems(model, json.loads(inside(artifact.root, spec["scales"]).read_text(encoding="utf-8")))
+    check.details[fmt]["qdq_rules"] = "kept" if not problems else f"{len(problems)} broken"
+    for problem in problems[:5]:
+        check.fail(f"{fmt}: {problem}")
+    expected = spec.get("quantization", {}).get("quantized_matmuls")
+    gemms = check.details[fmt]["onnxruntime_integer_gemms"] = ort_integer_gemms(path.read_bytes())
+    if gemms != expected:
+        check.fail(f"{fmt}: ONNX Runtime runs {gemms} integer GEMMs, the manifest promises {expected}")
 
 
 _ORT_DTYPES = {"int64": "tensor(int64)", "float32": "tensor(float)"}
@@ -464,18 +488,11 @@ def _check_completeness(artifact: Artifact) -> Check:
         "served model": Path(m["formats"][m["default_format"]]["path"]),
         "model card": Path("MODEL_CARD.md"),
     }
-    triton = [p for p in root.glob("triton/*/config.pbtxt")]
-    if "triton" in m["formats"] or (root / "triton").exists():
-        if not triton:
-            check.fail("triton/ has no <model>/config.pbtxt")
-        for config in triton:
-            text = config.read_text(encoding="utf-8")
-            versions = [p for p in config.parent.iterdir() if p.is_dir() and p.name.isdigit()]
-            if not any((v / "model.onnx").is_file() for v in versions):
-                check.fail(f"{config.parent.relative_to(root)} has no <version>/model.onnx")
-            for io in m["inputs"] + m["outputs"]:
-                if f'name: "{io["name"]}"' not in text:
-                    check.fail(f"{config.relative_to(root)} does not declare {io['name']}")
+    if "triton" in m["formats"]:
+        labels = [m["labels"][str(i)] for i in range(len(m["labels"]))]
+        for problem in repository_problems(root / "triton", labels):
+            check.fail(f"triton/{problem}")
+        for config in root.glob("triton/*/config.pbtxt"):
             needed[f"Triton {config.parent.name}"] = config.relative_to(root)
     for what, rel in needed.items():
         if not (root / rel).is_file():

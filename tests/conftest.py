@@ -48,7 +48,7 @@ def small_csv(tmp_path_factory) -> Path:
 
 
 def tiny_train_config(output: Path, data: Path | None, **overrides):
-    from training.finetune import TrainConfig
+    from training.config import TrainConfig
 
     values = dict(
         output=str(output),

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 
+import pytest
+
 from commands.main import main
 from tests.conftest import waimai_rows, write_csv
 
@@ -59,3 +61,47 @@ def test_user_errors_exit_2_with_a_hint_and_no_traceback(tmp_path, capsys):
 def test_predict_refuses_a_missing_checkpoint(tmp_path, capsys):
     assert main(["predict", "--checkpoint", str(tmp_path / "none"), "--input", "-"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+STAGES = [
+    (["train", "--output", "o"], "training.config:TrainConfig", {"output": "o"}),
+    (["qat", "--checkpoint", "c", "--output", "o"], "training.qat:QATConfig", {"checkpoint": "c", "output": "o"}),
+    (
+        ["export", "--checkpoint", "c", "--output", "o"],
+        "release.export:ExportConfig",
+        {"checkpoint": "c", "output": "o"},
+    ),
+    (["verify", "a"], "release.verify:VerifyConfig", {"artifact": "a"}),
+    (["bench", "model", "a"], "bench.formats:BenchConfig", {"artifact": "a"}),
+    (["bench", "service"], "bench.serving:ServiceBenchConfig", {}),
+    (["bench", "robustness", "p=a"], "bench.robustness:RobustnessConfig", {"artifacts": {"p": "a"}}),
+]
+
+
+@pytest.mark.parametrize(("argv", "target", "required"), STAGES, ids=[" ".join(s[0][:2]) for s in STAGES])
+def test_each_flag_is_its_stage_config_field_with_the_same_default(argv, target, required):
+    """Options are declared once: parsing only the required flags gives exactly the config's own defaults."""
+    import dataclasses
+    import importlib
+
+    from commands.main import build_parser
+    from ernie_cls.options import config_from
+
+    module, name = target.split(":")
+    config = getattr(importlib.import_module(module), name)
+    args = build_parser().parse_args(argv)
+    cli_only = {f.name: required[f.name] for f in dataclasses.fields(config) if not f.metadata.get("cli", True)}
+    assert config_from(config, args, **cli_only) == config(**required)
+
+
+def test_flags_reach_their_fields():
+    from commands.main import build_parser
+    from ernie_cls.options import config_from
+    from training.config import TrainConfig
+
+    argv = ["train", "--output", "o", "--label-names", "0=neg,1=pos", "--no-progress", "--amp", "--epochs", "2"]
+    cfg = config_from(TrainConfig, build_parser().parse_args(argv))
+    assert cfg.label_names == {"0": "neg", "1": "pos"} and cfg.progress is False and cfg.amp is True
+    assert cfg.epochs == 2 and cfg.max_grad_norm == 1.0
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--output", "o", "--label-names", "broken"])

@@ -94,6 +94,20 @@ def test_dependencies_install_before_the_code_is_copied_and_the_base_image_is_pi
     assert {".git", ".venv", "runs", "reports"} <= set(ignored) and "!exported/waimai-sentiment" in ignored
 
 
+def test_the_triton_image_serves_the_bundled_repository_with_the_core_for_its_python_models():
+    stages = dockerfile_stages()
+    triton = lineage(stages, "triton")
+    assert 'CMD ["tritonserver", "--model-repository=/models"]' in triton
+    assert "COPY exported/waimai-sentiment/triton /models" in triton
+    assert (ROOT / "exported/waimai-sentiment/triton/ernie_cls_text/config.pbtxt").is_file()
+    # the Python models import ernie_cls (tokenizer, calibration): its core is installed, dependencies first
+    assert any("COPY ernie_cls ernie_cls" in line for line in triton)
+    first_code_copy = next(i for i, line in enumerate(triton) if line.startswith("COPY ernie_cls"))
+    assert any("pip install" in line and "--no-deps" not in line for line in triton[:first_code_copy])
+    image = re.search(r"ARG TRITON_IMAGE=(\S+)", (ROOT / "Dockerfile").read_text())
+    assert image and re.fullmatch(r"nvcr\.io/nvidia/tritonserver:\d\d\.\d\d-py3", image.group(1))
+
+
 def test_compose_api_mounts_the_default_artifact_read_only_and_checks_readiness():
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]

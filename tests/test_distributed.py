@@ -20,7 +20,8 @@ import json, sys
 from training.distributed import rank_and_world
 stage = sys.argv[1]
 if stage == "train":
-    from training.finetune import TrainConfig, train
+    from training.config import TrainConfig
+    from training.finetune import train
     metrics = train(TrainConfig(output=sys.argv[2], train_file=sys.argv[3], dev_file=sys.argv[4],
         base_model="scratch:pico", max_seq_len=32, batch_size=16, epochs=3, eval_every=2, patience=10,
         learning_rate=2e-3, vocab_size=800, progress=False, overwrite=True, label_names={"0": "neg", "1": "pos"}))

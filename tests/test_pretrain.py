@@ -11,7 +11,8 @@ from pypinyin import Style, lazy_pinyin
 from ernie_cls.errors import ConfigError
 from ernie_cls.tokenization import ErnieTokenizerFast, build_vocab
 from tests.conftest import tiny_train_config, waimai_rows
-from training.finetune import TRAINING_CONFIG_FILE, train
+from training.checkpoint import TRAINING_CONFIG_FILE
+from training.finetune import train
 from training.noise import HomophoneTable
 from training.pretrain import mask_batch
 

@@ -101,7 +101,8 @@ def test_distillation_learns_from_a_teacher_and_refuses_a_mismatched_one(trained
 
 def test_noise_consistency_pass_sees_a_noisy_copy_of_every_text(small_csv, tmp_path):
     """The consistency term compares each text with a noisy copy of itself: same batch, other token ids."""
-    from training.finetune import encode, load_splits
+    from training.batching import encode
+    from training.finetune import load_splits
     from training.robust import RobustTraining
 
     cfg = tiny_train_config(tmp_path / "run", small_csv, noise_consistency=1.0, noise_rate=0.3)
@@ -162,10 +163,10 @@ def test_bench_robustness_measures_every_condition_and_judges_plain_against_robu
 def test_bench_robustness_judges_no_target_when_the_models_were_scored_on_different_texts(
     int8_artifact, small_csv, tmp_path, monkeypatch
 ):
-    import release.verify
+    import bench.robustness
     from bench.robustness import RobustnessConfig, run_robustness
 
-    real = release.verify.labelled_data
+    real = bench.robustness.labelled_data
     calls = []
 
     def held_out_differently(cfg, artifact):  # the second model's split leaves out one more row
@@ -173,7 +174,7 @@ def test_bench_robustness_judges_no_target_when_the_models_were_scored_on_differ
         calls.append(cfg)
         return data if len(calls) == 1 else {**data, "texts": data["texts"][1:], "labels": data["labels"][1:]}
 
-    monkeypatch.setattr(release.verify, "labelled_data", held_out_differently)
+    monkeypatch.setattr(bench.robustness, "labelled_data", held_out_differently)
     cfg = RobustnessConfig(
         artifacts={"plain": str(int8_artifact), "robust": str(int8_artifact)},
         data=str(small_csv), kinds=["mixed"], rates=[0.1], output=str(tmp_path / "rob.json"),

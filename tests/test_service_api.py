@@ -76,10 +76,10 @@ def test_answers_match_the_exported_model(app, int8_artifact, trained_run):
 
     texts = ["送餐很快，味道不错", "太难吃了，差评", "ＡＢＣ全角😀"]
     tok = ErnieTokenizerFast.load(int8_artifact / "tokenizer")
-    logits = onnx_backend(int8_artifact / "onnx/model.int8-cpu.onnx").infer(*tok(texts))
+    logits = onnx_backend(int8_artifact / "onnx/model.int8.onnx").infer(*tok(texts))
     manifest = json.loads((int8_artifact / "manifest.json").read_text())
-    temperature = manifest["formats"]["onnx-int8-cpu"]["temperature"]  # fitted on dev at export
-    assert temperature > 0 and manifest["metrics"]["onnx-int8-cpu"]["test_ece_calibrated"] >= 0
+    temperature = manifest["formats"]["onnx-int8"]["temperature"]  # fitted on dev at export
+    assert temperature > 0 and manifest["metrics"]["onnx-int8"]["test_ece_calibrated"] >= 0
     z = logits / temperature
     probs = np.exp(z) / np.exp(z).sum(1, keepdims=True)
 
@@ -155,10 +155,10 @@ def test_health_readiness_models_and_metrics(app):
 
     before, health, ready, models, metrics = call(app, fn)
     assert health.json() == {"status": "alive"}
-    assert ready.status_code == 200 and ready.json()["format"] == "onnx-int8-cpu"
+    assert ready.status_code == 200 and ready.json()["format"] == "onnx-int8"
     m = models.json()
     assert m["labels"] == ["negative", "positive"] and m["serving"]["precision"] == "int8"
-    assert {"onnx-int8", "onnx-int8-cpu"} <= set(m["formats"]) and "onnx-int8-cpu" in m["metrics"]
+    assert {"onnx-int8", "triton"} <= set(m["formats"]) and "onnx-int8" in m["metrics"]
     text = metrics.text
     assert metric(text, "ernie_cls_cache_hits_total") == metric(before, "ernie_cls_cache_hits_total") + 1
     assert metric(text, "ernie_cls_cache_misses_total") == metric(before, "ernie_cls_cache_misses_total") + 1
@@ -272,7 +272,7 @@ def test_unknown_format_keeps_the_service_not_ready_with_the_choices(int8_artifa
 
     ready = call(app, fn)
     assert ready.status_code == 503 and "ArtifactError" in ready.json()["error"]["message"]
-    assert any("onnx-int8-cpu" in r.message and "ERNIE_CLS_FORMAT" in r.message for r in caplog.records)
+    assert any("onnx-int8" in r.message and "ERNIE_CLS_FORMAT" in r.message for r in caplog.records)
 
 
 def test_serving_an_onnx_artifact_imports_no_paddle_and_unpickles_nothing(int8_artifact):

@@ -12,14 +12,17 @@ import pytest
 
 from ernie_cls.errors import ConfigError, ModelLoadError, OutputExistsError
 from tests.conftest import tiny_train_config, waimai_rows, write_csv
-from training.finetune import BEST_DIR, length_bucketed_batches, train
+from training.batching import length_bucketed_batches
+from training.checkpoint import BEST_DIR
+from training.finetune import train
 from training.modeling import load_checkpoint, parse_base_model
 
 
 def test_training_overfits_64_examples(tmp_path):
     """A model that can learn drives training error to zero on a handful of examples."""
+    from training.batching import encode
     from training.data import load_examples
-    from training.finetune import encode, evaluate_encoded
+    from training.loop import evaluate_encoded
 
     data = write_csv(tmp_path / "64.csv", waimai_rows(32))
     cfg = tiny_train_config(
@@ -86,7 +89,7 @@ def test_existing_output_is_refused_without_overwrite(trained_run, small_csv):
 
 
 def test_crash_mid_training_keeps_the_last_good_checkpoint(small_csv, tmp_path, monkeypatch):
-    import training.finetune as ft
+    from ernie_cls.tokenization import ErnieTokenizerFast
 
     out = tmp_path / "run"
     train(tiny_train_config(out, small_csv, epochs=1))
@@ -95,7 +98,7 @@ def test_crash_mid_training_keeps_the_last_good_checkpoint(small_csv, tmp_path, 
     def crash(*args, **kwargs):
         raise KeyboardInterrupt("power cut while saving")
 
-    monkeypatch.setattr(ft.ErnieTokenizerFast, "save", crash)  # dies half-way through writing the new best
+    monkeypatch.setattr(ErnieTokenizerFast, "save", crash)  # dies half-way through writing the new best
     with pytest.raises(KeyboardInterrupt):
         train(tiny_train_config(out, small_csv, epochs=1, overwrite=True, seed=3))
     assert (out / BEST_DIR / "model_state.pdparams").read_bytes() == before
@@ -139,7 +142,7 @@ def test_checkpoint_without_label_map_is_refused(trained_run, tmp_path):
 
 
 def test_config_errors_say_how_to_fix(tmp_path):
-    from training.finetune import TrainConfig
+    from training.config import TrainConfig
 
     with pytest.raises(ConfigError, match="No training data") as err:
         TrainConfig(output=str(tmp_path)).validate()

@@ -41,7 +41,7 @@ def test_sound_artifact_passes_every_check_and_writes_the_report(sound_report):
     assert report["passed"], [c["problems"] for c in report["checks"]]
     assert all(c["status"] == "passed" for c in report["checks"]), {n: c["status"] for n, c in checks.items()}
     # every runtime format was evaluated and compared
-    assert {"paddle-fp32", "onnx-fp32", "onnx-int8", "onnx-int8-cpu"} <= set(checks["4 accuracy"]["details"])
+    assert {"paddle-fp32", "onnx-fp32", "onnx-int8", "paddle-int8"} <= set(checks["4 accuracy"]["details"])
     assert checks["5 cross-format agreement"]["details"]["paddle-fp32 vs onnx-fp32"]["max_abs_logit_diff"] < 1e-4
     assert checks["6 latency"]["details"]["batch 32"]["p99_ms"] >= checks["6 latency"]["details"]["batch 32"]["p50_ms"]
     samples = checks["9 explanations"]["details"]["samples"]
@@ -54,7 +54,7 @@ def test_sound_artifact_passes_every_check_and_writes_the_report(sound_report):
 def test_a_modified_model_fails_integrity(int8_artifact, tmp_path):
     art = tmp_path / "art"
     shutil.copytree(int8_artifact, art)
-    model = art / "onnx" / "model.int8-cpu.onnx"
+    model = art / "onnx" / "model.int8.onnx"
     data = bytearray(model.read_bytes())
     data[len(data) // 2] ^= 1
     model.write_bytes(bytes(data))
@@ -94,3 +94,37 @@ def test_without_data_accuracy_and_agreement_are_skipped_not_passed(int8_artifac
     report = run_verify(VerifyConfig(str(int8_artifact), output=str(tmp_path / "out"), explain=0))
     checks = by_name(report)
     assert checks["4 accuracy"]["status"] == "skipped" and checks["5 cross-format agreement"]["status"] == "skipped"
+
+
+def test_a_triton_repository_missing_a_piece_fails_completeness(int8_artifact, tmp_path):
+    art = tmp_path / "art"
+    shutil.copytree(int8_artifact, art)
+    (art / "triton/ernie_cls_tokenizer/1/model.py").unlink()
+    (art / "triton/ernie_cls_postprocess/labels.txt").write_text("positive\nnegative\n")
+    write_manifest(art, json.loads((art / "manifest.json").read_text()))  # re-signed: integrity passes, the gap stays
+    report = run_verify(VerifyConfig(str(art), output=str(tmp_path / "out")))
+    problems = " ".join(by_name(report)["10 package completeness"]["problems"])
+    assert "ernie_cls_tokenizer/1/model.py is missing" in problems
+    assert "ernie_cls_postprocess/labels.txt does not list the manifest's labels" in problems
+
+
+def test_an_int8_file_that_breaks_the_qdq_rules_fails_the_graph_check(int8_artifact, tmp_path):
+    """Re-signed after the edit (integrity passes): a pair in front of the classifier is caught before launch."""
+    import onnx
+    from onnx import helper
+
+    art = tmp_path / "art"
+    shutil.copytree(int8_artifact, art)
+    path = art / "onnx" / "model.int8.onnx"
+    model = onnx.load(str(path))
+    q = next(n for n in model.graph.node if n.op_type == "QuantizeLinear")
+    head = [n for n in model.graph.node if n.op_type == "MatMul"][-1]  # the classifier, float by design
+    at = list(model.graph.node).index(head)  # keep the graph topologically sorted: the checker passes
+    model.graph.node.insert(at, helper.make_node("DequantizeLinear", ["hq", q.input[1], q.input[2]], ["hdq"]))
+    model.graph.node.insert(at, helper.make_node("QuantizeLinear", [head.input[0], q.input[1], q.input[2]], ["hq"]))
+    head.input[0] = "hdq"
+    onnx.save(model, str(path))
+    write_manifest(art, json.loads((art / "manifest.json").read_text()))
+    report = run_verify(VerifyConfig(str(art), output=str(tmp_path / "out")))
+    problems = " ".join(by_name(report)["2 weights/graph consistency"]["problems"])
+    assert "not a QAT layer" in problems and not report["passed"]

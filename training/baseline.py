@@ -11,13 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 
+from training.data import check_trainable, load_examples, stratified_split
+
 
 def run(data: str, seed: int, test_size: float = 0.2, dev_size: float = 0.1) -> dict:
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score, f1_score
-
-    from training.data import check_trainable, load_examples, stratified_split
 
     examples, _ = load_examples(data)
     check_trainable(examples, data)

@@ -9,8 +9,9 @@ from pathlib import Path
 from ernie_cls.calibration import softmax
 from ernie_cls.errors import DataError
 from ernie_cls.tokenization import normalize_text
+from training.batching import encode
 from training.data import check_known_labels, load_examples
-from training.finetune import encode, evaluate_encoded, predict_logits
+from training.loop import evaluate_encoded, predict_logits
 from training.modeling import load_checkpoint
 
 __all__ = ["evaluate_file", "load_checkpoint", "predict_texts", "read_texts"]

@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 
 from ernie_cls.errors import ConfigError, ModelLoadError
 from ernie_cls.tokenization import ErnieTokenizerFast, build_vocab
+from training.data import LabelMap
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +152,6 @@ def build_model(
 def load_checkpoint(directory: str | Path):
     """A trained checkpoint for inference -> (model in eval mode, tokenizer, label map)."""
     from paddlenlp.transformers import ErnieForSequenceClassification
-
-    from training.data import LabelMap
 
     d = Path(directory)
     if not d.is_dir():

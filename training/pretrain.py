@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ernie_cls.tokenization import ErnieTokenizerFast
-from training.finetune import length_bucketed_batches, warmup_then_linear_decay
+from training.batching import length_bucketed_batches
+from training.loop import warmup_then_linear_decay
 
 log = logging.getLogger(__name__)
 

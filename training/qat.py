@@ -28,18 +28,14 @@ from typing import Any
 import numpy as np
 
 from ernie_cls.errors import ConfigError, OutputExistsError
+from ernie_cls.options import opt
+from training.batching import encode
+from training.checkpoint import LABEL_MAP_FILE, METRICS_FILE, TRAINING_CONFIG_FILE, save_checkpoint
+from training.config import TrainConfig
 from training.distributed import barrier, init_if_launched, rank_and_world
-from training.finetune import (
-    LABEL_MAP_FILE,
-    METRICS_FILE,
-    TRAINING_CONFIG_FILE,
-    TrainConfig,
-    encode,
-    evaluate_encoded,
-    fit,
-    load_splits,
-    save_checkpoint,
-)
+from training.finetune import load_splits
+from training.loop import evaluate_encoded, fit
+from training.modeling import load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -135,24 +131,25 @@ def read_scales(qat_model) -> dict[str, dict]:
 
 @dataclass
 class QATConfig:
-    checkpoint: str
-    output: str
-    epochs: int = 1
-    learning_rate: float = 5e-5
-    batch_size: int = 32
-    eval_every: int = 0
-    patience: int = 2
-    moving_rate: float = 0.9
-    ema_decay: float = 0.0  # > 0: evaluate and save a moving average of the weights, as in `train --ema-decay`
-    max_steps: int = 0
-    seed: int = 42
-    data: str | None = None  # default: the data and split the FP32 model was trained on
-    overwrite: bool = False
-    progress: bool = True
+    """`ernie-cls qat`: every field is a flag (ernie_cls/options.py)."""
+
+    checkpoint: str = opt(help="the FP32 checkpoint (runs/<x>/best)")
+    output: str = opt(help="run directory; the QAT checkpoint goes to <output>/best")
+    epochs: int = opt(1)
+    learning_rate: float = opt(5e-5)
+    batch_size: int = opt(32)
+    eval_every: int = opt(0, "steps between dev evaluations (0: each epoch)")
+    patience: int = opt(2)
+    moving_rate: float = opt(0.9, "activation scale moving average")
+    ema_decay: float = opt(0.0, "evaluate/save a moving average of the weights, e.g. 0.99 (0: off)")
+    max_steps: int = opt(0)
+    seed: int = opt(42)
+    data: str | None = opt(None, "labelled file (default: the FP32 model's training data and split)")
+    overwrite: bool = opt(False)
+    progress: bool = opt(True, "progress bar")
 
 
 def _load_fp32(checkpoint: Path):
-    from training.modeling import load_checkpoint
 
     if (checkpoint / QAT_CONFIG_FILE).is_file():
         raise ConfigError(
@@ -270,8 +267,6 @@ def _save_qat_checkpoint(qat_model, tokenizer, label_map, train_cfg, qat_record,
 def load_qat_checkpoint(directory: str | Path):
     """A QAT checkpoint as a fake-quantised model whose quanters carry the saved scales (eval mode)."""
     import paddle
-
-    from training.modeling import load_checkpoint
 
     d = Path(directory)
     if not (d / QAT_CONFIG_FILE).is_file():

@@ -20,7 +20,9 @@ from typing import Any
 import numpy as np
 
 from ernie_cls.calibration import softmax
+from ernie_cls.errors import ConfigError
 from ernie_cls.tokenization import ErnieTokenizerFast
+from training.noise import HomophoneTable, noisy
 
 
 class RobustTraining:
@@ -34,14 +36,10 @@ class RobustTraining:
         self.rng = rng
         self.homophones = None
         if cfg.noise_augment > 0 or cfg.noise_consistency > 0:
-            from training.noise import HomophoneTable
-
             if not data.texts:
                 raise ValueError("noise augmentation needs the training texts")
             self.homophones = HomophoneTable.from_texts(data.texts)
         if use_amp and cfg.adversarial != "none":  # the loop's own AMP decision (cfg.amp None means "GPU: on")
-            from ernie_cls.errors import ConfigError
-
             raise ConfigError("--adversarial fgm does not combine with --amp yet.", "Drop one of them.")
 
     # ------------------------------------------------------------------------------------------- inputs
@@ -49,7 +47,6 @@ class RobustTraining:
         ids = [self.data.ids[i] for i in batch]
         if self.cfg.noise_augment <= 0:
             return ids
-        from training.noise import noisy
 
         for row, i in enumerate(batch):
             if self.rng.random() < self.cfg.noise_augment:
@@ -59,7 +56,6 @@ class RobustTraining:
 
     def noisy_copy(self, batch: list[int]) -> list[list[int]]:
         """Token ids of a "mixed"-noise copy of every text in the batch (the consistency pass's input)."""
-        from training.noise import noisy
 
         texts = [noisy(self.data.texts[i], "mixed", self.cfg.noise_rate, self.rng, self.homophones) for i in batch]
         return self.tokenizer.encode_ids(texts)

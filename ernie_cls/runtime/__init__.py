@@ -12,6 +12,15 @@ this, never the other way round.
 from __future__ import annotations
 
 from ernie_cls.runtime.base import Backend
+from ernie_cls.runtime.batched import logits_in_batches
 from ernie_cls.runtime.loaded import RUNTIME_FORMATS, WARMUP_SHAPES, LoadedModel, load_backend, load_tokenizer
 
-__all__ = ["RUNTIME_FORMATS", "WARMUP_SHAPES", "Backend", "LoadedModel", "load_backend", "load_tokenizer"]
+__all__ = [
+    "RUNTIME_FORMATS",
+    "WARMUP_SHAPES",
+    "Backend",
+    "LoadedModel",
+    "load_backend",
+    "load_tokenizer",
+    "logits_in_batches",
+]

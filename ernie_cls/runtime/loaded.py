@@ -9,7 +9,8 @@ from ernie_cls.artifact import Artifact, ArtifactError, inside, verify_artifact
 from ernie_cls.runtime.base import Backend
 from ernie_cls.tokenization import ErnieTokenizerFast
 
-# Formats a runtime here can load, in the order reports list them.
+# Formats a runtime here can load, in the order reports list them. `onnx-int8-cpu` (QOperator INT8) is no longer
+# exported (one QDQ file now serves CPU and TensorRT) but artifacts from before still load, so rollback keeps working.
 RUNTIME_FORMATS = ("paddle-fp32", "paddle-int8", "onnx-fp32", "onnx-int8", "onnx-int8-cpu")
 RUNTIMES = ("onnxruntime", "paddle-inference")
 WARMUP_SHAPES = [(1, 16), (1, 64), (8, 32), (32, 32), (32, 128)]  # (batch, sequence) run once at start

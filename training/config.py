@@ -1,0 +1,119 @@
+"""`ernie-cls train` options (TrainConfig), checked before any work starts; fine-tuning and QAT read them."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+from ernie_cls.errors import ConfigError
+from ernie_cls.options import opt
+
+ROBUSTNESS = "robustness (all off by default; costs in docs/robustness.md; `qat` inherits them)"
+DISTILLATION = "distillation"
+
+
+def _label_names(value: str) -> dict[str, str]:
+    pairs = [p.split("=", 1) for p in value.split(",") if p.strip()]
+    if any(len(p) != 2 or not p[0].strip() or not p[1].strip() for p in pairs):
+        raise argparse.ArgumentTypeError("use raw=name pairs, e.g. 0=negative,1=positive")
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+@dataclass
+class TrainConfig:
+    """`ernie-cls train`: every field is a flag (ernie_cls/options.py), with this default and help."""
+
+    output: str = opt(help="run directory; the best checkpoint goes to <output>/best")
+    data: str | None = opt(None, "one labelled file, split into train/dev/test (stratified, --seed)")
+    train_file: str | None = opt(None, "your own training split (then --dev-file is required)")
+    dev_file: str | None = opt(None)
+    test_file: str | None = opt(None)
+    text_col: str | None = opt(None, "column holding the text (default: text/review/sentence/content/...)")
+    label_col: str | None = opt(None, "column holding the label (default: label/class/category/...)")
+    label_names: dict[str, str] = opt(
+        {}, "display names for raw labels, e.g. 0=negative,1=positive", parse=_label_names
+    )
+    base_model: str = opt(
+        "scratch:nano",
+        "PaddleNLP name (ernie-3.0-mini-zh, needs internet), a checkpoint directory, "
+        "or scratch:pico|nano|micro|mini (random init, corpus vocabulary)",
+    )
+    max_seq_len: int = opt(128)
+    batch_size: int = opt(32)
+    epochs: int = opt(4)
+    learning_rate: float | None = opt(None, "default 3e-4 from scratch, 5e-5 from pretrained weights")
+    warmup_ratio: float = opt(0.1)
+    weight_decay: float = opt(0.01)
+    max_grad_norm: float = opt(1.0, "global gradient-norm clipping")
+    dropout: float = opt(0.1, "hidden dropout")
+    attention_dropout: float = opt(0.0)
+    vocab_size: int = opt(8000, "max corpus vocabulary size for scratch presets")
+    pretrain_epochs: int = opt(0, "scratch presets: masked-LM epochs on the training texts before fine-tuning")
+    pretrain_homophones: float = opt(
+        0.0,
+        "share of the masked-LM stage's [MASK] replacements that put a homophone of the character instead "
+        "(MacBERT-style correction; robustness to pinyin-IME errors; default 0: off)",
+    )
+    test_size: float = opt(0.2)
+    dev_size: float = opt(0.1)
+    seed: int = opt(42)
+    eval_every: int = opt(0, "steps between dev evaluations (0: each epoch)")
+    patience: int = opt(3, "evaluations without improvement before stopping")
+    max_steps: int = opt(0, "stop after this many steps (0: no limit)")
+    overwrite: bool = opt(False, "allow an existing, non-empty --output")
+    device: str = opt("auto", choices=("auto", "cpu", "gpu"))
+    amp: bool | None = opt(None, "mixed precision (GPU default)")
+    progress: bool = opt(True, "progress bar")
+    ema_decay: float = opt(0.0, "evaluate/save a moving average of the weights, e.g. 0.99 (0: off)")
+    label_smoothing: float = opt(0.0, "e.g. 0.1", group=ROBUSTNESS)
+    adversarial: str = opt("none", "FGM on the word embeddings", choices=("none", "fgm"), group=ROBUSTNESS)
+    adv_epsilon: float = opt(1.0, "FGM perturbation norm", group=ROBUSTNESS)
+    noise_augment: float = opt(0.0, "share of training texts seen noisy, e.g. 0.3", group=ROBUSTNESS)
+    noise_rate: float = opt(0.1, "per-character rate of that noise", group=ROBUSTNESS)
+    rdrop_alpha: float = opt(0.0, "R-Drop consistency weight, e.g. 1.0", group=ROBUSTNESS)
+    noise_consistency: float = opt(
+        0.0,
+        "weight of the KL between predictions on each text and on a noisy copy (--noise-rate), e.g. 1.0",
+        group=ROBUSTNESS,
+    )
+    teacher: str | None = opt(None, "checkpoint whose soft labels the student also learns", group=DISTILLATION)
+    distill_alpha: float = opt(0.5, "weight of the soft-label loss", group=DISTILLATION)
+    distill_temperature: float = opt(2.0, group=DISTILLATION)
+
+    def validate(self) -> None:
+        if self.data is None and self.train_file is None:
+            raise ConfigError("No training data given.", "Pass --data <file> or --train-file/--dev-file/--test-file.")
+        if self.data is not None and self.train_file is not None:
+            raise ConfigError("--data and --train-file are exclusive.", "Give one labelled file or your own splits.")
+        if self.train_file is not None and self.dev_file is None:
+            raise ConfigError("--train-file needs --dev-file for early stopping.", "Add --dev-file <file>.")
+        if not 0 < self.test_size < 1 or not 0 < self.dev_size < 1 or self.test_size + self.dev_size >= 1:
+            raise ConfigError("--test-size and --dev-size must be in (0, 1) and sum below 1.", "E.g. 0.2 and 0.1.")
+        for name in ("batch_size", "epochs"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1.", "Use a positive value.")
+        if self.max_seq_len < 8:
+            raise ConfigError("--max-seq-len must be >= 8.", "128 suits short customer messages.")
+        if self.adversarial not in ("none", "fgm"):
+            raise ConfigError(f"--adversarial {self.adversarial!r} is not known.", "Use none or fgm.")
+        for name in ("label_smoothing", "noise_augment", "noise_rate", "distill_alpha"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1).", "E.g. 0.1.")
+        if not 0 <= self.pretrain_homophones <= 1:
+            raise ConfigError("--pretrain-homophones must be in [0, 1].", "E.g. 0.5.")
+        if self.pretrain_homophones and not self.pretrain_epochs:
+            raise ConfigError(
+                "--pretrain-homophones changes the masked-LM stage, which is off.", "Add --pretrain-epochs N."
+            )
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError("--ema-decay must be in [0, 1).", "E.g. 0.99 (about the last 100 steps), or 0 for off.")
+        if min(self.rdrop_alpha, self.noise_consistency) < 0 or self.adv_epsilon <= 0 or self.distill_temperature <= 0:
+            raise ConfigError(
+                "--rdrop-alpha and --noise-consistency must be >= 0, --adv-epsilon and --distill-temperature > 0.",
+                "E.g. 1.0.",
+            )
+        if self.rdrop_alpha > 0 and self.noise_consistency > 0:
+            raise ConfigError(
+                "--rdrop-alpha and --noise-consistency each add a second forward pass; they do not combine.",
+                "Choose one (--noise-consistency is R-Drop whose second pass sees a noisy copy).",
+            )

@@ -32,6 +32,7 @@ lint: $(STAMP)
 	$(BIN)/mypy ernie_cls training release service bench commands
 	$(BIN)/lint-imports
 	$(BIN)/hadolint Dockerfile
+	$(BIN)/shellcheck scripts/*.sh bench/*.sh
 	$(BIN)/kubernetes-validate --strict --quiet deploy/kubernetes/*.yaml
 
 format: $(STAMP)

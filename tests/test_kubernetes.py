@@ -64,3 +64,22 @@ def test_the_autoscaler_uses_a_metric_the_service_exports_with_cpu_as_fallback(i
     assert any(m["type"] == "Resource" and m["resource"]["name"] == "cpu" for m in metrics)
     assert MANIFESTS["pdb"]["spec"]["minAvailable"] >= 1
     assert MANIFESTS["hpa"]["spec"]["minReplicas"] > MANIFESTS["pdb"]["spec"]["minAvailable"]
+
+
+def test_triton_runs_the_images_repository_on_a_gpu_with_its_engine_cache_on_a_volume():
+    from release.triton import TRT_CACHE
+
+    spec = MANIFESTS["triton-deployment"]["spec"]["template"]["spec"]
+    (triton,) = spec["containers"]
+    assert "--model-repository=/models" in triton["args"] and "--model-config-name=gpu" in triton["args"]
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "COPY exported/waimai-sentiment/triton /models" in dockerfile  # the path the args name
+    assert triton["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    for probe, path in (("readinessProbe", "/v2/health/ready"), ("livenessProbe", "/v2/health/live")):
+        assert triton[probe]["httpGet"]["path"] == path
+    mounts = {m["mountPath"] for m in triton["volumeMounts"]}
+    assert any(TRT_CACHE.startswith(m + "/") for m in mounts)  # the TensorRT engine cache survives restarts
+    exit_timeout = next(int(a.split("=")[1]) for a in triton["args"] if a.startswith("--exit-timeout-secs="))
+    assert spec["terminationGracePeriodSeconds"] > exit_timeout
+    ports = {p["name"] for p in MANIFESTS["triton-service"]["spec"]["ports"]}
+    assert ports == {p["name"] for p in triton["ports"]}

@@ -98,6 +98,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         for split in ("dev", "test")
         if metrics.get(split)
     }
+    if metrics.get("baseline"):
+        summary["baseline"] = {k: metrics["baseline"][k] for k in ("model", "split", "accuracy", "macro_f1")}
+        summary["beats_baseline"] = metrics["baseline_verdict"]["beats_baseline"]
     summary.update(
         train_seconds=metrics["train_seconds"],
         samples_per_second=metrics["train_samples_per_second"],

@@ -457,6 +457,7 @@ Written by `ernie-cls export` on {prov.get("created")} (git {str(prov.get("git_c
 Scores served are softmax(logits / temperature), the temperature fitted on the dev split at export (temperature
 scaling); ECE is the expected calibration error on the test split (15 bins).
 
+{_baseline_section(metrics)}
 ## Export checks
 | check | result |
 |---|---|
@@ -469,6 +470,32 @@ Shipped: {shipped}. Left out of this copy: {omitted}.
 Routing and triage of short customer messages in the domain of the training data. Scores are calibrated on
 in-domain dev data (see the temperature above); texts from other domains, very long texts (cut at max_seq_len
 tokens) and other languages are outside what it was evaluated on. Review low_confidence answers by hand.
+"""
+
+
+def _baseline_section(metrics: dict) -> str:
+    training = metrics.get("training", {})
+    base, result = training.get("baseline"), training.get("baseline_verdict")
+    if not base or not result:
+        return "## Against a baseline\nNot measured (trained before ernie-cls fitted one, or with --no-baseline).\n"
+    ours = training.get(base["split"]) or {}
+    verdict = "beats it" if result["beats_baseline"] else "**does not beat it**"
+    rows = "\n".join(
+        f"- {fmt}: {m['test_accuracy'] * 100:.2f} %, {m['test_macro_f1']:.4f}: "
+        + (
+            "beats it"
+            if m["test_accuracy"] > base["accuracy"] and m["test_macro_f1"] > base["macro_f1"]
+            else "**does not**"
+        )
+        for fmt, m in metrics.items()
+        if base["split"] == "test" and isinstance(m, dict) and m.get("n_test") == base["n"]
+    )
+    return f"""## Against a baseline
+{base["model"]} on the same {base["split"]} rows (trained on {base["trained_on"]}): accuracy
+{base["accuracy"] * 100:.2f} %, macro-F1 {base["macro_f1"]:.4f}. The FP32 model at training
+({ours.get("accuracy", 0) * 100:.2f} %, {ours.get("macro_f1", 0):.4f}) {verdict}. Each format measured at export on
+those rows:
+{rows}
 """
 
 
@@ -573,10 +600,16 @@ def _describe(cfg, tmp: Path, tokenizer, label_map: LabelMap, training_config: d
         "outputs": [{"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch", num_labels]}],
         "formats": formats,
         "default_format": "onnx-int8" if int8 is not None else "onnx-fp32",
-        "metrics": {**metrics, "training": {k: training_metrics.get(k) for k in ("dev", "test") if training_metrics}},
+        "metrics": {**metrics, "training": _training_metrics(training_metrics)},
         "checks": checks,
         "provenance": _provenance(training_config, training_metrics, int8),
     }
+
+
+def _training_metrics(recorded: dict) -> dict:
+    """What the training run measured: dev/test of the FP32 checkpoint, and the TF-IDF baseline on the same split."""
+    keys = ("dev", "test", "baseline", "baseline_verdict")
+    return {k: recorded[k] for k in keys if recorded.get(k) is not None}
 
 
 _RECIPE_KEYS = (

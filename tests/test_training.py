@@ -159,3 +159,31 @@ def test_length_buckets_cover_every_example_once_and_pad_little():
     assert flat == list(range(1000)) and max(map(len, batches)) == 32
     padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
     assert padded / sum(lengths) < 1.1
+
+
+def test_every_run_is_compared_with_the_tfidf_baseline_on_the_same_rows(trained_run, int8_artifact):
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    base, result = metrics["baseline"], metrics["baseline_verdict"]
+    assert base["split"] == "test" and base["trained_on"] == "train+dev" and base["n"] == metrics["test"]["n"]
+    assert 0 < base["accuracy"] <= 1 and base["seconds"] < 30
+    ours = metrics["test"]
+    assert result["beats_baseline"] == (ours["accuracy"] > base["accuracy"] and ours["macro_f1"] > base["macro_f1"])
+    card = (int8_artifact / "MODEL_CARD.md").read_text()
+    assert "## Against a baseline" in card and f"{base['accuracy'] * 100:.2f} %" in card
+
+
+def test_not_beating_the_baseline_warns_with_both_scores_and_what_to_do(caplog):
+    from training import baseline
+
+    base = {"split": "test", "accuracy": 0.85, "macro_f1": 0.75}
+    worse = {"test": {"accuracy": 0.80, "macro_f1": 0.70}}
+    result = baseline.verdict(worse, base)
+    assert result == {"split": "test", "accuracy": False, "macro_f1": False, "beats_baseline": False}
+    with caplog.at_level("WARNING", logger="training.baseline"):
+        baseline.warn_if_not_beaten(worse, base, result)
+    assert "80.00 % vs 85.00 %" in caplog.text and "pretrained weights" in caplog.text
+    assert not baseline.verdict({"test": {"accuracy": 0.9, "macro_f1": 0.7}}, base)["beats_baseline"]  # both needed
+    better = {"test": {"accuracy": 0.9, "macro_f1": 0.8}}
+    caplog.clear()
+    baseline.warn_if_not_beaten(better, base, baseline.verdict(better, base))
+    assert caplog.text == ""

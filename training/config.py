@@ -65,6 +65,11 @@ class TrainConfig:
     amp: bool | None = opt(None, "mixed precision (GPU default)")
     progress: bool = opt(True, "progress bar")
     ema_decay: float = opt(0.0, "evaluate/save a moving average of the weights, e.g. 0.99 (0: off)")
+    baseline: bool = opt(
+        True,
+        "also fit a character n-gram TF-IDF + logistic regression on the same split (seconds), report both and warn "
+        "when the model does not beat it",
+    )
     label_smoothing: float = opt(0.0, "e.g. 0.1", group=ROBUSTNESS)
     adversarial: str = opt("none", "FGM on the word embeddings", choices=("none", "fgm"), group=ROBUSTNESS)
     adv_epsilon: float = opt(1.0, "FGM perturbation norm", group=ROBUSTNESS)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ernie_cls.errors import ConfigError
+from training import baseline
 from training.batching import Encoded, encode
 from training.checkpoint import BEST_DIR, METRICS_FILE, TRAINING_CONFIG_FILE, prepare_output, save_checkpoint
 from training.config import TrainConfig
@@ -31,7 +32,7 @@ from training.data import (
     load_examples,
     stratified_split,
 )
-from training.distributed import barrier, init_if_launched
+from training.distributed import barrier, init_if_launched, rank_and_world
 from training.loop import environment, evaluate_encoded, fit, predict_logits, select_device, set_seed
 from training.modeling import ModelSource, build_model, load_checkpoint, parse_base_model
 from training.noise import HomophoneTable
@@ -107,6 +108,10 @@ def train(cfg: TrainConfig) -> dict:
         environment=environment(),
         provenance={**provenance, "base_model": cfg.base_model},
     )
+    if cfg.baseline and rank_and_world()[0] == 0:
+        metrics["baseline"] = baseline.on_splits(splits)
+        metrics["baseline_verdict"] = baseline.verdict(metrics, metrics["baseline"])
+        baseline.warn_if_not_beaten(metrics, metrics["baseline"], metrics["baseline_verdict"])
     _write_metrics(out, metrics)
     return metrics
 

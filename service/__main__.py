@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import logging.handlers
+import queue
 import socket
 import sys
 import threading
@@ -27,27 +29,54 @@ from service.main import create_app
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
+        fields = getattr(record, "fields", None)
         entry = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if isinstance(fields, dict):  # a structured line (the request log): its fields are the line's keys
+            entry.update(fields)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
 
 
-def configure_logging(json_logs: bool) -> None:
+class PlainFormatter(logging.Formatter):
+    """Human-readable lines; a structured line's fields follow its message as JSON."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        fields = getattr(record, "fields", None)
+        return f"{line} {json.dumps(fields, ensure_ascii=False)}" if isinstance(fields, dict) else line
+
+
+class _UnformattedQueueHandler(logging.handlers.QueueHandler):
+    """Hands the record over as it is: formatting and writing happen on the listener's thread."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        return record
+
+
+def configure_logging(json_logs: bool) -> logging.handlers.QueueListener:
+    """Log to stderr; the request log (one line per request) through a queue, so the event loop only enqueues it
+    (formatting and writing it there cost ~6 % of throughput at 64 connections). Returns the queue's listener."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
-        JsonFormatter() if json_logs else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        JsonFormatter() if json_logs else PlainFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers = [handler]
         logging.getLogger(name).propagate = False
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)  # per-request lines: use the metrics instead
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    requests = logging.getLogger("ernie_cls.requests")
+    requests.handlers, requests.propagate = [_UnformattedQueueHandler(records)], False
+    listener = logging.handlers.QueueListener(records, handler)
+    listener.start()
+    return listener
 
 
 SETTLE_BEFORE_CLOSING_S = 0.3
@@ -98,9 +127,12 @@ def uvicorn_config(settings: Settings, app: object) -> uvicorn.Config:
 
 def main() -> None:
     settings = Settings()
-    configure_logging(settings.log_json)
+    listener = configure_logging(settings.log_json)
     app = create_app(settings, freeze_gc=True)
-    DrainingServer(uvicorn_config(settings, app), app.state.engine).run()
+    try:
+        DrainingServer(uvicorn_config(settings, app), app.state.engine).run()
+    finally:
+        listener.stop()  # writes the request lines still queued
 
 
 if __name__ == "__main__":

@@ -89,6 +89,10 @@ class Settings(BaseSettings):
         "auto", description="uvicorn's HTTP parser: 'auto' takes httptools (C, installed with the serve extra)."
     )
     log_json: bool = Field(True, description="JSON log lines (for containers).")
+    log_requests: bool = Field(
+        True, description="One log line per classify request (ids, lengths, timings, labels, scores; no text)."
+    )
+    log_texts: bool = Field(False, description="Also log each request's texts (customer data: off by default).")
 
     @field_validator("api_keys", mode="before")
     @classmethod

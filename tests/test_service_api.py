@@ -354,3 +354,52 @@ def test_fast_path_and_the_documented_fastapi_route_answer_alike(int8_artifact):
         assert a.headers["content-type"] == b.headers["content-type"] == "application/json"
     assert [a.status_code for a in fast] == [200] * 4 + [422] * 9 + [401] * 2
     assert "nested too deeply" in fast[-4].json()["error"]["message"]
+
+
+def test_each_classify_request_leaves_one_log_line_without_its_text(int8_artifact, caplog):
+    app = create_app(settings_for(int8_artifact))
+    texts = ["送餐很快，味道不错", "太难吃了"]
+
+    async def fn(client):
+        ok = await client.post("/v1/classify", json={"texts": texts}, headers={"X-Request-ID": "trace-1"})
+        await client.post("/v1/classify", json={"texts": []}, headers={"X-Request-ID": "trace-2"})
+        return ok
+
+    with caplog.at_level("INFO", logger="ernie_cls.requests"):
+        ok = call(app, fn)
+    lines = {r.fields["request_id"]: r.fields for r in caplog.records if r.name == "ernie_cls.requests"}
+    assert set(lines) == {"trace-1", "trace-2"}  # one line per request, failed ones too
+    one, predictions = lines["trace-1"], ok.json()["predictions"]
+    assert one["status"] == 200 and one["error"] is None and one["texts"] == 2 and one["lengths"] == [9, 4]
+    assert one["labels"] == [p["label"] for p in predictions]
+    assert one["scores"] == [round(p["score"], 4) for p in predictions]
+    assert one["low_confidence"] == [p["low_confidence"] for p in predictions] and one["truncated"] == [False, False]
+    assert (one["model"], one["version"], one["format"]) == ("tiny-int8", "1", "onnx-int8")
+    assert one["total_ms"] > 0 and one["inference_ms"] == float(ok.headers["x-inference-time-ms"])
+    assert "text" not in one and not any(t in caplog.text for t in texts)  # customer text stays out by default
+    two = lines["trace-2"]
+    assert two["status"] == 422 and two["error"] == "validation_error" and two["texts"] is None
+
+
+def test_texts_are_logged_only_when_asked_and_json_logs_keep_the_fields_as_keys(int8_artifact, caplog):
+    import logging
+
+    from service.__main__ import JsonFormatter
+
+    app = create_app(settings_for(int8_artifact, log_texts=True))
+
+    async def fn(client):
+        return await client.post("/v1/classify", json={"text": "送餐很快"})
+
+    with caplog.at_level("INFO", logger="ernie_cls.requests"):
+        call(app, fn)
+    (record,) = [r for r in caplog.records if r.name == "ernie_cls.requests"]
+    assert record.fields["text"] == ["送餐很快"]
+    line = json.loads(JsonFormatter().format(record))
+    assert line["request_id"] == record.fields["request_id"] and line["text"] == ["送餐很快"]
+    assert line["logger"] == "ernie_cls.requests" and line["level"] == "info"
+    quiet = create_app(settings_for(int8_artifact, log_requests=False))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ernie_cls.requests"):
+        call(quiet, fn)
+    assert not [r for r in caplog.records if r.name == "ernie_cls.requests"]

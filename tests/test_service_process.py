@@ -97,6 +97,9 @@ def test_sigterm_drains_accepted_requests_then_exits(int8_artifact):
     assert proc.wait(timeout=25) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after draining
     log = proc.stdout.read() if proc.stdout else ""
     assert "Shutting down" in log and "Traceback" not in log
+    # the request log (written through a queue, off the event loop) lost no line at exit
+    requests = [json.loads(line) for line in log.splitlines() if '"logger": "ernie_cls.requests"' in line]
+    assert len(requests) == 16 and all(r["status"] == 200 and r["texts"] == 1 for r in requests)
 
 
 def test_real_process_serves_the_bundled_default_model_correctly():

@@ -36,6 +36,7 @@ from service.errors import (
     error_body,
     error_parts,
 )
+from service.request_log import RequestLog, RequestRecord
 
 if TYPE_CHECKING:
     from service.config import Settings
@@ -197,11 +198,13 @@ class ClassifyEndpoint:
     ) -> None:
         self.engine, self.settings, self.metrics = engine, settings, metrics
         self.request_model = request_model
+        self.request_log = RequestLog(settings.log_requests, settings.log_texts)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers: dict[str, str] = {}
+        record = self.request_log.start(scope)
         try:
-            status, (body, headers) = 200, await self._handle(scope, receive)
+            status, (body, headers) = 200, await self._handle(scope, receive, record)
         except RequestValidationFailedError as err:
             status, body = validation_error_parts(err.errors)
         except ErnieClsError as err:
@@ -211,8 +214,17 @@ class ClassifyEndpoint:
             status, body = 500, error_body(*INTERNAL_ERROR)
             log_server_error(scope, status, err)
         await respond(send, status, pydantic_core.to_json(body), headers)
+        if record is not None:
+            self.request_log.finish(record, status, body, headers, self._model())
 
-    async def _handle(self, scope: Scope, receive: Receive) -> tuple[dict[str, Any], dict[str, str]]:
+    def _model(self) -> dict[str, str] | None:
+        if self.engine.artifact is None or self.engine.backend is None:
+            return None
+        return {**model_info(self.engine), "format": self.engine.format}
+
+    async def _handle(
+        self, scope: Scope, receive: Receive, record: RequestRecord | None
+    ) -> tuple[dict[str, Any], dict[str, str]]:
         timeout_header = None
         for name, value in scope["headers"]:
             if name == b"x-request-timeout-ms":
@@ -223,6 +235,8 @@ class ClassifyEndpoint:
             payload = await asyncio.get_running_loop().run_in_executor(None, self._parse, raw)
         else:
             payload = self._parse(raw)
+        if record is not None:
+            record.texts = payload.all_texts()
         return await classify_texts(
             self.engine, self.metrics, payload, timeout_header, receive, self.settings.request_timeout_ms
         )

@@ -71,11 +71,11 @@ def _time(runner, inputs, min_seconds: float) -> list[float]:
 
 def run_bench(cfg: BenchConfig) -> dict:
     artifact = verify_artifact(cfg.artifact)
-    available = [f for f in RUNTIME_FORMATS if f in artifact.manifest["formats"]]
+    available = [f for f in RUNTIME_FORMATS if f in artifact.spec.formats]
     formats = cfg.formats or available
     threads = cfg.threads or usable_cores()
     runners = {fmt: load_backend(artifact, fmt, threads) for fmt in formats}  # exactly as the service loads
-    vocab_size = int(artifact.manifest["tokenizer"]["vocab_size"])
+    vocab_size = artifact.spec.vocab_size
     rng = np.random.default_rng(0)
     results = []
     for seq in cfg.seq_lens:
@@ -96,7 +96,7 @@ def run_bench(cfg: BenchConfig) -> dict:
                     }
                 )
     report = {
-        "artifact": artifact.manifest.get("name"),
+        "artifact": artifact.spec.name,
         "threads": threads,
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "flags": cpu_flags(), "arch": platform.machine()},
         "command": "ernie-cls bench model " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else None,

@@ -63,7 +63,7 @@ def run_robustness(cfg: RobustnessConfig, command: str | None = None) -> dict:
         evaluated_on[name] = {"split": data["split"], "examples": len(data["texts"]), "texts_sha256": texts_sha256}
         tokenizer = load_tokenizer(artifact)
         runners = {
-            f: load_backend(artifact, f, usable_cores()).infer for f in cfg.formats if f in artifact.manifest["formats"]
+            f: load_backend(artifact, f, usable_cores()).infer for f in cfg.formats if f in artifact.spec.formats
         }
         conditions = [("clean", 0.0)] + [(k, r) for k in cfg.kinds for r in cfg.rates]
         for kind, rate in conditions:

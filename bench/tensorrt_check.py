@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     assert data is not None
     ids = tokenizer.encode_ids(data["texts"])
     batches = [tokenizer.pad(ids[i : i + 32]) for i in range(0, len(ids), 32)]
-    onnx_path = str(model.artifact.root / model.artifact.manifest["formats"]["onnx-int8"]["path"])
+    onnx_path = str(model.artifact.path_of("onnx-int8"))
     ort_logits = np.concatenate([model.backends[0].infer(a, b) for a, b in batches])
     with TrtRunner(build_engine(onnx_path, 64, tokenizer.max_seq_len)) as runner:
         run = [runner.infer({"input_ids": a, "token_type_ids": b})["logits"].copy() for a, b in batches]

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ernie_cls.errors import ErnieClsError
+from ernie_cls.manifest import FormatSpec, Manifest, ManifestError
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -62,38 +63,40 @@ def write_manifest(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
 @dataclass
 class Artifact:
     root: Path
-    manifest: dict[str, Any]
+    manifest: dict[str, Any]  # the JSON document as written, report data included
+    spec: Manifest  # the typed contract every reader relies on, checked when read (ernie_cls/manifest.py)
     manifest_sha256: str = ""  # of manifest.json's bytes as read: the value to pin (ERNIE_CLS_ARTIFACT_SHA256)
 
     @property
     def labels(self) -> list[str]:
-        labels = self.manifest["labels"]
-        return [labels[str(i)] for i in range(len(labels))]
+        return list(self.spec.labels)
 
     @property
     def max_seq_len(self) -> int:
-        return int(self.manifest["max_seq_len"])
+        return self.spec.max_seq_len
 
-    def path_of(self, fmt: str) -> Path:
-        formats = self.manifest.get("formats", {})
-        if fmt not in formats:
+    def format_spec(self, fmt: str) -> FormatSpec:
+        if fmt not in self.spec.formats:
             raise ArtifactError(
-                f"The artifact {self.root} has no format {fmt!r}; it has {sorted(formats)}.",
+                f"The artifact {self.root} has no format {fmt!r}; it has {sorted(self.spec.formats)}.",
                 "Choose one of those formats, or re-export the model with the format you need.",
             )
-        return self.root / formats[fmt]["path"]
+        return self.spec.formats[fmt]
+
+    def path_of(self, fmt: str) -> Path:
+        return self.root / self.format_spec(fmt).path
 
     def read_verified(self, rel: str) -> bytes:
         """The bytes of a file the manifest lists, read once and checked against its sha256: load these, not the
         path (the file could be replaced between a check by path and a load by path)."""
-        expected = self.manifest.get("files", {}).get(rel)
+        expected = self.spec.files.get(rel)
         if expected is None:
             raise ArtifactError(
                 f"{rel} is not in the manifest's file table of {self.root}, so it cannot be verified.",
                 "Re-export the model with `ernie-cls export`; do not add files to an artifact by hand.",
             )
         data = inside(self.root, rel).read_bytes()
-        if hashlib.sha256(data).hexdigest() != expected["sha256"]:
+        if hashlib.sha256(data).hexdigest() != expected.sha256:
             raise ArtifactError(
                 f"{self.root / rel} changed since it was verified (sha256 mismatch).",
                 "Do not serve it. Restore the artifact from its source or re-run `ernie-cls export`.",
@@ -141,7 +144,11 @@ def read_manifest(root: str | Path, pinned_sha256: str | None = None) -> Artifac
             f"{path} has schema version {version!r}; this ernie-cls reads versions up to {SCHEMA_VERSION}.",
             "Upgrade ernie-cls to the version that exported the model, or repin and re-export it with this one.",
         )
-    return Artifact(root, manifest, digest)
+    try:
+        spec = Manifest.parse(manifest, str(path))
+    except ManifestError as err:
+        raise ArtifactError(err.message, err.hint) from None
+    return Artifact(root, manifest, spec, digest)
 
 
 def verify_artifact(root: str | Path, pinned_sha256: str | None = None) -> Artifact:
@@ -149,8 +156,8 @@ def verify_artifact(root: str | Path, pinned_sha256: str | None = None) -> Artif
     sha256. Raises ArtifactError naming the files."""
     artifact = read_manifest(root, pinned_sha256)
     problems = []
-    files = artifact.manifest.get("files")
-    if not isinstance(files, dict) or not files:
+    files = artifact.spec.files
+    if not files:
         raise ArtifactError(
             f"Artifact {artifact.root} failed verification: the manifest lists no files.",
             "Do not serve it. Restore the artifact from its source or re-run `ernie-cls export`.",
@@ -159,7 +166,7 @@ def verify_artifact(root: str | Path, pinned_sha256: str | None = None) -> Artif
         path = inside(artifact.root, rel)
         if not path.is_file():
             problems.append(f"{rel}: missing")
-        elif path.stat().st_size != expected["size"] or sha256_file(path) != expected["sha256"]:
+        elif path.stat().st_size != expected.size or sha256_file(path) != expected.sha256:
             problems.append(f"{rel}: sha256 mismatch (modified or corrupted)")
     if problems:
         raise ArtifactError(

@@ -104,7 +104,7 @@ def run_verify(cfg: VerifyConfig) -> dict:
     tokenizer = load_tokenizer(artifact)
     runners = _load_runners(artifact, cfg.threads, check)
     check.details["formats_loaded"] = sorted(runners)
-    check.details["files_verified"] = len(artifact.manifest["files"])
+    check.details["files_verified"] = len(artifact.spec.files)
 
     checks.append(_check_graphs(artifact))
     checks.append(_check_interface(artifact))
@@ -113,7 +113,7 @@ def run_verify(cfg: VerifyConfig) -> dict:
     logits = {fmt: logits_in_batches(run, tokenizer, ids) for fmt, run in runners.items()} if data else {}
     checks.append(_check_accuracy(cfg, artifact, data, logits))
     checks.append(_check_agreement(cfg, data, logits))
-    default_format = artifact.manifest.get("default_format", "onnx-fp32")
+    default_format = artifact.spec.default_format
     checks.append(_check_latency(cfg, runners.get(default_format), tokenizer, ids, default_format))
     checks.append(_check_edge_inputs(artifact))
     checks.append(_check_safety(artifact))
@@ -127,7 +127,7 @@ def run_verify(cfg: VerifyConfig) -> dict:
 def _load_runners(artifact: Artifact, threads: int, check: Check) -> dict[str, Callable]:
     runners = {}
     for fmt in RUNTIME_FORMATS:
-        if fmt not in artifact.manifest["formats"]:
+        if fmt not in artifact.spec.formats:
             continue
         try:
             runners[fmt] = load_backend(artifact, fmt, threads).infer
@@ -160,8 +160,7 @@ def labelled_data(cfg: VerifyConfig, artifact: Artifact) -> dict | None:
         )
     if cfg.max_examples:
         examples = examples[: cfg.max_examples]
-    raw = artifact.manifest.get("raw_labels") or list(artifact.manifest["labels"])
-    label_map = LabelMap(list(raw))
+    label_map = LabelMap(list(artifact.spec.raw_labels))
     check_known_labels(examples, label_map, cfg.data)
     return {
         "texts": [e.text for e in examples],
@@ -174,9 +173,9 @@ def labelled_data(cfg: VerifyConfig, artifact: Artifact) -> dict | None:
 # ------------------------------------------------------------------------------------------------- checks
 def _onnx_files(artifact: Artifact) -> dict[str, Path]:
     return {
-        fmt: artifact.root / spec["path"]
-        for fmt, spec in artifact.manifest["formats"].items()
-        if spec.get("runtime") == "onnxruntime"
+        fmt: inside(artifact.root, spec.path)
+        for fmt, spec in artifact.spec.formats.items()
+        if spec.runtime == "onnxruntime"
     }
 
 
@@ -210,9 +209,9 @@ def _check_graphs(artifact: Artifact) -> Check:
             "weights": len(graph.initializer),
             "opset": model.opset_import[0].version,
         }
-        if artifact.manifest["formats"][fmt].get("scales"):
+        if artifact.spec.formats[fmt].scales:
             _check_int8_graph(check, artifact, fmt, model, path)
-    paddle_formats = [f for f in artifact.manifest["formats"] if f.startswith("paddle")]
+    paddle_formats = [f for f in artifact.spec.formats if f.startswith("paddle")]
     if paddle_formats:
         check.details["paddle"] = "program and parameters load together (check 1)"
     return check
@@ -221,8 +220,8 @@ def _check_graphs(artifact: Artifact) -> Check:
 def _check_int8_graph(check: Check, artifact: Artifact, fmt: str, model, path: Path) -> None:
     """The INT8 file still keeps the TensorRT/QAT rules with the scales the artifact records, and ONNX Runtime still
     runs every quantised MatMul as an integer GEMM (what export checked, re-checked on the files as shipped)."""
-    spec = artifact.manifest["formats"][fmt]
-    problems = qdq_problems(model, json.loads(inside(artifact.root, spec["scales"]).read_text(encoding="utf-8")))
+    spec, scales = artifact.manifest["formats"][fmt], artifact.spec.formats[fmt].scales or ""
+    problems = qdq_problems(model, json.loads(inside(artifact.root, scales).read_text(encoding="utf-8")))
     check.details[fmt]["qdq_rules"] = "kept" if not problems else f"{len(problems)} broken"
     for problem in problems[:5]:
         check.fail(f"{fmt}: {problem}")
@@ -269,12 +268,12 @@ def _check_accuracy(cfg: VerifyConfig, artifact: Artifact, data: dict | None, lo
         check.status = "skipped"
         check.details["reason"] = "no --data given"
         return check
-    names = [artifact.manifest["labels"][str(i)] for i in range(len(artifact.manifest["labels"]))]
+    names = list(artifact.spec.labels)
     check.details["data"] = {"path": data["path"], "split": data["split"], "n": len(data["texts"])}
     recorded = artifact.manifest.get("metrics", {})
     for fmt, rows in logits.items():
         metrics = classification_metrics(data["labels"], rows.argmax(1), names)
-        temperature = float(artifact.manifest["formats"][fmt].get("temperature", 1.0))
+        temperature = artifact.spec.formats[fmt].temperature
         entry = {
             "accuracy": round(metrics["accuracy"], 4),
             "macro_f1": round(metrics["macro_f1"], 4),
@@ -423,7 +422,7 @@ def _check_safety(artifact: Artifact) -> Check:
     if done.returncode != 0:
         check.fail(f"the serving load path needs pickle or paddle: {done.stderr.strip()[-200:]}")
     texts = {"manifest.json": (artifact.root / "manifest.json").read_text(encoding="utf-8")}
-    for rel in artifact.manifest["files"]:
+    for rel in artifact.spec.files:
         if rel.endswith((".json", ".pbtxt", ".md", ".txt")) and not rel.endswith("vocab.txt"):
             texts[rel] = (artifact.root / rel).read_text(encoding="utf-8", errors="replace")
     for rel, text in texts.items():
@@ -481,25 +480,24 @@ def _explanations(cfg: VerifyConfig, run, tokenizer: ErnieTokenizerFast, artifac
 
 def _check_completeness(artifact: Artifact) -> Check:
     check = Check("10 package completeness")
-    m, root = artifact.manifest, artifact.root
+    spec, root = artifact.spec, artifact.root
     needed = {
-        "tokenizer vocabulary": Path(m["tokenizer"]["path"]) / "vocab.txt",
-        "tokenizer settings": Path(m["tokenizer"]["path"]) / "ernie_cls_tokenizer.json",
-        "served model": Path(m["formats"][m["default_format"]]["path"]),
+        "tokenizer vocabulary": Path(spec.tokenizer_path) / "vocab.txt",
+        "tokenizer settings": Path(spec.tokenizer_path) / "ernie_cls_tokenizer.json",
+        "served model": Path(spec.formats[spec.default_format].path),
         "model card": Path("MODEL_CARD.md"),
     }
-    if "triton" in m["formats"]:
-        labels = [m["labels"][str(i)] for i in range(len(m["labels"]))]
-        for problem in repository_problems(root / "triton", labels):
+    if "triton" in spec.formats:
+        for problem in repository_problems(root / "triton", list(spec.labels)):
             check.fail(f"triton/{problem}")
         for config in root.glob("triton/*/config.pbtxt"):
             needed[f"Triton {config.parent.name}"] = config.relative_to(root)
     for what, rel in needed.items():
         if not (root / rel).is_file():
             check.fail(f"{what} is missing: {rel}")
-        elif str(rel) not in m["files"] and rel.as_posix() not in m["files"]:
+        elif rel.as_posix() not in spec.files:
             check.fail(f"{what} ({rel}) is not covered by the manifest's sha256 table")
-    labels = m.get("labels", {})
+    labels = artifact.manifest.get("labels", {})
     if sorted(labels, key=int) != [str(i) for i in range(len(labels))]:
         check.fail("the manifest's labels are not numbered 0..K-1")
     check.details["present"] = {k: str(v) for k, v in needed.items()}
@@ -508,7 +506,7 @@ def _check_completeness(artifact: Artifact) -> Check:
 
 # ------------------------------------------------------------------------------------------------- report
 def _finish(cfg: VerifyConfig, artifact: Artifact | None, checks: list[Check], extra: dict, started: float) -> dict:
-    name = artifact.manifest.get("name", "artifact") if artifact else Path(cfg.artifact).name
+    name = (artifact.spec.name or "artifact") if artifact else Path(cfg.artifact).name
     out = Path(cfg.output or f"reports/verify-{name}")
     out.mkdir(parents=True, exist_ok=True)
     report = {

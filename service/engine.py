@@ -148,7 +148,7 @@ class Engine:
         self.labels, self._model_key, self._temperature = model.labels, model.model_sha256, model.temperature
         log.info(
             "model %s (%s, %s) ready in %.2f s: %d worker(s) x %d thread(s)",
-            model.artifact.manifest.get("name"),
+            model.artifact.spec.name,
             model.format,
             model.backends[0].precision,
             time.perf_counter() - started,

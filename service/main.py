@@ -267,10 +267,10 @@ def _add_model_and_operations_routes(app: FastAPI, engine: Engine, metrics: Metr
     async def models() -> ModelsResponse:
         if engine.artifact is None:
             raise NotReadyError(not_ready_reason(engine))
-        m = engine.artifact.manifest
+        m, spec = engine.artifact.manifest, engine.artifact.spec
         return ModelsResponse(
-            name=m.get("name", ""),
-            version=str(m.get("version", "")),
+            name=spec.name,
+            version=spec.version,
             manifest_sha256=engine.artifact.manifest_sha256,
             labels=engine.labels,
             max_seq_len=engine.artifact.max_seq_len,
@@ -344,6 +344,6 @@ def _label_count(settings: Settings) -> int:
     from ernie_cls.artifact import ArtifactError, read_manifest
 
     try:
-        return max(2, len(read_manifest(settings.artifact).manifest.get("labels", {})))
+        return max(2, len(read_manifest(settings.artifact).spec.labels))
     except ArtifactError:
         return 2

@@ -46,7 +46,7 @@ class LoadedModel:
         warmup: list[tuple[int, int]] | None = None,
     ) -> LoadedModel:
         """An artifact already verified -> tokenizer + `instances` backends of `fmt` (default: the manifest's)."""
-        fmt = fmt or artifact.manifest.get("default_format", "onnx-fp32")
+        fmt = fmt or artifact.spec.default_format
         tokenizer = load_tokenizer(artifact)
         backends = load_backends(artifact, fmt, threads, instances)
         for backend in backends:
@@ -61,18 +61,17 @@ class LoadedModel:
     @property
     def temperature(self) -> float:
         """Temperature scaling fitted at export (1.0 for artifacts written before it existed)."""
-        return float(self.artifact.manifest["formats"][self.format].get("temperature", 1.0))
+        return self.artifact.format_spec(self.format).temperature
 
     @property
     def model_sha256(self) -> str:
-        files = self.artifact.manifest["files"]
-        return str(files[self.artifact.manifest["formats"][self.format]["path"]]["sha256"])
+        return self.artifact.spec.files[self.artifact.format_spec(self.format).path].sha256
 
 
 def load_tokenizer(artifact: Artifact) -> ErnieTokenizerFast:
     """The artifact's tokenizer from bytes checked against the manifest (files it does not list are absent)."""
-    directory = artifact.manifest["tokenizer"]["path"].rstrip("/")
-    listed = artifact.manifest["files"]
+    directory = artifact.spec.tokenizer_path
+    listed = artifact.spec.files
 
     def read(name: str) -> bytes | None:
         rel = f"{directory}/{name}"
@@ -90,18 +89,22 @@ def load_backends(artifact: Artifact, fmt: str, threads: int, instances: int) ->
     """`instances` model instances of format `fmt`. ONNX models load from the bytes that were hashed, read once for
     all instances (no re-open by path after the check); the Paddle program loads by path, after its hash check,
     from inside the artifact."""
-    spec = artifact.manifest["formats"].get(fmt)
-    if spec is None or spec.get("runtime") not in RUNTIMES:
-        servable = [f for f, s in artifact.manifest["formats"].items() if s.get("runtime") in RUNTIMES]
+    spec = artifact.spec.formats.get(fmt)
+    if spec is None or spec.runtime not in RUNTIMES:
+        servable = [f for f, s in artifact.spec.formats.items() if s.runtime in RUNTIMES]
         raise ArtifactError(
             f"The artifact has no servable format {fmt!r}.", f"Set ERNIE_CLS_FORMAT to one of {servable}."
         )
-    if spec["runtime"] == "onnxruntime":
+    if spec.runtime == "onnxruntime":
         from ernie_cls.runtime.onnxruntime import OnnxRuntimeBackend
 
-        model = artifact.read_verified(spec["path"])
-        return [OnnxRuntimeBackend(model, spec["precision"], threads) for _ in range(instances)]
+        model = artifact.read_verified(spec.path)
+        return [OnnxRuntimeBackend(model, spec.precision, threads) for _ in range(instances)]
     from ernie_cls.runtime.paddle_inference import PaddleInferenceBackend
 
-    program, params = inside(artifact.root, spec["path"]), inside(artifact.root, spec["params"])
-    return [PaddleInferenceBackend(program, params, spec["precision"], threads) for _ in range(instances)]
+    if spec.params is None:
+        raise ArtifactError(
+            f"The format {fmt!r} names no parameters file.", "Re-export the model with `ernie-cls export`."
+        )
+    program, params = inside(artifact.root, spec.path), inside(artifact.root, spec.params)
+    return [PaddleInferenceBackend(program, params, spec.precision, threads) for _ in range(instances)]

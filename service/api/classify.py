@@ -95,10 +95,10 @@ def not_ready_reason(engine: Engine) -> str:
 
 def model_info(engine: Engine) -> dict[str, str]:
     assert engine.artifact is not None and engine.backend is not None
-    m = engine.artifact.manifest
+    spec = engine.artifact.spec
     return {
-        "name": m.get("name", ""),
-        "version": str(m.get("version", "")),
+        "name": spec.name,
+        "version": spec.version,
         "backend": engine.backend.runtime,
         "precision": engine.backend.precision,
     }

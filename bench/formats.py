@@ -17,29 +17,15 @@ import platform
 import statistics
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from bench.config import BenchConfig
 from ernie_cls.artifact import verify_artifact
 from ernie_cls.machine import usable_cores
-from ernie_cls.options import opt
 from ernie_cls.runtime import RUNTIME_FORMATS, load_backend
 from training.paddle_env import cpuinfo
-
-
-@dataclass
-class BenchConfig:
-    """`ernie-cls bench model`: every field is a flag (ernie_cls/options.py)."""
-
-    artifact: str = opt(help="exported/<name>", positional=True)
-    batch_sizes: list[int] = opt([1, 8, 32, 64])
-    seq_lens: list[int] = opt([16, 32, 64, 128, 256])
-    formats: list[str] | None = opt(None, "default: all runtime formats in the artifact")
-    threads: int = opt(0, "inference threads (default: all cores)")
-    min_seconds: float = opt(1.0, "timed seconds per format and shape")
-    output: str = opt("reports/bench-model.json")
 
 
 def cpu_model() -> str:

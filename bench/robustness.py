@@ -16,33 +16,16 @@ import hashlib
 import json
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
+from bench.config import RobustnessConfig
 from ernie_cls.artifact import verify_artifact
 from ernie_cls.errors import ConfigError
 from ernie_cls.machine import usable_cores
-from ernie_cls.options import opt
 from ernie_cls.runtime import load_backend, load_tokenizer, logits_in_batches
 from release.verify import VerifyConfig, labelled_data
 from training.data import load_examples
-from training.noise import NOISE_CHOICES, HomophoneTable, check_noise_kinds, noisy
-
-
-@dataclass
-class RobustnessConfig:
-    """`ernie-cls bench robustness`: every field is a flag (ernie_cls/options.py)."""
-
-    artifacts: dict[str, str] = opt(help="name -> artifact directory (the command line's name=dir list)", cli=False)
-    data: str = opt("data/waimai_10k.csv")
-    text_col: str | None = opt("review")
-    label_col: str | None = opt("label")
-    kinds: list[str] = opt(list(NOISE_CHOICES), "noise kinds (default: all + mixed)")
-    rates: list[float] = opt([0.05, 0.1, 0.2])
-    formats: list[str] = opt(["onnx-fp32", "onnx-int8"])
-    seed: int = opt(0)
-    draws: int = opt(1, "independent noise draws per condition, accuracy averaged")
-    output: str = opt("reports/bench-robustness.json")
+from training.noise import HomophoneTable, check_noise_kinds, noisy
 
 
 def run_robustness(cfg: RobustnessConfig, command: str | None = None) -> dict:

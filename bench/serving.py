@@ -35,39 +35,13 @@ from pathlib import Path
 import numpy as np
 import psutil
 
+from bench.config import ServiceBenchConfig
 from bench.formats import cpu_flags, cpu_model
 from ernie_cls.errors import ErnieClsError
 from ernie_cls.machine import usable_cores
-from ernie_cls.options import opt
 from ernie_cls.runtime import WARMUP_SHAPES, LoadedModel
 from ernie_cls.tokenization import ErnieTokenizerFast
 from training.data import load_examples
-
-
-@dataclass
-class ServiceBenchConfig:
-    """`ernie-cls bench service` (and `bench soak`): every field is a flag (ernie_cls/options.py)."""
-
-    artifact: str = opt("exported/waimai-sentiment", positional=True)
-    data: str = opt("data/waimai_10k.csv", "texts to send (CSV/TSV/JSONL)")
-    text_col: str | None = opt("review")
-    texts: int = opt(2000, "how many texts (sampled with --seed)")
-    workers: int = opt(0, "model instances (default: one per core)")
-    threads: int = opt(1, "threads per model instance")
-    duration: float = opt(15.0, "measured seconds per load run")
-    concurrency: list[int] = opt([1, 8, 32, 64])
-    batch_sizes: list[int] = opt([1, 4, 8, 16, 32, 64], "raw-model batch sizes")
-    raw_seconds: float = opt(4.0, "timed seconds per raw (no HTTP) run")
-    pairs: int = opt(3, "back-to-back raw-ceiling / c64 pairs for the c64 target")
-    own_core_pairs: int = opt(
-        3,
-        "the same pairs with one model instance pinned to a core of its own, the HTTP side and the load "
-        "generator on the others (Linux, 2+ cores; 0: skip)",
-    )
-    texts_per_request: int = opt(1, "texts in each request body")
-    port: int = opt(8765)
-    seed: int = opt(0)
-    output: str = opt("reports/bench-service.json")
 
 
 class BenchError(ErnieClsError):

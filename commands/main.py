@@ -14,31 +14,31 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
-from bench.formats import BenchConfig, run_bench
-from bench.robustness import RobustnessConfig, run_robustness
-from bench.serving import ServiceBenchConfig, run_service_bench, run_soak
+from bench.config import BenchConfig, RobustnessConfig, ServiceBenchConfig
 from ernie_cls import __version__
-from ernie_cls.artifact import sha256_file
 from ernie_cls.errors import ErnieClsError
 from ernie_cls.options import add_options, config_from
-from release.export import ExportConfig, export
-from release.verify import VerifyConfig, run_verify
-from training.config import TrainConfig
-from training.evaluate import evaluate_file, load_checkpoint, predict_texts, read_texts
-from training.finetune import train
-from training.qat import QATConfig, run_qat
+from release.config import ExportConfig, VerifyConfig
+from training.config import QATConfig, TrainConfig
+
+# The stages themselves are imported inside each command, after main() has set Paddle's CPU environment (threads
+# are read when numpy/Paddle load) and so `--help` loads the configs only: no numpy, no optional dependency.
 
 log = logging.getLogger("ernie_cls")
 
 
 THREADS_HELP = "CPU threads (default: all cores)"
+# Fields of ServiceBenchConfig that `bench soak` does not read (it measures capacity at 64 connections, one text per
+# request), so they are not its flags; `threads` stays unset, as `main()` would otherwise pin OMP_NUM_THREADS.
+SOAK_IGNORES = ("duration", "concurrency", "batch_sizes", "pairs", "own_core_pairs", "texts_per_request", "threads")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Every stage's flags come from its config dataclass (ernie_cls/options.py); only the commands that have no
     stage config (evaluate, predict) and what a command adds (--threads for Paddle stages) are declared here."""
-    parser = argparse.ArgumentParser(prog="ernie-cls", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="ernie-cls", description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"ernie-cls {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -48,14 +48,19 @@ def build_parser() -> argparse.ArgumentParser:
         ("export", "write a verified artifact: Paddle inference + ONNX models, tokenizer, manifest", ExportConfig),
     ]
     for name, help_text, config in stages:
-        stage = sub.add_parser(name, help=help_text)
+        stage = _command(sub, name, help_text)
         add_options(stage, config)
         stage.add_argument("--threads", type=int, help=THREADS_HELP)
-    add_options(sub.add_parser("verify", help="the ten pre-launch checks on an artifact, as the service loads it"),
-                VerifyConfig)  # fmt: skip
-    _add_bench(sub.add_parser("bench", help="benchmarks: model formats, the service under load, soak, robustness"))
+    add_options(
+        _command(sub, "verify", "the ten pre-launch checks on an artifact, as the service loads it"), VerifyConfig
+    )
+    _add_bench(
+        sub.add_parser(
+            "bench", allow_abbrev=False, help="benchmarks: model formats, the service under load, soak, robustness"
+        )
+    )
 
-    e = sub.add_parser("evaluate", help="metrics of a checkpoint on a labelled file")
+    e = _command(sub, "evaluate", "metrics of a checkpoint on a labelled file")
     e.add_argument("--checkpoint", required=True, help="a checkpoint directory (e.g. runs/x/best)")
     e.add_argument("--data", required=True)
     e.add_argument("--text-col", help="column holding the text (default: text/review/sentence/content/...)")
@@ -63,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--output", help="also write the metrics JSON here")
     e.add_argument("--threads", type=int, help=THREADS_HELP)
 
-    p = sub.add_parser("predict", help="label texts from a file or stdin (JSON lines out)")
+    p = _command(sub, "predict", "label texts from a file or stdin (JSON lines out)")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--input", default="-", help="- for stdin (one text per line), .txt, or CSV/TSV/JSONL")
     p.add_argument("--text-col")
@@ -72,17 +77,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+    """A subcommand; flags are never abbreviated (a new flag would otherwise make old abbreviations ambiguous)."""
+    parser: argparse.ArgumentParser = sub.add_parser(name, allow_abbrev=False, help=help_text)
+    return parser
+
+
 def _add_bench(bench: argparse.ArgumentParser) -> None:
     targets = bench.add_subparsers(dest="bench_target", required=True)
-    add_options(targets.add_parser("model", help="latency/throughput of every format of an artifact, JSON + PNG"),
-                BenchConfig)  # fmt: skip
-    add_options(targets.add_parser("service", help="the HTTP service under load vs the raw model, JSON + PNG"),
-                ServiceBenchConfig)  # fmt: skip
-    soak = targets.add_parser("soak", help="hours-long style stability run: steady load, latency and memory per minute")
-    add_options(soak, ServiceBenchConfig, port=8766, output="reports/soak.json")
+    add_options(
+        _command(targets, "model", "latency/throughput of every format of an artifact, JSON + PNG"), BenchConfig
+    )
+    add_options(
+        _command(targets, "service", "the HTTP service under load vs the raw model, JSON + PNG"), ServiceBenchConfig
+    )
+    soak = targets.add_parser(
+        "soak", allow_abbrev=False, help="hours-long style stability run: steady load, latency and memory per minute"
+    )
+    add_options(soak, ServiceBenchConfig, exclude=SOAK_IGNORES, port=8766, output="reports/soak.json")
     soak.add_argument("--minutes", type=float, default=30)
     soak.add_argument("--load", type=float, default=0.7, help="fraction of the measured capacity")
-    robustness = targets.add_parser("robustness", help="test accuracy under text noise, per model and format")
+    robustness = targets.add_parser(
+        "robustness", allow_abbrev=False, help="test accuracy under text noise, per model and format"
+    )
     robustness.add_argument(
         "artifacts", nargs="+", help="name=exported/<dir> (the first two are compared as plain, robust)"
     )
@@ -90,6 +107,7 @@ def _add_bench(bench: argparse.ArgumentParser) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from training.finetune import train
 
     cfg = config_from(TrainConfig, args)
     metrics = train(cfg)
@@ -111,6 +129,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from training.evaluate import evaluate_file
 
     metrics = evaluate_file(args.checkpoint, args.data, args.text_col, args.label_col)
     text = json.dumps(metrics, ensure_ascii=False, indent=2)
@@ -122,6 +141,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    from training.evaluate import load_checkpoint, predict_texts, read_texts
 
     loaded = load_checkpoint(args.checkpoint)  # fail on a bad checkpoint before consuming stdin
     texts = read_texts(args.input, args.text_col)
@@ -134,6 +154,8 @@ PADDLE_COMMANDS = {"train", "qat", "evaluate", "predict", "export", "bench", "ve
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from ernie_cls.artifact import sha256_file
+    from release.export import export
 
     manifest = export(config_from(ExportConfig, args))
     summary = {
@@ -150,6 +172,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_qat(args: argparse.Namespace) -> int:
+    from training.qat import run_qat
 
     metrics = run_qat(config_from(QATConfig, args))
     print(json.dumps({k: metrics[k] for k in ("fp32", "int8_simulated", "steps", "train_seconds")}, indent=2))
@@ -164,6 +187,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.bench_target == "robustness":
         return _cmd_bench_robustness(args)
 
+    from bench.formats import run_bench
+
     report = run_bench(config_from(BenchConfig, args))
     for row in report["int8_vs_fp32"]:
         print(json.dumps(row))
@@ -172,6 +197,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_service(args: argparse.Namespace) -> int:
+    from bench.serving import run_service_bench
 
     cfg = config_from(ServiceBenchConfig, args)
     report = run_service_bench(cfg, command="ernie-cls " + " ".join(sys.argv[1:]))
@@ -184,14 +210,16 @@ def _cmd_bench_service(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_soak(args: argparse.Namespace) -> int:
+    from bench.serving import run_soak
 
-    cfg = config_from(ServiceBenchConfig, args)
+    cfg = config_from(ServiceBenchConfig, args, exclude=SOAK_IGNORES)
     report = run_soak(cfg, args.minutes, args.load, command="ernie-cls " + " ".join(sys.argv[1:]))
     print(json.dumps(report["targets"], indent=2))
     return 0 if all(t["passed"] for t in report["targets"].values()) else 1
 
 
 def _cmd_bench_robustness(args: argparse.Namespace) -> int:
+    from bench.robustness import run_robustness
 
     pairs = [a.split("=", 1) if "=" in a else (Path(a).name, a) for a in args.artifacts]
     cfg = config_from(RobustnessConfig, args, artifacts=dict(pairs))
@@ -202,6 +230,7 @@ def _cmd_bench_robustness(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
+    from release.verify import run_verify
 
     report = run_verify(config_from(VerifyConfig, args))
     for check in report["checks"]:

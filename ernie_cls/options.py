@@ -53,14 +53,15 @@ def _parser_for(annotation: Any) -> Callable[[str], Any]:
     raise TypeError(f"no command-line form for {annotation!r}: give the field a `parse` in its metadata")
 
 
-def add_options(parser: argparse.ArgumentParser, config: type, **overrides: Any) -> None:
-    """Add one flag per field of `config` (a dataclass); `overrides` replace a field's default for this command.
-    Fields with a `group` in their metadata go into an argument group of that title (shown apart in --help)."""
+def add_options(parser: argparse.ArgumentParser, config: type, exclude: tuple[str, ...] = (), **overrides: Any) -> None:
+    """Add one flag per field of `config` (a dataclass) but those in `exclude` (a command that does not read them);
+    `overrides` replace a field's default for this command. Fields with a `group` in their metadata go into an
+    argument group of that title (shown apart in --help)."""
     hints = typing.get_type_hints(config)
     groups: dict[str, Any] = {}
     for f in dataclasses.fields(config):
         meta = dict(f.metadata)
-        if not meta.get("cli", True):
+        if not meta.get("cli", True) or f.name in exclude:
             continue
         target = parser
         if meta.get("group"):
@@ -88,7 +89,8 @@ def add_options(parser: argparse.ArgumentParser, config: type, **overrides: Any)
         target.add_argument(meta.get("flag") or "--" + f.name.replace("_", "-"), **kwargs)
 
 
-def config_from(config: type, args: argparse.Namespace, **values: Any) -> Any:
-    """The config from the parsed flags (every CLI field) and the command's own `values` (the cli=False fields)."""
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(config) if f.metadata.get("cli", True)}
-    return config(**given, **values)
+def config_from(config: type, args: argparse.Namespace, exclude: tuple[str, ...] = (), **values: Any) -> Any:
+    """The config from the parsed flags (every CLI field not in `exclude`, which keep their defaults) and the
+    command's own `values` (the cli=False fields). A field without its flag is an error, never silently dropped."""
+    fields = [f for f in dataclasses.fields(config) if f.metadata.get("cli", True) and f.name not in exclude]
+    return config(**{f.name: getattr(args, f.name) for f in fields}, **values)

@@ -36,8 +36,8 @@ from ernie_cls import __version__
 from ernie_cls.artifact import TOKENIZER_DIR, write_manifest
 from ernie_cls.calibration import expected_calibration_error, fit_temperature, softmax
 from ernie_cls.errors import ConfigError, ErnieClsError, ModelLoadError, OutputExistsError
-from ernie_cls.options import opt
 from ernie_cls.runtime import logits_in_batches
+from release.config import ExportConfig
 from release.qdq_rules import ort_integer_gemms, qdq_problems
 from release.quantize_onnx import write_int8_qdq
 from release.triton import write_triton_repository
@@ -65,27 +65,6 @@ TRITON_ENSEMBLE = "ernie_cls_text"
 
 class ExportCheckError(ErnieClsError):
     """An export-time check failed; no artifact was written."""
-
-
-@dataclass
-class ExportConfig:
-    """`ernie-cls export`: every field is a flag (ernie_cls/options.py)."""
-
-    checkpoint: str = opt(help="the FP32 checkpoint (runs/<x>/best)")
-    output: str = opt(help="artifact directory, e.g. exported/waimai-sentiment")
-    qat: str | None = opt(None, "QAT checkpoint from `ernie-cls qat` (adds INT8 Paddle/ONNX models + Triton repo)")
-    name: str | None = opt(None, "model name in the manifest (default: the output directory's name)")
-    version: str = opt("1", "model version in the manifest")
-    data: str | None = opt(None, "labelled file for the export checks (default: the training split)")
-    text_col: str | None = opt(None, "column holding the text")
-    label_col: str | None = opt(None, "column holding the label")
-    parity_tolerance: float = opt(1e-4, "max |logit diff| Paddle vs ONNX on dev")
-    keep_formats: list[str] | None = opt(
-        None, "formats to ship (comma-separated); all are still checked. Default: all", flag="--formats"
-    )
-    min_int8_agreement: float = opt(0.99, "INT8 vs QAT argmax agreement on dev")
-    max_int8_accuracy_drop: float = opt(0.005, "INT8 vs FP32 test accuracy (absolute)")
-    overwrite: bool = opt(False)
 
 
 def _check_checkpoint(d: Path) -> dict:

@@ -35,41 +35,16 @@ import numpy as np
 from ernie_cls.artifact import Artifact, ArtifactError, inside, sha256_file, verify_artifact
 from ernie_cls.calibration import expected_calibration_error, softmax
 from ernie_cls.errors import ErnieClsError, UserInputError
-from ernie_cls.options import opt
 from ernie_cls.runtime import RUNTIME_FORMATS, load_backend, load_tokenizer, logits_in_batches
 from ernie_cls.runtime.paddle_inference import PaddleNotInstalledError
 from ernie_cls.tokenization import ErnieTokenizerFast
+from release.config import VerifyConfig
 from release.qdq_rules import ort_integer_gemms, qdq_problems
 from release.triton import repository_problems
 from training.data import LabelMap, check_known_labels, load_examples, stratified_split
 from training.metrics import classification_metrics
 
 EXAMPLE_TEXTS = ["送餐很快，味道很好，下次还点", "等了两个小时，饭都凉了，差评", "菜品分量太少了，而且还洒了一半"]
-
-
-@dataclass
-class VerifyConfig:
-    """`ernie-cls verify`: every field is a flag (ernie_cls/options.py)."""
-
-    artifact: str = opt(help="exported/<name>", positional=True)
-    data: str | None = opt(None, "labelled file for accuracy/agreement (its own test split if it trained the model)")
-    text_col: str | None = opt(None)
-    label_col: str | None = opt(None)
-    split: str = opt(
-        "auto",
-        "auto: the artifact's own test split when --data trained it; all: every row",
-        choices=("auto", "test", "all"),
-    )
-    max_examples: int = opt(0, "0: all")
-    output: str | None = opt(None, "report directory (default reports/verify-<name>)")
-    max_accuracy_drop: float = opt(0.01, "vs the accuracy recorded at export")
-    min_accuracy: float = opt(0.0)
-    max_fp32_logit_diff: float = opt(1e-4)
-    min_int8_agreement: float = opt(0.99)
-    max_int8_accuracy_drop: float = opt(0.01)
-    max_p99_ms_batch1: float = opt(50.0)
-    threads: int = opt(1)
-    explain: int = opt(5, "texts to explain with occlusion attributions")
 
 
 @dataclass

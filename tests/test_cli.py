@@ -105,3 +105,29 @@ def test_flags_reach_their_fields():
     assert cfg.epochs == 2 and cfg.max_grad_norm == 1.0
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--output", "o", "--label-names", "broken"])
+
+
+def test_soak_offers_only_the_flags_it_reads():
+    from bench.config import ServiceBenchConfig
+    from commands.main import SOAK_IGNORES, build_parser
+    from ernie_cls.options import config_from
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["bench", "soak", "--concurrency", "16"])
+    args = build_parser().parse_args(["bench", "soak"])
+    cfg = config_from(ServiceBenchConfig, args, exclude=SOAK_IGNORES)
+    assert (cfg.port, cfg.output, cfg.threads) == (8766, "reports/soak.json", 1) and not hasattr(args, "threads")
+
+
+def test_the_command_line_loads_no_stage_before_a_command_runs():
+    """`--help` and argument parsing import the configs only: Paddle's environment is set before numpy loads, and a
+    core install (no psutil, sklearn, onnx) can still print help."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, commands.main as m; m.build_parser();"
+        "print(sorted(x for x in ('numpy', 'psutil', 'onnx', 'sklearn', 'paddle', 'tokenizers') if x in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

@@ -122,3 +122,23 @@ class TrainConfig:
                 "--rdrop-alpha and --noise-consistency each add a second forward pass; they do not combine.",
                 "Choose one (--noise-consistency is R-Drop whose second pass sees a noisy copy).",
             )
+
+
+@dataclass
+class QATConfig:
+    """`ernie-cls qat`: every field is a flag (ernie_cls/options.py)."""
+
+    checkpoint: str = opt(help="the FP32 checkpoint (runs/<x>/best)")
+    output: str = opt(help="run directory; the QAT checkpoint goes to <output>/best")
+    epochs: int = opt(1)
+    learning_rate: float = opt(5e-5)
+    batch_size: int = opt(32)
+    eval_every: int = opt(0, "steps between dev evaluations (0: each epoch)")
+    patience: int = opt(2)
+    moving_rate: float = opt(0.9, "activation scale moving average")
+    ema_decay: float = opt(0.0, "evaluate/save a moving average of the weights, e.g. 0.99 (0: off)")
+    max_steps: int = opt(0)
+    seed: int = opt(42)
+    data: str | None = opt(None, "labelled file (default: the FP32 model's training data and split)")
+    overwrite: bool = opt(False)
+    progress: bool = opt(True, "progress bar")

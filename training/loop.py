@@ -187,7 +187,9 @@ def fit(
         step_parts.model.train()
         for batch in bar:
             loss_value = step_parts.run(tokenizer, train_data, batch, progress)
-            bar.set_postfix(loss=f"{loss_value:.4f}", samples_s=f"{progress.seen / progress.train_seconds:.1f}")
+            bar.set_postfix(
+                loss=f"{loss_value:.4f}", samples_s=f"{progress.seen / progress.train_seconds:.1f}", refresh=False
+            )  # redrawn at tqdm's mininterval, not on every step (non-TTY logs)
             if progress.step % progress.eval_every == 0 or progress.step == total_steps:
                 dev_metrics = step_parts.evaluate(model, tokenizer, dev_data, label_map, progress, save_best, rank)
                 _record(progress, cfg, epoch, loss_value, dev_metrics)

@@ -21,17 +21,16 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ernie_cls.errors import ConfigError, OutputExistsError
-from ernie_cls.options import opt
 from training.batching import encode
 from training.checkpoint import LABEL_MAP_FILE, METRICS_FILE, TRAINING_CONFIG_FILE, save_checkpoint
-from training.config import TrainConfig
+from training.config import QATConfig, TrainConfig
 from training.distributed import barrier, init_if_launched, rank_and_world
 from training.finetune import load_splits
 from training.loop import evaluate_encoded, fit
@@ -127,26 +126,6 @@ def read_scales(qat_model) -> dict[str, dict]:
                 "weight_axis": 1,
             }
     return scales
-
-
-@dataclass
-class QATConfig:
-    """`ernie-cls qat`: every field is a flag (ernie_cls/options.py)."""
-
-    checkpoint: str = opt(help="the FP32 checkpoint (runs/<x>/best)")
-    output: str = opt(help="run directory; the QAT checkpoint goes to <output>/best")
-    epochs: int = opt(1)
-    learning_rate: float = opt(5e-5)
-    batch_size: int = opt(32)
-    eval_every: int = opt(0, "steps between dev evaluations (0: each epoch)")
-    patience: int = opt(2)
-    moving_rate: float = opt(0.9, "activation scale moving average")
-    ema_decay: float = opt(0.0, "evaluate/save a moving average of the weights, e.g. 0.99 (0: off)")
-    max_steps: int = opt(0)
-    seed: int = opt(42)
-    data: str | None = opt(None, "labelled file (default: the FP32 model's training data and split)")
-    overwrite: bool = opt(False)
-    progress: bool = opt(True, "progress bar")
 
 
 def _load_fp32(checkpoint: Path):

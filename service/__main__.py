@@ -9,6 +9,7 @@ HTTP server and then the batcher share one ERNIE_CLS_DRAIN_TIMEOUT_S), and the p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import logging.handlers
@@ -17,6 +18,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable, Generator
 from types import FrameType
 
 import uvicorn
@@ -52,16 +54,50 @@ class PlainFormatter(logging.Formatter):
         return f"{line} {json.dumps(fields, ensure_ascii=False)}" if isinstance(fields, dict) else line
 
 
+REQUEST_LOG_QUEUE = 10_000  # lines waiting to be written; past it (a stalled stderr) new lines are dropped, counted
+
+
 class _UnformattedQueueHandler(logging.handlers.QueueHandler):
-    """Hands the record over as it is: formatting and writing happen on the listener's thread."""
+    """Hands the record over as it is (formatting and writing happen on the listener's thread), and never blocks
+    the event loop: with the queue full (stderr stalled), the line is dropped and counted instead of growing memory."""
+
+    dropped = 0
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         return record
 
+    def enqueue(self, record: logging.LogRecord) -> None:
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            type(self).dropped += 1
+
+
+class _RequestLogListener(logging.handlers.QueueListener):
+    """Writes the queued request lines; `stop` flushes them but waits at most `timeout` (a stalled stderr must not
+    hold the process after a drain)."""
+
+    def __init__(self, records: queue.Queue[logging.LogRecord | None], handler: logging.Handler) -> None:
+        super().__init__(records, handler)
+        self.records = records
+
+    def stop(self, timeout: float = 2.0) -> None:
+        if self._thread is None:
+            return
+        with contextlib.suppress(queue.Full):
+            self.records.put(None, timeout=timeout)  # QueueListener's end-of-queue sentinel
+        self._thread.join(timeout)
+        self._thread = None
+        if _UnformattedQueueHandler.dropped:
+            logging.getLogger(__name__).warning(
+                "the request log dropped %d lines (stderr was not read fast enough)", _UnformattedQueueHandler.dropped
+            )
+
 
 def configure_logging(json_logs: bool) -> logging.handlers.QueueListener:
-    """Log to stderr; the request log (one line per request) through a queue, so the event loop only enqueues it
-    (formatting and writing it there cost ~6 % of throughput at 64 connections). Returns the queue's listener."""
+    """Log to stderr; the request log (one line per request) through a bounded queue, so the event loop only
+    enqueues it (formatting and writing it there cost ~6 % of throughput at 64 connections). Returns the queue's
+    listener, which `DrainingServer` stops (flushes) when serving ends."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         JsonFormatter() if json_logs else PlainFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -71,10 +107,10 @@ def configure_logging(json_logs: bool) -> logging.handlers.QueueListener:
         logging.getLogger(name).handlers = [handler]
         logging.getLogger(name).propagate = False
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)  # per-request lines: use the metrics instead
-    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    records: queue.Queue[logging.LogRecord | None] = queue.Queue(REQUEST_LOG_QUEUE)
     requests = logging.getLogger("ernie_cls.requests")
     requests.handlers, requests.propagate = [_UnformattedQueueHandler(records)], False
-    listener = logging.handlers.QueueListener(records, handler)
+    listener = _RequestLogListener(records, handler)
     listener.start()
     return listener
 
@@ -85,9 +121,19 @@ SETTLE_BEFORE_CLOSING_S = 0.3
 class DrainingServer(uvicorn.Server):
     """uvicorn.Server that marks the engine draining the moment a shutdown signal arrives."""
 
-    def __init__(self, config: uvicorn.Config, engine: Engine) -> None:
+    def __init__(self, config: uvicorn.Config, engine: Engine, on_stop: Callable[[], None] = lambda: None) -> None:
         super().__init__(config)
-        self.engine = engine
+        self.engine, self.on_stop = engine, on_stop
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        # uvicorn re-sends the shutdown signal to the process when serving ends (the default handler then kills it
+        # unless it is PID 1): whatever must happen after the drain (flushing the request log) happens before that.
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                self.on_stop()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         # Stop accepting first, then give requests already on their way over accepted connections a moment to
@@ -130,9 +176,9 @@ def main() -> None:
     listener = configure_logging(settings.log_json)
     app = create_app(settings, freeze_gc=True)
     try:
-        DrainingServer(uvicorn_config(settings, app), app.state.engine).run()
+        DrainingServer(uvicorn_config(settings, app), app.state.engine, on_stop=listener.stop).run()
     finally:
-        listener.stop()  # writes the request lines still queued
+        listener.stop()  # when serving ended otherwise (an error at start-up); a second stop does nothing
 
 
 if __name__ == "__main__":

@@ -150,9 +150,11 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, f
     app.add_middleware(GuardMiddleware, on_response=count_response, **guard_settings)  # outermost: ids on every reply
     _add_error_handlers(app)
     _add_classify_route(app, engine, settings, metrics)
+    endpoint = ClassifyEndpoint(engine, settings, metrics, app.state.request_model)
     app.classify_endpoint = GuardMiddleware(
-        ClassifyEndpoint(engine, settings, metrics, app.state.request_model),
+        endpoint,
         on_response=lambda scope, status: count("/v1/classify", status),
+        on_refused=endpoint.log_refused,  # requests the guard answers leave a request-log line too
         **guard_settings,
     )
     _add_model_and_operations_routes(app, engine, metrics)

@@ -376,7 +376,15 @@ def test_each_classify_request_leaves_one_log_line_without_its_text(int8_artifac
     assert one["low_confidence"] == [p["low_confidence"] for p in predictions] and one["truncated"] == [False, False]
     assert (one["model"], one["version"], one["format"]) == ("tiny-int8", "1", "onnx-int8")
     assert one["total_ms"] > 0 and one["inference_ms"] == float(ok.headers["x-inference-time-ms"])
-    assert "text" not in one and not any(t in caplog.text for t in texts)  # customer text stays out by default
+    from service.__main__ import JsonFormatter, PlainFormatter
+
+    written = "".join(
+        f.format(r)
+        for r in caplog.records
+        if r.name == "ernie_cls.requests"
+        for f in (JsonFormatter(), PlainFormatter())
+    )  # the lines as `python -m service` writes them, JSON or plain
+    assert "text" not in one and "trace-1" in written and not any(t in written for t in texts)
     two = lines["trace-2"]
     assert two["status"] == 422 and two["error"] == "validation_error" and two["texts"] is None
 
@@ -403,3 +411,28 @@ def test_texts_are_logged_only_when_asked_and_json_logs_keep_the_fields_as_keys(
     with caplog.at_level(logging.INFO, logger="ernie_cls.requests"):
         call(quiet, fn)
     assert not [r for r in caplog.records if r.name == "ernie_cls.requests"]
+
+
+def test_requests_the_guard_refuses_leave_a_log_line_too(int8_artifact, caplog):
+    app = create_app(settings_for(int8_artifact, api_keys=["k1"]))
+    auth = {"Authorization": "Bearer k1"}
+
+    async def fn(client):
+        await client.post("/v1/classify", json={"text": "好"}, headers={"X-Request-ID": "no-key"})
+        await client.post(
+            "/v1/classify", content=b"x", headers={**auth, "X-Request-ID": "plain", "Content-Type": "text/plain"}
+        )
+        big = b'{"texts": ["' + b"a" * 5000 + b'"]}'
+        await client.post(
+            "/v1/classify", content=big, headers={**auth, "X-Request-ID": "big", "Content-Type": "application/json"}
+        )
+
+    with caplog.at_level("INFO", logger="ernie_cls.requests"):
+        call(app, fn)
+    lines = {r.fields["request_id"]: r.fields for r in caplog.records if r.name == "ernie_cls.requests"}
+    assert {k: (v["status"], v["texts"]) for k, v in lines.items()} == {
+        "no-key": (401, None),
+        "plain": (415, None),
+        "big": (413, None),
+    }
+    assert all(line["error"] for line in lines.values())

@@ -187,3 +187,26 @@ def test_not_beating_the_baseline_warns_with_both_scores_and_what_to_do(caplog):
     caplog.clear()
     baseline.warn_if_not_beaten(better, base, baseline.verdict(better, base))
     assert caplog.text == ""
+
+
+def test_baseline_macro_f1_averages_every_training_label_like_the_models_metrics():
+    from training.baseline import fit_and_score
+    from training.data import Example
+
+    train = [Example(t * 3, label) for t, label in (("好", "a"), ("差", "b"), ("中", "c")) for _ in range(5)]
+    evaluate = [Example("好好好", "a"), Example("差差差", "b")]  # label c absent: counts 0, as in the model's metrics
+    scores = fit_and_score(train, evaluate)
+    assert scores["accuracy"] == 1.0 and scores["macro_f1"] == pytest.approx(2 / 3)
+
+
+def test_the_model_card_lists_formats_against_the_baseline_only_on_the_same_rows():
+    from release.export import _baseline_section
+
+    base = {"model": "m", "split": "test", "trained_on": "train+dev", "accuracy": 0.8, "macro_f1": 0.7, "n": 4}
+    metrics = {
+        "onnx-int8": {"test_accuracy": 0.9, "test_macro_f1": 0.8, "n_test": 4},
+        "training": {"test": {"accuracy": 0.9, "macro_f1": 0.8}, "baseline": {**base, "rows_sha256": "abc"},
+                     "baseline_verdict": {"beats_baseline": True}},
+    }  # fmt: skip
+    assert "onnx-int8: 90.00 %" in _baseline_section({**metrics, "test_rows_sha256": "abc"})
+    assert "onnx-int8" not in _baseline_section({**metrics, "test_rows_sha256": "other rows, same count"})

@@ -109,11 +109,22 @@ def train(cfg: TrainConfig) -> dict:
         provenance={**provenance, "base_model": cfg.base_model},
     )
     if cfg.baseline and rank_and_world()[0] == 0:
-        metrics["baseline"] = baseline.on_splits(splits)
-        metrics["baseline_verdict"] = baseline.verdict(metrics, metrics["baseline"])
-        baseline.warn_if_not_beaten(metrics, metrics["baseline"], metrics["baseline_verdict"])
+        _compare_with_baseline(metrics, splits)
     _write_metrics(out, metrics)
     return metrics
+
+
+def _compare_with_baseline(metrics: dict, splits: Splits) -> None:
+    """The TF-IDF baseline on the same split, into `metrics`; a failure there costs the comparison, not the run."""
+    try:
+        metrics["baseline"] = baseline.on_splits(splits)
+    except Exception as err:  # e.g. MemoryError on a very large corpus: the model is trained and saved already
+        log.warning(
+            "the TF-IDF baseline could not be fitted (%s: %s); metrics.json has no comparison", type(err).__name__, err
+        )
+        return
+    metrics["baseline_verdict"] = baseline.verdict(metrics, metrics["baseline"])
+    baseline.warn_if_not_beaten(metrics, metrics["baseline"], metrics["baseline_verdict"])
 
 
 def _amp(cfg: TrainConfig, device: str) -> bool:

@@ -217,6 +217,13 @@ class ClassifyEndpoint:
         if record is not None:
             self.request_log.finish(record, status, body, headers, self._model())
 
+    def log_refused(self, scope: Scope, err: ErnieClsError) -> None:
+        """A request the guard in front answered (key, content type, size, in-flight cap): its request-log line."""
+        record = self.request_log.start(scope)
+        if record is not None:
+            status, body, _ = error_parts(err)
+            self.request_log.finish(record, status, body, {}, self._model())
+
     def _model(self) -> dict[str, str] | None:
         if self.engine.artifact is None or self.engine.backend is None:
             return None

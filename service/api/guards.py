@@ -89,8 +89,10 @@ class GuardMiddleware:
         body_timeout_s: float = 10.0,
         in_flight: InFlight | None = None,
         draining: Callable[[], bool] = lambda: False,
+        on_refused: Callable[[Scope, ErnieClsError], None] | None = None,
     ) -> None:
         self.app = app
+        self.on_refused = on_refused  # the guard answered itself (key, type, size, in-flight cap): e.g. the request log
         self.max_body_bytes = max_body_bytes
         self.on_response = on_response
         self.keys = keys or []
@@ -140,7 +142,7 @@ class GuardMiddleware:
             return
         in_flight = self.in_flight
         if in_flight.limit and in_flight.count >= in_flight.limit:
-            await respond_error(send_with_headers, OverloadedError(in_flight.limit))
+            await self._refuse(scope, send_with_headers, OverloadedError(in_flight.limit))
             return
         in_flight.count += 1
         try:
@@ -149,9 +151,14 @@ class GuardMiddleware:
         except ErnieClsError as err:  # refused here, or raised by body.receive and not mapped by the app
             if replied:
                 raise
-            await respond_error(send_with_headers, err)
+            await self._refuse(scope, send_with_headers, err)
         finally:
             in_flight.count -= 1
+
+    async def _refuse(self, scope: Scope, send: Send, err: ErnieClsError) -> None:
+        await respond_error(send, err)
+        if self.on_refused is not None:
+            self.on_refused(scope, err)
 
     def _admit(self, scope: Scope, path: str, headers: dict[str, str]) -> None:
         """The checks that need no body: API key, content type, declared length. Raises ErnieClsError."""

@@ -210,3 +210,20 @@ def test_the_model_card_lists_formats_against_the_baseline_only_on_the_same_rows
     }  # fmt: skip
     assert "onnx-int8: 90.00 %" in _baseline_section({**metrics, "test_rows_sha256": "abc"})
     assert "onnx-int8" not in _baseline_section({**metrics, "test_rows_sha256": "other rows, same count"})
+
+
+def test_balanced_class_weights_make_every_class_weigh_the_same_in_total(small_csv, tmp_path):
+    import numpy as np
+
+    from training.finetune import train
+    from training.robust import balanced_weights
+
+    labels = np.array([0] * 6 + [1] * 2 + [2] * 1)
+    weights = balanced_weights(labels)
+    totals = [weights[k] * (labels == k).sum() for k in range(3)]
+    assert np.allclose(totals, totals[0]) and weights[2] > weights[1] > weights[0]
+    metrics = train(tiny_train_config(tmp_path / "run", small_csv, epochs=1, class_weights="balanced"))
+    assert (
+        metrics["test"]["accuracy"] > 0
+        and json.loads((tmp_path / "run" / "best" / "training_config.json").read_text())["class_weights"] == "balanced"
+    )

@@ -70,6 +70,11 @@ class TrainConfig:
         "also fit a character n-gram TF-IDF + logistic regression on the same split (seconds), report both and warn "
         "when the model does not beat it",
     )
+    class_weights: str = opt(
+        "none",
+        "balanced: weight each example's loss by n / (K x its class's count), for imbalanced classes",
+        choices=("none", "balanced"),
+    )
     label_smoothing: float = opt(0.0, "e.g. 0.1", group=ROBUSTNESS)
     adversarial: str = opt("none", "FGM on the word embeddings", choices=("none", "fgm"), group=ROBUSTNESS)
     adv_epsilon: float = opt(1.0, "FGM perturbation norm", group=ROBUSTNESS)
@@ -99,6 +104,8 @@ class TrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1.", "Use a positive value.")
         if self.max_seq_len < 8:
             raise ConfigError("--max-seq-len must be >= 8.", "128 suits short customer messages.")
+        if self.class_weights not in ("none", "balanced"):
+            raise ConfigError(f"--class-weights {self.class_weights!r} is not known.", "Use none or balanced.")
         if self.adversarial not in ("none", "fgm"):
             raise ConfigError(f"--adversarial {self.adversarial!r} is not known.", "Use none or fgm.")
         for name in ("label_smoothing", "noise_augment", "noise_rate", "distill_alpha"):

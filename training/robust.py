@@ -1,7 +1,8 @@
 """Robustness and distillation terms of the training loss, kept out of the loop itself (training.finetune.fit).
 
     batch_ids(batch)      token ids of the batch; with noise_augment, some texts re-encoded from a noisy copy
-    loss(logits, ...)     cross-entropy (label smoothing)
+    loss(logits, ...)     cross-entropy (label smoothing; with --class-weights balanced, each example weighted by
+                          n / (K x its class's count), so small classes count as much as large ones)
                           + R-Drop: a second dropout pass, alpha x symmetric KL between the two
                           + noise consistency: R-Drop whose second pass sees a noisy copy of every text, so the
                             model is taught to answer the same with and without typos (stability training)
@@ -41,6 +42,7 @@ class RobustTraining:
             self.homophones = HomophoneTable.from_texts(data.texts)
         if use_amp and cfg.adversarial != "none":  # the loop's own AMP decision (cfg.amp None means "GPU: on")
             raise ConfigError("--adversarial fgm does not combine with --amp yet.", "Drop one of them.")
+        self.class_weights = balanced_weights(data.labels) if cfg.class_weights == "balanced" else None
 
     # ------------------------------------------------------------------------------------------- inputs
     def batch_ids(self, batch: list[int]) -> list[list[int]]:
@@ -66,14 +68,14 @@ class RobustTraining:
         import paddle.nn.functional as F  # noqa: N812
 
         cfg = self.cfg
-        loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
+        loss = self.cross_entropy(logits, labels)
         alpha = cfg.rdrop_alpha or cfg.noise_consistency
         if alpha > 0:
             if cfg.noise_consistency > 0:
                 noisy_ids, noisy_types = self.tokenizer.pad(self.noisy_copy(batch))
                 ids, types = paddle.to_tensor(noisy_ids), paddle.to_tensor(noisy_types)
             logits2 = train_model(ids, token_type_ids=types)
-            loss = (loss + F.cross_entropy(logits2, labels, label_smoothing=cfg.label_smoothing)) / 2
+            loss = (loss + self.cross_entropy(logits2, labels)) / 2
             lp1, lp2 = F.log_softmax(logits, -1), F.log_softmax(logits2, -1)
             kl = F.kl_div(lp1, lp2.exp(), reduction="sum") + F.kl_div(lp2, lp1.exp(), reduction="sum")
             loss = loss + alpha * kl / (2 * logits.shape[0])  # per example ("batchmean")
@@ -84,11 +86,21 @@ class RobustTraining:
             loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * distill
         return loss
 
+    def cross_entropy(self, logits, labels):
+        """Cross-entropy with label smoothing, each example weighted by its class's weight when there are weights."""
+        import paddle
+        import paddle.nn.functional as F  # noqa: N812
+
+        if self.class_weights is None:
+            return F.cross_entropy(logits, labels, label_smoothing=self.cfg.label_smoothing)
+        per_example = F.cross_entropy(logits, labels, label_smoothing=self.cfg.label_smoothing, reduction="none")
+        weights = paddle.gather(paddle.to_tensor(self.class_weights), labels.flatten())
+        return (per_example.flatten() * weights).sum() / weights.sum()
+
     def adversarial_step(self, train_model, labels, ids, types) -> None:
         if self.cfg.adversarial != "fgm":
             return
         import paddle
-        import paddle.nn.functional as F  # noqa: N812
 
         weight = self.model.ernie.embeddings.word_embeddings.weight
         grad = weight.grad
@@ -101,6 +113,13 @@ class RobustTraining:
         with paddle.no_grad():
             weight.set_value(weight + self.cfg.adv_epsilon * grad / norm)
         adv_logits = train_model(ids, token_type_ids=types)
-        F.cross_entropy(adv_logits, labels, label_smoothing=self.cfg.label_smoothing).backward()
+        self.cross_entropy(adv_logits, labels).backward()
         with paddle.no_grad():
             weight.set_value(backup)
+
+
+def balanced_weights(labels: np.ndarray) -> np.ndarray:
+    """n / (K x count) per class (scikit-learn's "balanced"): every class weighs as much in total."""
+    counts = np.bincount(labels, minlength=int(labels.max()) + 1).astype(np.float64)
+    weights = len(labels) / (len(counts) * np.maximum(counts, 1))
+    return weights.astype(np.float32)

@@ -8,6 +8,7 @@ not part of this contract and stays in the JSON document (`Artifact.manifest`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -58,13 +59,14 @@ class Manifest:
         """The typed view of a manifest's JSON; raises ManifestError naming the first field that is missing or wrong."""
         try:
             labels = data["labels"]
-            ordered = tuple(str(labels[str(i)]) for i in range(len(labels)))
+            ordered = tuple(_text(labels[str(i)], "labels") for i in range(len(labels)))
             formats = {name: _format(name, spec) for name, spec in data["formats"].items()}
             manifest = cls(
                 name=str(data.get("name", "")),
                 version=str(data.get("version", "")),
                 labels=ordered,
-                raw_labels=tuple(str(x) for x in data.get("raw_labels") or ordered),
+                # artifacts from before raw_labels: the labels' own keys, as readers used then
+                raw_labels=tuple(_text(x, "raw_labels") for x in data.get("raw_labels") or sorted(labels, key=int)),
                 max_seq_len=int(data["max_seq_len"]),
                 tokenizer_path=str(data["tokenizer"]["path"]).rstrip("/"),
                 vocab_size=int(data["tokenizer"].get("vocab_size", 0)),
@@ -74,14 +76,34 @@ class Manifest:
             )
         except KeyError as err:
             raise ManifestError(f"{where} has no {err.args[0]!r} where readers need one.", _HINT) from None
-        except (TypeError, ValueError, AttributeError) as err:
+        except (TypeError, ValueError, AttributeError, OverflowError) as err:
             raise ManifestError(f"{where} holds a field of the wrong type ({err}).", _HINT) from None
-        if manifest.default_format not in formats:
-            raise ManifestError(f"{where} names default format {manifest.default_format!r}, not one it has.", _HINT)
+        problem = manifest._problem()
+        if problem:
+            raise ManifestError(f"{where} {problem}.", _HINT)
         return manifest
+
+    def _problem(self) -> str | None:
+        """Values of the right type that would still break serving."""
+        if len(self.labels) < 2 or len(self.raw_labels) != len(self.labels):
+            return f"has {len(self.labels)} labels and {len(self.raw_labels)} raw labels (at least 2, as many of each)"
+        if self.max_seq_len < 3:
+            return f"has max_seq_len {self.max_seq_len} (at least [CLS] + one token + [SEP])"
+        bad = [f.name for f in self.formats.values() if not (math.isfinite(f.temperature) and f.temperature > 0)]
+        if bad:
+            return f"has a temperature that is not a positive number for {bad}"
+        if self.default_format not in self.formats:
+            return f"names default format {self.default_format!r}, not one it has"
+        return None
 
 
 _HINT = "Re-export the model with `ernie-cls export`; do not edit manifest.json by hand."
+
+
+def _text(value: Any, field: str) -> str:
+    if not isinstance(value, str | int):  # raw labels may be integers in older manifests
+        raise TypeError(f"{field} holds {value!r}, not a string")
+    return str(value)
 
 
 def _format(name: str, spec: Mapping[str, Any]) -> FormatSpec:

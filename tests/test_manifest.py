@@ -30,7 +30,14 @@ def breaks(data: dict) -> list[tuple[str, dict, str]]:
     missing_default = copy.deepcopy(data) | {"default_format": "tensorrt"}
     no_path = copy.deepcopy(data)
     del no_path["formats"]["onnx-int8"]["path"]
+    infinite = copy.deepcopy(data) | {"max_seq_len": float("inf")}  # json reads Infinity
+    cold = copy.deepcopy(data)
+    cold["formats"]["onnx-int8"]["temperature"] = 0
+    null_label = copy.deepcopy(data) | {"labels": {"0": "negative", "1": None}}
     return [
+        ("an infinite max_seq_len", infinite, "wrong type"),
+        ("a temperature of 0", cold, "temperature"),
+        ("a label that is not a string", null_label, "not a string"),
         ("no formats", no_formats, "'formats'"),
         ("max_seq_len not a number", bad_length, "wrong type"),
         ("labels not numbered 0..K-1", gap_in_labels, "'1'"),
@@ -39,8 +46,9 @@ def breaks(data: dict) -> list[tuple[str, dict, str]]:
     ]
 
 
-@pytest.mark.parametrize("case", range(5))
+@pytest.mark.parametrize("case", range(8))
 def test_a_manifest_missing_what_readers_need_is_refused_naming_it(tmp_path, case):
+    """Refused when read (ArtifactError: the service stays not-ready, verify fails), never a crash later."""
     data = json.loads((BUNDLED / "manifest.json").read_text(encoding="utf-8"))
     _, broken, needle = breaks(data)[case]
     with pytest.raises(ManifestError, match=needle) as err:
@@ -50,3 +58,9 @@ def test_a_manifest_missing_what_readers_need_is_refused_naming_it(tmp_path, cas
     write_manifest(tmp_path, broken)
     with pytest.raises(ArtifactError, match=needle):  # the same, as the service and verify see it
         read_manifest(tmp_path)
+
+
+def test_an_older_manifest_without_raw_labels_reads_the_labels_keys():
+    data = json.loads((BUNDLED / "manifest.json").read_text(encoding="utf-8"))
+    del data["raw_labels"]
+    assert Manifest.parse(data, "m").raw_labels == ("0", "1")

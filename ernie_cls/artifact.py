@@ -21,18 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ernie_cls.errors import ErnieClsError
-from ernie_cls.manifest import FormatSpec, Manifest, ManifestError
+from ernie_cls.errors import ArtifactError
+from ernie_cls.manifest import FormatSpec, Manifest
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 TOKENIZER_DIR = "tokenizer"
-
-
-class ArtifactError(ErnieClsError):
-    """The artifact is incomplete, tampered with, or from an unsupported schema."""
-
-    http_status = 503
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -144,11 +138,7 @@ def read_manifest(root: str | Path, pinned_sha256: str | None = None) -> Artifac
             f"{path} has schema version {version!r}; this ernie-cls reads versions up to {SCHEMA_VERSION}.",
             "Upgrade ernie-cls to the version that exported the model, or repin and re-export it with this one.",
         )
-    try:
-        spec = Manifest.parse(manifest, str(path))
-    except ManifestError as err:
-        raise ArtifactError(err.message, err.hint) from None
-    return Artifact(root, manifest, spec, digest)
+    return Artifact(root, manifest, Manifest.parse(manifest, str(path)), digest)
 
 
 def verify_artifact(root: str | Path, pinned_sha256: str | None = None) -> Artifact:

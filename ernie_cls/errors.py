@@ -44,3 +44,9 @@ class ModelLoadError(ErnieClsError):
     """A model or checkpoint cannot be loaded (missing files, offline hub name, wrong kind)."""
 
     http_status = 500
+
+
+class ArtifactError(ErnieClsError):
+    """The artifact is incomplete, tampered with, or from an unsupported schema."""
+
+    http_status = 503

@@ -13,13 +13,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ernie_cls.errors import ErnieClsError
+from ernie_cls.errors import ArtifactError
 
 
-class ManifestError(ErnieClsError):
-    """manifest.json lacks a field readers need, or holds one of the wrong type."""
-
-    http_status = 503
+class ManifestError(ArtifactError):
+    """manifest.json lacks a field readers need, or holds one of the wrong type (an ArtifactError: the service stays
+    not-ready, verify fails)."""
 
 
 @dataclass(frozen=True)

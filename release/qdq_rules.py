@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from release.quantize_onnx import INTEGER_TYPES, element_types
+
 QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear"}
 # QOperator/integer ops: the explicit form has none (TensorRT's parser does not take them)
 IMPLICIT_INT8_OPS = {"QLinearMatMul", "MatMulInteger", "QLinearConv", "ConvInteger", "DynamicQuantizeLinear"}
@@ -143,20 +145,16 @@ def _activation_problems(g: _Graph, matmul, scales: dict | None) -> list[str]:
 
 
 def _float_only_problems(model, g: _Graph) -> list[str]:
-    import onnx
-    from onnx import TensorProto
-
     problems = [
         f"{n.name}: Gather reads a DequantizeLinear (TensorRT's Gather takes no quantised tables)"
         for n in g.nodes
         if n.op_type == "Gather" and (p := g.producer.get(n.input[0])) is not None and p.op_type == "DequantizeLinear"
     ]
-    inferred = onnx.shape_inference.infer_shapes(model).graph
-    types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.value_info, *inferred.input]}
+    types = element_types(model)
     problems += [
         f"{n.name}: CumSum on an integer tensor (TensorRT's CumSum takes FP32/FP16/BF16)"
         for n in g.nodes
-        if n.op_type == "CumSum" and types.get(n.input[0]) in (TensorProto.INT32, TensorProto.INT64)
+        if n.op_type == "CumSum" and types.get(n.input[0]) in INTEGER_TYPES
     ]
     return problems
 

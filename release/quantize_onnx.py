@@ -105,17 +105,25 @@ def insert_qdq(model, scales_by_weight: dict[str, dict]) -> dict[str, str]:
     return {weight: node for node, (_, weight) in matmuls.items()}
 
 
+INTEGER_TYPES = (6, 7)  # onnx.TensorProto.INT32, INT64
+
+
+def element_types(model) -> dict[str, int]:
+    """{tensor name: ONNX element type} for the graph's inputs and every tensor shape inference can type."""
+    import onnx
+
+    graph = onnx.shape_inference.infer_shapes(model).graph
+    return {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.input]}
+
+
 def cumsum_in_float(model) -> int:
     """Compute each integer CumSum in float32 (exact below 2**24) between two Casts; returns how many."""
-    import onnx
-    from onnx import TensorProto, helper
+    from onnx import helper
 
-    types = {v.name: v.type.tensor_type.elem_type for v in onnx.shape_inference.infer_shapes(model).graph.value_info}
-    types.update({v.name: v.type.tensor_type.elem_type for v in model.graph.input})
+    types = element_types(model)
     nodes, done = [], 0
     for node in model.graph.node:
-        integer = types.get(node.input[0]) in (TensorProto.INT32, TensorProto.INT64)
-        if node.op_type == "CumSum" and integer:
+        if node.op_type == "CumSum" and types.get(node.input[0]) in INTEGER_TYPES:
             source, result, int_type = node.input[0], node.output[0], types[node.input[0]]
             node.input[0], node.output[0] = f"{node.name}_float_in", f"{node.name}_float_out"
             nodes.append(helper.make_node("Cast", [source], [node.input[0]], f"{node.name}_to_float", to=1))

@@ -54,11 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(
         _command(sub, "verify", "the ten pre-launch checks on an artifact, as the service loads it"), VerifyConfig
     )
-    _add_bench(
-        sub.add_parser(
-            "bench", allow_abbrev=False, help="benchmarks: model formats, the service under load, soak, robustness"
-        )
-    )
+    _add_bench(_command(sub, "bench", "benchmarks: model formats, the service under load, soak, robustness"))
 
     e = _command(sub, "evaluate", "metrics of a checkpoint on a labelled file")
     e.add_argument("--checkpoint", required=True, help="a checkpoint directory (e.g. runs/x/best)")
@@ -91,15 +87,11 @@ def _add_bench(bench: argparse.ArgumentParser) -> None:
     add_options(
         _command(targets, "service", "the HTTP service under load vs the raw model, JSON + PNG"), ServiceBenchConfig
     )
-    soak = targets.add_parser(
-        "soak", allow_abbrev=False, help="hours-long style stability run: steady load, latency and memory per minute"
-    )
+    soak = _command(targets, "soak", "hours-long style stability run: steady load, latency and memory per minute")
     add_options(soak, ServiceBenchConfig, exclude=SOAK_IGNORES, port=8766, output="reports/soak.json")
     soak.add_argument("--minutes", type=float, default=30)
     soak.add_argument("--load", type=float, default=0.7, help="fraction of the measured capacity")
-    robustness = targets.add_parser(
-        "robustness", allow_abbrev=False, help="test accuracy under text noise, per model and format"
-    )
+    robustness = _command(targets, "robustness", "test accuracy under text noise, per model and format")
     robustness.add_argument(
         "artifacts", nargs="+", help="name=exported/<dir> (the first two are compared as plain, robust)"
     )

@@ -36,9 +36,9 @@ from ernie_cls.calibration import softmax_row
 from ernie_cls.errors import UserInputError
 from ernie_cls.runtime import WARMUP_SHAPES, Backend, LoadedModel
 from ernie_cls.tokenization import ErnieTokenizerFast, normalize_text
-from service.batching import Batcher, DeadlineExceededError
+from service.batching import Batcher
 from service.config import Settings
-from service.errors import NotReadyError
+from service.errors import DeadlineExceededError, NotReadyError
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.batching import Batcher, DeadlineExceededError, InferenceError, QueueFullError
+from service.batching import Batcher
+from service.errors import DeadlineExceededError, InferenceError, QueueFullError
 
 
 class FakeBackend:

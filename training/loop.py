@@ -191,8 +191,10 @@ def fit(
                 loss=f"{loss_value:.4f}", samples_s=f"{progress.seen / progress.train_seconds:.1f}", refresh=False
             )  # redrawn at tqdm's mininterval, not on every step (non-TTY logs)
             if progress.step % progress.eval_every == 0 or progress.step == total_steps:
-                dev_metrics = step_parts.evaluate(model, tokenizer, dev_data, label_map, progress, save_best, rank)
-                _record(progress, cfg, epoch, loss_value, dev_metrics)
+                dev_metrics, improved = step_parts.evaluate(
+                    model, tokenizer, dev_data, label_map, progress, save_best, rank
+                )
+                _record(progress, cfg, epoch, loss_value, dev_metrics, improved)
             if progress.step >= total_steps or progress.stop:
                 break
         bar.close()
@@ -248,11 +250,12 @@ class _Step:
             if improved and rank == 0:
                 save_best(dev_metrics)
         self.model.train()
-        dev_metrics["improved"] = improved
-        return dev_metrics
+        return dev_metrics, improved
 
 
-def _record(progress: _Progress, cfg: TrainConfig, epoch: int, loss_value: float, dev_metrics: dict) -> None:
+def _record(
+    progress: _Progress, cfg: TrainConfig, epoch: int, loss_value: float, dev_metrics: dict, improved: bool
+) -> None:
     record = {
         "epoch": epoch + 1,
         "step": progress.step,
@@ -263,7 +266,7 @@ def _record(progress: _Progress, cfg: TrainConfig, epoch: int, loss_value: float
     }
     progress.history.append(record)
     log.info("eval %s", record)
-    if dev_metrics.pop("improved"):
+    if improved:
         progress.best_f1, progress.best_step, progress.evals_since_best = dev_metrics["macro_f1"], progress.step, 0
     else:
         progress.evals_since_best += 1

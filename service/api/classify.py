@@ -199,6 +199,7 @@ class ClassifyEndpoint:
         self.engine, self.settings, self.metrics = engine, settings, metrics
         self.request_model = request_model
         self.request_log = RequestLog(settings.log_requests, settings.log_texts)
+        self._model_fields: dict[str, str] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers: dict[str, str] = {}
@@ -225,9 +226,10 @@ class ClassifyEndpoint:
             self.request_log.finish(record, status, body, {}, self._model())
 
     def _model(self) -> dict[str, str] | None:
-        if self.engine.artifact is None or self.engine.backend is None:
-            return None
-        return {**model_info(self.engine), "format": self.engine.format}
+        """The request log's model fields: built once the model has loaded (it does not change after that)."""
+        if self._model_fields is None and self.engine.artifact is not None and self.engine.backend is not None:
+            self._model_fields = {**model_info(self.engine), "format": self.engine.format}
+        return self._model_fields
 
     async def _handle(
         self, scope: Scope, receive: Receive, record: RequestRecord | None

@@ -131,3 +131,12 @@ def test_the_command_line_loads_no_stage_before_a_command_runs():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_flags_are_never_abbreviated():
+    from commands.main import build_parser
+
+    with pytest.raises(SystemExit):  # --base would be --base-model; with --baseline beside it, it must not guess
+        build_parser().parse_args(["train", "--output", "o", "--base", "scratch:pico"])
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["bench", "soak", "--min", "5"])

@@ -188,3 +188,16 @@ def test_short_and_odd_max_lengths_give_a_loadable_repository(tmp_path, int8_art
     gpu = text_format.Parse(model_config(2, max_seq_len, gpu=True), model_config_pb2.ModelConfig())
     params = gpu.optimization.execution_accelerators.gpu_execution_accelerator[0].parameters
     assert f"input_ids:32x{min(64, max_seq_len)}" in params["trt_profile_opt_shapes"]
+
+
+def test_the_bundled_repository_runs_the_current_python_models():
+    """The artifact carries copies of release/triton_models (it must stand alone); a source edited without
+    re-exporting the bundled model would leave Triton running the old code."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    bundled = root / "exported" / "waimai-sentiment" / "triton"
+    for model, source in ((TOKENIZER, "tokenizer.py"), (POSTPROCESS, "postprocess.py")):
+        assert (bundled / model / "1" / "model.py").read_bytes() == (
+            root / "release/triton_models" / source
+        ).read_bytes()

@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 EXTRAS ?= train,serve,dev
 
-.PHONY: install browser test lint format serve demo bench-train default-model bench-model bench-service bench-ab reliability soak robust-model bench-robustness verify gpu-check second-dataset bench-second baseline lock clean
+.PHONY: install browser test lint format serve demo bench-train default-model bench-model bench-service bench-ab bench-operations reliability soak robust-model bench-robustness verify gpu-check second-dataset bench-second baseline lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -107,6 +107,11 @@ BASE ?= HEAD
 ROUNDS ?= 4
 bench-ab: $(STAMP)
 	BASE=$(BASE) ROUNDS=$(ROUNDS) bench/ab_service.sh
+
+# Several models (issue 20's targets, about 3 minutes): a reload and a rollback under c32 load (failed requests, p99
+# during the swap, rollback seen in replies) and two models sharing the cores (docs/benchmarks.md section 11).
+bench-operations: $(STAMP)
+	$(BIN)/python -m bench.operations --output reports/bench-operations.json
 
 # Reliability under overload, deadlines, disconnects, backend faults, tampering, bad keys and eight attack families
 # (about 3 minutes):

@@ -43,6 +43,7 @@ class Connection:
         self.host, self.port = host, port
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
+        self.last_head = b""  # the last reply's status line and headers (for callers that read a header)
 
     async def request(self, raw: bytes) -> int:
         """Send one prepared request, read the whole reply; returns its status (0: connection failed)."""
@@ -52,7 +53,7 @@ class Connection:
                     self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
                 assert self.reader is not None
                 self.writer.write(raw)
-                head = await self.reader.readuntil(b"\r\n\r\n")
+                head = self.last_head = await self.reader.readuntil(b"\r\n\r\n")
                 status = int(head[9:12])
                 length, close = 0, False
                 for line in head.split(b"\r\n")[1:]:

@@ -174,8 +174,12 @@ class ServerProcess:
     def counters(self) -> dict[str, float]:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as reply:
             text = reply.read().decode()
-        found = re.findall(r"^ernie_cls_(texts|batches|real_tokens|padded_tokens)_total ([0-9.e+]+)$", text, re.M)
-        return {k: float(v) for k, v in found}
+        totals: dict[str, float] = {}  # summed over the models and versions served (one series each)
+        for name, value in re.findall(
+            r"^ernie_cls_(texts|batches|real_tokens|padded_tokens)_total(?:\{[^}]*\})? ([0-9.e+]+)$", text, re.M
+        ):
+            totals[name] = totals.get(name, 0.0) + float(value)
+        return totals
 
     def rss_bytes(self) -> int:
         assert self.proc is not None

@@ -51,3 +51,9 @@ class VerifyConfig:
     max_p99_ms_batch1: float = opt(50.0)
     threads: int = opt(1)
     explain: int = opt(5, "texts to explain with occlusion attributions")
+    max_membership_advantage: float = opt(
+        0.15,
+        "fail when a loss-threshold membership-inference attack tells training rows from held-out ones with a "
+        "larger advantage (TPR - FPR; needs --data = the training file)",
+    )
+    membership_rows: int = opt(1000, "training and held-out rows compared by the membership check (each side)")

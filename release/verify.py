@@ -8,7 +8,8 @@ the service loads it.
               ├─ 5 agreement       Paddle FP32 vs ONNX FP32 logits; INT8 vs FP32 argmax agreement, accuracy delta
               ├─ 6 latency         p50/p95/p99 and throughput at batch 1 and 32 (the served format)
               ├─ 7 edge inputs     empty, overlong, emoji, mixed scripts, control characters via the service's Engine
-              ├─ 8 safety          loads with pickle disabled and without paddle; no absolute paths or secrets
+              ├─ 8 safety          loads with pickle disabled and without paddle; no absolute paths or secrets;
+              │                    a membership-inference attack cannot tell training rows from held-out ones
               ├─ 9 explanations    occlusion attributions per token for a few texts
               └─ 10 completeness   what the service and the Triton repository need is there
     -> verify.json + VERIFY.md (+ verify.png); exit 1 when a check fails. Thresholds: VerifyConfig (defaults there).
@@ -22,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import random
 import re
 import subprocess
 import sys
@@ -39,6 +41,7 @@ from ernie_cls.runtime import RUNTIME_FORMATS, load_backend, load_tokenizer, log
 from ernie_cls.runtime.paddle_inference import PaddleNotInstalledError
 from ernie_cls.tokenization import ErnieTokenizerFast
 from release.config import VerifyConfig
+from release.privacy import membership_advantage
 from release.qdq_rules import ort_integer_gemms, qdq_problems
 from release.triton import repository_problems
 from training.data import LabelMap, check_known_labels, load_examples, stratified_split
@@ -91,7 +94,10 @@ def run_verify(cfg: VerifyConfig) -> dict:
     default_format = artifact.spec.default_format
     checks.append(_check_latency(cfg, runners.get(default_format), tokenizer, ids, default_format))
     checks.append(_check_edge_inputs(artifact))
-    checks.append(_check_safety(artifact))
+    safety = _check_safety(artifact)
+    served = (runners.get(default_format), artifact.spec.formats[default_format].temperature)
+    _check_memorisation(cfg, safety, served, tokenizer, data, logits.get(default_format))
+    checks.append(safety)
     explained = _explanations(cfg, runners.get(default_format), tokenizer, artifact, data)
     checks.append(explained)
     checks.append(_check_completeness(artifact))
@@ -124,9 +130,10 @@ def labelled_data(cfg: VerifyConfig, artifact: Artifact) -> dict | None:
     examples, report = load_examples(cfg.data, cfg.text_col, cfg.label_col)
     provenance = artifact.manifest.get("provenance", {})
     training = provenance.get("training_config", {})
-    split = "all"
+    split, members = "all", []
     if cfg.split in ("auto", "test") and report.sha256 == provenance.get("training_data_sha256") and training:
-        examples = stratified_split(examples, training["test_size"], training["dev_size"], training["seed"]).test
+        splits = stratified_split(examples, training["test_size"], training["dev_size"], training["seed"])
+        examples, members = splits.test, splits.train
         split = "test (the artifact's own held-out split)"
     elif cfg.split == "test":
         raise VerifyError(
@@ -137,11 +144,14 @@ def labelled_data(cfg: VerifyConfig, artifact: Artifact) -> dict | None:
         examples = examples[: cfg.max_examples]
     label_map = LabelMap(list(artifact.spec.raw_labels))
     check_known_labels(examples, label_map, cfg.data)
+    members = random.Random(0).sample(members, min(len(members), cfg.membership_rows))
     return {
         "texts": [e.text for e in examples],
         "labels": np.array([label_map.id_of(e.label) for e in examples]),
         "split": split,
         "path": cfg.data,
+        "member_texts": [e.text for e in members],  # training rows (only when --data is the training file)
+        "member_labels": np.array([label_map.id_of(e.label) for e in members], dtype=np.int64),
     }
 
 
@@ -415,6 +425,37 @@ def _check_safety(artifact: Artifact) -> Check:
         if external:
             check.fail(f"{fmt} keeps weights in external files ({external[:2]}), which the manifest does not cover")
     return check
+
+
+def _check_memorisation(
+    cfg: VerifyConfig, check: Check, served: tuple, tokenizer: ErnieTokenizerFast, data: dict | None, held_out_logits
+) -> None:
+    """Part of the safety check: a loss-threshold membership-inference attack on the served format (release/
+    privacy.py) with training rows against held-out rows; fails above --max-membership-advantage."""
+    run, temperature = served
+    if run is None or data is None or held_out_logits is None or not data["member_texts"]:
+        check.details["membership_inference"] = "skipped: needs --data = the file the model was trained on"
+        return
+    rows = min(len(data["texts"]), cfg.membership_rows)
+    member_logits = logits_in_batches(run, tokenizer, tokenizer.encode_ids(data["member_texts"]))
+    members = _true_label_probability(member_logits, data["member_labels"], temperature)
+    held_out = _true_label_probability(held_out_logits[:rows], data["labels"][:rows], temperature)
+    report = membership_advantage(members, held_out)
+    check.details["membership_inference"] = {
+        **{k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(report).items()},
+        "bound": cfg.max_membership_advantage,
+        "attack": "p(true label) >= threshold means 'training row'; advantage = TPR - FPR at the best threshold",
+    }
+    if report.advantage > cfg.max_membership_advantage:
+        check.fail(
+            f"a membership-inference attack tells training rows from held-out ones with advantage "
+            f"{report.advantage:.3f} > {cfg.max_membership_advantage} (noise level {report.noise_level:.3f}): the "
+            "model memorises its training data; train with fewer epochs, more data or more regularisation"
+        )
+
+
+def _true_label_probability(logits: np.ndarray, labels: np.ndarray, temperature: float) -> np.ndarray:
+    return softmax(logits, temperature)[np.arange(len(labels)), labels]
 
 
 def _explanations(cfg: VerifyConfig, run, tokenizer: ErnieTokenizerFast, artifact: Artifact, data) -> Check:

@@ -1,5 +1,7 @@
 """`python -m service`: serve the configured artifact with uvicorn, JSON logs and a graceful drain.
 
+SIGHUP: reload the models file (service/registry.py), like POST /v1/admin/reload.
+
 SIGTERM/SIGINT: readiness turns 503 at once (load balancers stop sending) and every reply says `Connection: close`
 (a kept-alive client opens a new connection, which goes to another replica, instead of sending into a socket that
 is about to close); after ERNIE_CLS_DRAIN_GRACE_S uvicorn stops accepting, requests already accepted finish (the
@@ -14,6 +16,7 @@ import json
 import logging
 import logging.handlers
 import queue
+import signal
 import socket
 import sys
 import threading
@@ -24,9 +27,12 @@ from types import FrameType
 import uvicorn
 
 from service.config import Settings
-from service.engine import Engine
+from service.errors import ReloadError
 from service.http_protocol import protocol_class
 from service.main import create_app
+from service.registry import Registry
+
+log = logging.getLogger("service")
 
 
 class JsonFormatter(logging.Formatter):
@@ -119,11 +125,32 @@ SETTLE_BEFORE_CLOSING_S = 0.3
 
 
 class DrainingServer(uvicorn.Server):
-    """uvicorn.Server that marks the engine draining the moment a shutdown signal arrives."""
+    """uvicorn.Server that marks the models draining the moment a shutdown signal arrives, and reloads the models
+    file on SIGHUP (as POST /v1/admin/reload does; a failed reload is logged and the current models keep serving)."""
 
-    def __init__(self, config: uvicorn.Config, engine: Engine, on_stop: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, config: uvicorn.Config, registry: Registry, on_stop: Callable[[], None] = lambda: None) -> None:
         super().__init__(config)
-        self.engine, self.on_stop = engine, on_stop
+        self.engine, self.on_stop = registry, on_stop  # `engine`: what drains (all the models)
+        self._reloads: set[asyncio.Task[None]] = set()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # no signals off the main thread / on Windows
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._reload_on_signal)
+
+    def _reload_on_signal(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._reload(), name="reload-on-sighup")
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def _reload(self) -> None:
+        log.warning("SIGHUP: reloading the models file")
+        try:
+            await self.engine.reload()
+        except ReloadError as err:
+            log.error("reload refused, the current models keep serving: %s %s", err.message, err.hint)
+        except Exception:
+            log.exception("reload failed, the current models keep serving")
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
@@ -176,7 +203,7 @@ def main() -> None:
     listener = configure_logging(settings.log_json)
     app = create_app(settings, freeze_gc=True)
     try:
-        DrainingServer(uvicorn_config(settings, app), app.state.engine, on_stop=listener.stop).run()
+        DrainingServer(uvicorn_config(settings, app), app.state.registry, on_stop=listener.stop).run()
     finally:
         listener.stop()  # when serving ended otherwise (an error at start-up); a second stop does nothing
 

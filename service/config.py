@@ -17,6 +17,18 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ERNIE_CLS_", extra="ignore")
 
     artifact: str = Field("exported/waimai-sentiment", description="Artifact directory written by `ernie-cls export`.")
+    models: str | None = Field(
+        None,
+        description="A TOML models file (several named models, canaries; service/models_file.py). When set, "
+        "ARTIFACT, ARTIFACT_SHA256, FORMAT and MODEL_NAME are not used.",
+    )
+    model_name: str | None = Field(
+        None, description="The one model's name in /v1/models/{name}/classify (default: its manifest's name)."
+    )
+    caller_header: str = Field(
+        "x-user-id",
+        description="The request header naming the caller, for the sticky canary split (absent: the request id).",
+    )
     artifact_sha256: str | None = Field(
         None,
         pattern=r"^\s*[0-9a-fA-F]{64}\s*$",
@@ -80,6 +92,10 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, description="Comma-separated Bearer keys; empty means no auth."
     )
+    admin_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated Bearer keys for /v1/admin/* (reload, rollback); empty: the admin API is off.",
+    )
     docs_require_auth: bool = Field(False, description="Protect /docs and /openapi.json with the API keys too.")
     drain_grace_s: float = Field(
         0.0, ge=0, description="On SIGTERM, keep accepting this long with /readyz at 503, so balancers stop first."
@@ -94,7 +110,7 @@ class Settings(BaseSettings):
     )
     log_texts: bool = Field(False, description="Also log each request's texts (customer data: off by default).")
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "admin_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):

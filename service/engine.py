@@ -125,6 +125,8 @@ class Engine:
         self.ready = False
         self.not_ready_reason = "loading"  # public (unauthenticated /readyz): never a path or an exception's text
         self.load_failed = False  # /healthz turns 503 so an orchestrator restarts the process
+        self.load_error = ""  # the full reason (paths, exception text): for the log and the admin API only
+        self.in_flight = 0  # classify() calls on this engine not finished (a retired version waits for them)
         self.draining = False
         self.draining_since: float | None = None
         self._preparing = 0  # texts admitted and being prepared on the prepare thread, not yet in the batcher
@@ -141,7 +143,7 @@ class Engine:
             model = LoadedModel.open(s.artifact, s.format, s.threads, s.workers, s.artifact_sha256, WARMUP_SHAPES)
         except Exception as err:  # any failure: stay up, not ready; the details to the log only
             self.not_ready_reason = f"the model failed to load ({type(err).__name__}); the service log says why"
-            self.load_failed = True
+            self.load_failed, self.load_error = True, f"{type(err).__name__}: {err}"
             log.error("model not loaded, service stays not-ready: %s", err)
             return
         self.model = model
@@ -301,6 +303,15 @@ class Engine:
         deadline: float,
         timings: dict[str, float] | None = None,
     ) -> list[Result]:
+        self.in_flight += 1
+        try:
+            return await self._classify(texts, top_k, truncate, deadline, timings)
+        finally:
+            self.in_flight -= 1
+
+    async def _classify(
+        self, texts: list[str], top_k: int, truncate: bool, deadline: float, timings: dict[str, float] | None
+    ) -> list[Result]:
         assert self.tokenizer is not None and self.batcher is not None
         tokenizer = self.tokenizer
         if sum(map(len, texts)) <= OFF_LOOP_CHARS:  # cheap: admitted by submit() below, cache hits need no room
@@ -390,9 +401,9 @@ class Engine:
         )
 
     async def wait_idle(self, timeout: float) -> bool:
-        """Wait until no text is queued or in flight (for drain); True if idle within `timeout`."""
+        """Wait until no request is in flight and no text queued (drain, retiring a version); True if idle in time."""
         end = time.monotonic() + timeout
-        while self.batcher is not None and self.batcher.busy:
+        while self.in_flight or (self.batcher is not None and self.batcher.busy):
             if time.monotonic() > end:
                 return False
             await asyncio.sleep(0.01)

@@ -159,6 +159,37 @@ class OverloadedError(ErnieClsError):
         )
 
 
+# ----------------------------------------------------------------------------- several models, reload, admin
+class NoSuchModelError(ErnieClsError):
+    http_status = 404
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        super().__init__(f"There is no model {name!r}.", f"Use one of: {', '.join(known)} (GET /v1/models lists them).")
+
+
+class ReloadError(ErnieClsError):
+    """A reload or rollback that did not happen (already running, nothing to roll back to, the new set failed to
+    load or verify): the models that were serving still are."""
+
+    http_status = 409
+
+
+class AdminDisabledError(ErnieClsError):
+    http_status = 403
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The admin API is off.", "Set ERNIE_CLS_ADMIN_KEYS and send `Authorization: Bearer <admin key>`."
+        )
+
+
+class ExplainLimitError(ErnieClsError):
+    """/explain costs one model call per character: one text, bounded length, a few at a time."""
+
+    http_status = 429
+    response_headers = (("Retry-After", "1"),)
+
+
 def error_body(kind: str, message: str, hint: str = "", details: object = None) -> dict[str, Any]:
     return {"error": {"type": kind, "message": message, "hint": hint, "details": details}}
 
@@ -171,19 +202,23 @@ def error_parts(err: ErnieClsError) -> tuple[int, dict[str, Any], dict[str, str]
 
 
 __all__ = [
+    "AdminDisabledError",
     "BadRequestError",
     "BodyTimeoutError",
     "ClientGoneError",
     "DeadlineExceededError",
     "ErnieClsError",
+    "ExplainLimitError",
     "InferenceError",
     "InferenceTimeoutError",
     "InvalidJsonError",
     "ModelStuckError",
+    "NoSuchModelError",
     "NotReadyError",
     "OverloadedError",
     "PayloadTooLargeError",
     "QueueFullError",
+    "ReloadError",
     "ShuttingDownError",
     "UnauthorizedError",
     "UnsupportedMediaTypeError",

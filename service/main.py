@@ -16,6 +16,7 @@ Start-up: the model loads on a thread after the socket is open, so /healthz answ
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator, Callable, MutableMapping
@@ -36,26 +37,22 @@ from ernie_cls.errors import ErnieClsError
 from service.api.classify import (
     INTERNAL_ERROR,
     ClassifyEndpoint,
+    choose,
     classify_texts,
     log_server_error,
-    model_info,
-    not_ready_reason,
+    model_in_path,
+    route_of,
+    set_not_ready_reason,
     unparsable_body,
     validation_error_parts,
 )
 from service.api.guards import GuardMiddleware, InFlight, check_key
-from service.api.schemas import (
-    ClassifyRequestBase,
-    ClassifyResponse,
-    ErrorResponse,
-    ModelInfo,
-    ModelsResponse,
-    classify_request_model,
-)
+from service.api.model_routes import add_admin_routes, add_model_routes
+from service.api.schemas import ClassifyRequestBase, ClassifyResponse, ErrorResponse, classify_request_model
 from service.config import Settings
-from service.engine import Engine
-from service.errors import RETRY_AFTER_NOT_READY_S, NotReadyError, UnauthorizedError, error_body, error_parts
+from service.errors import RETRY_AFTER_NOT_READY_S, UnauthorizedError, error_body, error_parts
 from service.metrics import Metrics
+from service.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -109,37 +106,39 @@ class ServiceApp(FastAPI):
             self.classify_endpoint is not None
             and scope["type"] == "http"
             and scope["method"] == "POST"
-            and scope["path"] == scope.get("root_path", "") + "/v1/classify"
+            and model_in_path(scope["path"].removeprefix(scope.get("root_path", ""))) is not None
         ):
             await self.classify_endpoint(scope, receive, send)
             return
         await super().__call__(scope, receive, send)
 
 
-def create_app(settings: Settings | None = None, engine: Engine | None = None, freeze_gc: bool = False) -> FastAPI:
-    """The app. `freeze_gc` (for `python -m service`): once the model is loaded, move everything alive into the
+def create_app(settings: Settings | None = None, freeze_gc: bool = False) -> FastAPI:
+    """The app. `freeze_gc` (for `python -m service`): once the models are loaded, move everything alive into the
     GC's permanent generation (profiled: 7 % of the event loop's time at c64 went to re-scanning it)."""
     settings = settings or Settings()
-    engine = engine or Engine(settings)
-    metrics = Metrics(engine)
-    engine.on_batch = metrics.on_batch
+    metrics = Metrics()
+    registry = Registry(settings, on_batch=metrics.on_batch)
+    metrics.watch(registry)
     app = ServiceApp(
         title="ernie-cls",
         version=__version__,
         description="Chinese text classification with ERNIE (INT8 ONNX Runtime by default). "
         "Send one text or a list; each text gets its label, score and top-k labels.",
-        lifespan=_lifespan(engine, settings, freeze_gc),
+        lifespan=_lifespan(registry, settings, freeze_gc),
     )
-    app.state.engine = engine
+    app.state.registry = registry
+    app.state.engine = registry.default_engine  # the first default model's stable version (tests, benchmarks)
     app.state.metrics = metrics
     count = _request_counter(metrics)
     keys = [k.get_secret_value().encode() for k in settings.api_keys]
     guard_settings: dict[str, Any] = dict(
         max_body_bytes=settings.max_body_bytes,
         keys=keys,
+        admin_keys=[k.get_secret_value().encode() for k in settings.admin_keys],
         body_timeout_s=settings.body_timeout_s,
         in_flight=InFlight(settings.max_concurrent_requests),  # one count for both stacks
-        draining=lambda: engine.draining,
+        draining=lambda: registry.draining,
     )
     if settings.docs_require_auth and keys:
         app.add_middleware(DocsAuthMiddleware, keys=keys)
@@ -149,43 +148,41 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, f
 
     app.add_middleware(GuardMiddleware, on_response=count_response, **guard_settings)  # outermost: ids on every reply
     _add_error_handlers(app)
-    _add_classify_route(app, engine, settings, metrics)
-    endpoint = ClassifyEndpoint(engine, settings, metrics, app.state.request_model)
+    _add_classify_routes(app, registry, settings, metrics)
+    endpoint = ClassifyEndpoint(registry, settings, metrics, app.state.request_model)
     app.classify_endpoint = GuardMiddleware(
         endpoint,
-        on_response=lambda scope, status: count("/v1/classify", status),
+        on_response=lambda scope, status: count(route_of(scope["path"]), status),
         on_refused=endpoint.log_refused,  # requests the guard answers leave a request-log line too
         **guard_settings,
     )
-    _add_model_and_operations_routes(app, engine, metrics)
+    add_model_routes(app, registry)
+    add_admin_routes(app, registry)
+    _add_operations_routes(app, registry, metrics)
     return app
 
 
-def _lifespan(engine: Engine, settings: Settings, freeze_gc: bool) -> Any:
-    """Start-up: the socket is already open while the model loads on a thread. Shutdown: drain, then stop, within
+def _lifespan(registry: Registry, settings: Settings, freeze_gc: bool) -> Any:
+    """Start-up: the socket is already open while the models load on a thread. Shutdown: drain, then stop, within
     what is left of the drain timeout (uvicorn has already waited part of it for the open connections)."""
 
     async def load() -> None:
-        await asyncio.to_thread(engine.load)
-        try:
-            engine.start()
-        except Exception as err:  # not "loading" for ever: failed, and /healthz says so
-            engine.load_failed, engine.not_ready_reason = True, f"the model failed to start ({type(err).__name__})"
-            log.exception("model loaded but the batcher did not start")
+        await registry.start()
         if freeze_gc:
             gc.freeze()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine.draining, engine.draining_since = False, None
-        loading = asyncio.get_running_loop().create_task(load(), name="load-model")
+        registry.draining, registry.draining_since = False, None
+        for engine in registry.all_engines():
+            engine.draining, engine.draining_since = False, None
+        loading = asyncio.get_running_loop().create_task(load(), name="load-models")
         app.state.loading = loading
         yield
-        engine.start_draining()
+        registry.start_draining()
         if not loading.done():  # a thread cannot be stopped: let the load finish, then stop what it started
             await asyncio.wait({loading})
-        await engine.wait_idle(engine.drain_time_left(settings.drain_timeout_s))
-        await engine.stop(max(0.5, engine.drain_time_left(settings.drain_timeout_s)))
+        await registry.stop(registry.drain_time_left(settings.drain_timeout_s))
 
     return lifespan
 
@@ -232,15 +229,16 @@ def _add_error_handlers(app: FastAPI) -> None:
         return _error(500, *INTERNAL_ERROR)
 
 
-def _add_classify_route(app: FastAPI, engine: Engine, settings: Settings, metrics: Metrics) -> None:
-    """The documented POST /v1/classify, with this deployment's limits in its request model (app.state)."""
-    request_model = classify_request_model(settings.max_texts_per_request, _label_count(settings))
+def _add_classify_routes(app: FastAPI, registry: Registry, settings: Settings, metrics: Metrics) -> None:
+    """The documented POST /v1/classify and /v1/models/{name}/classify, with this deployment's limits in their
+    request model (app.state). Requests normally reach ClassifyEndpoint first (ServiceApp)."""
+    request_model = classify_request_model(settings.max_texts_per_request, _label_count(registry))
     app.state.request_model = request_model
 
-    async def classify(body: ClassifyRequestBase, request: Request) -> Response:
-        """The documented form of the route; requests normally reach ClassifyEndpoint first (ServiceApp)."""
+    async def answer(body: ClassifyRequestBase, request: Request, name: str | None) -> Response:
+        caller = request.headers.get(settings.caller_header) or request.scope.get("state", {}).get("request_id", "")
         result, headers = await classify_texts(
-            engine,
+            choose(registry, name, caller),
             metrics,
             body,
             request.headers.get("x-request-timeout-ms"),
@@ -249,59 +247,52 @@ def _add_classify_route(app: FastAPI, engine: Engine, settings: Settings, metric
         )
         return JSONResponse(result, headers=headers)
 
+    async def classify(body: ClassifyRequestBase, request: Request) -> Response:
+        """Classify with the default model (the models file's `default`)."""
+        return await answer(body, request, None)
+
+    async def classify_with(name: str, body: ClassifyRequestBase, request: Request) -> Response:
+        """Classify with the model named `name` (GET /v1/models lists them)."""
+        return await answer(body, request, name)
+
     # The request model carries this deployment's limits; annotations are strings here (PEP 563), so set the real
     # class before FastAPI reads the signature.
-    classify.__annotations__["body"] = request_model
-    app.add_api_route(
-        "/v1/classify",
-        classify,
-        methods=["POST"],
-        response_model=ClassifyResponse,
-        responses=ERROR_RESPONSES,
-        tags=["classify"],
-    )
-    # Route matching is a linear scan: the hot route goes first.
-    app.router.routes.sort(key=lambda route: getattr(route, "path", "") != "/v1/classify")
-
-
-def _add_model_and_operations_routes(app: FastAPI, engine: Engine, metrics: Metrics) -> None:
-    @app.get("/v1/models", response_model=ModelsResponse, responses=ERROR_RESPONSES, tags=["model"])
-    async def models() -> ModelsResponse:
-        if engine.artifact is None:
-            raise NotReadyError(not_ready_reason(engine))
-        m, spec = engine.artifact.manifest, engine.artifact.spec
-        return ModelsResponse(
-            name=spec.name,
-            version=spec.version,
-            manifest_sha256=engine.artifact.manifest_sha256,
-            labels=engine.labels,
-            max_seq_len=engine.artifact.max_seq_len,
-            serving=ModelInfo(**model_info(engine)),
-            formats={k: {kk: vv for kk, vv in v.items() if kk != "quantization"} for k, v in m["formats"].items()},
-            metrics=m.get("metrics", {}),
+    for path, handler in (("/v1/classify", classify), ("/v1/models/{name}/classify", classify_with)):
+        handler.__annotations__["body"] = request_model
+        app.add_api_route(
+            path,
+            handler,
+            methods=["POST"],
+            response_model=ClassifyResponse,
+            responses=ERROR_RESPONSES,
+            tags=["classify"],
         )
+    # Route matching is a linear scan: the hot routes go first.
+    app.router.routes.sort(key=lambda route: not getattr(route, "path", "").endswith("classify"))
 
+
+def _add_operations_routes(app: FastAPI, registry: Registry, metrics: Metrics) -> None:
     not_ready_headers = {"Retry-After": str(RETRY_AFTER_NOT_READY_S)}
 
     @app.api_route("/healthz", methods=["GET", "HEAD"], tags=["operations"], responses={503: {"model": ErrorResponse}})
     async def healthz() -> Response:
-        """Liveness: 200 while the process can serve or is loading; 503 once the model failed to load or every
-        instance has been stuck for 4 inference timeouts, so an orchestrator restarts it (a transient failure, e.g.
-        a volume not mounted yet, or a hung runtime, then heals)."""
-        if not engine.alive:
-            reason = not_ready_reason(engine)
+        """Liveness: 200 while the process can serve or is loading; 503 once a model of the serving set failed to
+        load or every instance of one has been stuck for 4 inference timeouts, so an orchestrator restarts it (a
+        transient failure, e.g. a volume not mounted yet, or a hung runtime, then heals). A reload that fails
+        does not count: the set that was serving still is."""
+        if not registry.alive:
+            reason = set_not_ready_reason(registry)
             return _error(503, "not_alive", f"Not alive: {reason}.", "Fix the artifact or settings, then restart.")
         return JSONResponse({"status": "alive"})
 
     @app.api_route("/readyz", methods=["GET", "HEAD"], tags=["operations"], responses={503: {"model": ErrorResponse}})
     async def readyz() -> Response:
-        if engine.is_ready:
-            return JSONResponse({"status": "ready", "format": engine.format})
-        reason = not_ready_reason(engine)
+        if registry.is_ready:
+            return JSONResponse({"status": "ready", "format": registry.default_engine.format})
         return _error(
             503,
             "not_ready",
-            f"Not ready: {reason}.",
+            f"Not ready: {set_not_ready_reason(registry)}.",
             "Wait for start-up, or check the logs.",
             headers=not_ready_headers,
         )
@@ -341,11 +332,13 @@ class DocsAuthMiddleware:
         await self.app(scope, receive, send)
 
 
-def _label_count(settings: Settings) -> int:
-    """Labels in the artifact's manifest (for the schema's top_k bound); the full verification runs at start-up."""
+def _label_count(registry: Registry) -> int:
+    """The most labels of any model's manifest (for the schema's top_k bound; each model clamps top_k to its own
+    labels); the full verification runs when the models load."""
     from ernie_cls.artifact import ArtifactError, read_manifest
 
-    try:
-        return max(2, len(read_manifest(settings.artifact).spec.labels))
-    except ArtifactError:
-        return 2
+    counts = [2]
+    for _, _, engine in registry.current.engines():
+        with contextlib.suppress(ArtifactError):
+            counts.append(len(read_manifest(engine.settings.artifact).spec.labels))
+    return max(counts)

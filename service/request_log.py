@@ -1,6 +1,7 @@
 """One log line per classify request, for tracing a bad release afterwards (logger `ernie_cls.requests`).
 
-    request id, model, version, format, status, error type, number of texts, their lengths (characters as sent),
+    request id, model (its name in the service), variant (stable / canary), artifact name, version, format,
+    status, error type, number of texts, their lengths (characters as sent),
     truncated flags, queue / inference / total milliseconds, labels, scores, low-confidence flags
 
 No text is logged unless ERNIE_CLS_LOG_TEXTS=true (texts are customer messages). With JSON logs (the default) the
@@ -45,7 +46,9 @@ class RequestLog:
             return
         fields: dict[str, Any] = {
             "request_id": record.request_id,
-            "model": (model or {}).get("name"),
+            "model": (model or {}).get("id"),
+            "variant": (model or {}).get("variant"),
+            "artifact": (model or {}).get("name"),
             "version": (model or {}).get("version"),
             "format": (model or {}).get("format"),
             "status": status,

@@ -60,7 +60,7 @@ def test_the_autoscaler_uses_a_metric_the_service_exports_with_cpu_as_fallback(i
         return (await client.get("/metrics")).text
 
     exported = call(create_app(settings_for(int8_artifact)), scrape)
-    assert any(line.startswith(f"{queue} ") for line in exported.splitlines()), queue
+    assert any(line.startswith(f"{queue}{{") for line in exported.splitlines()), queue  # one series per version
     assert any(m["type"] == "Resource" and m["resource"]["name"] == "cpu" for m in metrics)
     assert MANIFESTS["pdb"]["spec"]["minAvailable"] >= 1
     assert MANIFESTS["hpa"]["spec"]["minReplicas"] > MANIFESTS["pdb"]["spec"]["minAvailable"]

@@ -27,8 +27,18 @@ def settings_for(artifact, **overrides) -> Settings:
     return Settings(**values)
 
 
-def metric(text: str, name: str) -> float:
-    return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")))
+def metric(text: str, name: str, **labels: str) -> float:
+    """The sum of a metric's samples (over every model and version, or those matching `labels`); it must exist."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples = [
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name and labels.items() <= s.labels.items()
+    ]
+    assert samples, f"no {name} {labels} in the metrics"
+    return sum(samples)
 
 
 def call(app, fn):
@@ -62,7 +72,15 @@ def test_classify_one_text_and_a_list(app):
     p = body["predictions"][0]
     assert p["label"] in {"negative", "positive"} and 0.5 <= p["score"] <= 1
     assert p["truncated"] is False and isinstance(p["low_confidence"], bool)
-    assert body["model"] == {"name": "tiny-int8", "version": "1", "backend": "onnxruntime", "precision": "int8"}
+    assert {k: body["model"][k] for k in ("id", "variant", "name", "version", "backend", "precision")} == {
+        "id": "tiny-int8",
+        "variant": "stable",
+        "name": "tiny-int8",
+        "version": "1",
+        "backend": "onnxruntime",
+        "precision": "int8",
+    }
+    assert len(body["model"]["manifest_sha256"]) == 64
     assert [len(p["top_k"]) for p in many.json()["predictions"]] == [2, 2, 2]
     assert one.headers["x-request-id"] and float(one.headers["x-process-time-ms"]) > 0
     assert float(one.headers["x-inference-time-ms"]) > 0 and float(one.headers["x-queue-time-ms"]) >= 0

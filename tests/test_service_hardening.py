@@ -265,7 +265,7 @@ def test_replies_say_connection_close_while_draining_and_drain_timeouts_are_not_
 
     async def fn(client):
         before = await client.get("/healthz")
-        app.state.engine.start_draining()
+        app.state.registry.start_draining()
         return before, await client.get("/healthz"), await client.post("/v1/classify", json={"text": "好"})
 
     before, health, classify = call(app, fn)
@@ -293,8 +293,8 @@ def test_the_lifespan_waits_only_what_is_left_of_the_drain_timeout(int8_artifact
                 backend.infer = lambda ids, types, real=real: (release.wait(30), real(ids, types))[1]
             pending = asyncio.ensure_future(engine.classify(["卡住了"], 1, False, time.monotonic() + 30))
             await asyncio.sleep(0.2)
-            engine.start_draining()
-            engine.draining_since -= 20  # uvicorn already spent the drain timeout on open connections
+            app.state.registry.start_draining()
+            app.state.registry.draining_since -= 20  # uvicorn already spent the drain timeout on open connections
             started = time.monotonic()
         took = time.monotonic() - started
         release.set()

@@ -58,7 +58,7 @@ def start_service(artifact: Path, **env: str) -> tuple[subprocess.Popen, str, fl
 
 def queued(base: str) -> float:
     text = httpx.get(f"{base}/metrics", timeout=2).text
-    return float(next(x.split()[-1] for x in text.splitlines() if x.startswith("ernie_cls_queue_texts ")))
+    return sum(float(x.split()[-1]) for x in text.splitlines() if x.startswith("ernie_cls_queue_texts{"))
 
 
 @pytest.fixture
@@ -116,6 +116,9 @@ def test_real_process_serves_the_bundled_default_model_correctly():
         body = r.json()
         assert [p["label"] for p in body["predictions"]] == ["positive", "positive", "negative", "negative"]
         assert body["model"] == {
+            "id": "waimai-sentiment",
+            "variant": "stable",
+            "manifest_sha256": body["model"]["manifest_sha256"],
             "name": "waimai-sentiment",
             "version": "1",
             "backend": "onnxruntime",
@@ -170,3 +173,34 @@ def test_bench_bodies_carry_the_texts_per_request_asked(tmp_path):
     four = [json.loads(x) for x in _write_bodies(tmp_path / "b", texts, 4).read_text(encoding="utf-8").splitlines()]
     assert one == [{"text": t} for t in texts]
     assert [len(b["texts"]) for b in four] == [4, 4, 2] and [t for b in four for t in b["texts"]] == texts
+
+
+def test_sighup_reloads_the_models_file_and_a_broken_one_keeps_the_old_version(int8_artifact, tmp_path):
+    from tests.test_models import versioned
+
+    v1, v2 = versioned(int8_artifact, tmp_path, "1"), versioned(int8_artifact, tmp_path, "2")
+    models = tmp_path / "models.toml"
+    models.write_text(f'[models.sentiment]\nartifact = "{v1}"\n', encoding="utf-8")
+    proc, base, _ = start_service(int8_artifact, ERNIE_CLS_MODELS=str(models))
+
+    def version_after_sighup(changes: bool) -> str:
+        generation = httpx.get(f"{base}/v1/models", timeout=5).json()["generation"]
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + (15 if changes else 2)  # a refused reload leaves the generation as it was
+        while time.monotonic() < deadline:
+            if httpx.get(f"{base}/v1/models", timeout=5).json()["generation"] != generation:
+                break
+            time.sleep(0.1)
+        return httpx.post(f"{base}/v1/classify", json={"text": "好吃"}, timeout=5).json()["model"]["version"]
+
+    try:
+        assert httpx.post(f"{base}/v1/classify", json={"text": "好吃"}, timeout=5).json()["model"]["version"] == "1"
+        models.write_text(f'[models.sentiment]\nartifact = "{v2}"\n', encoding="utf-8")
+        assert version_after_sighup(changes=True) == "2"
+        models.write_text(f'[models.sentiment]\nartifact = "{tmp_path / "absent"}"\n', encoding="utf-8")
+        assert version_after_sighup(changes=False) == "2"  # refused: still serving
+        assert httpx.get(f"{base}/readyz", timeout=5).status_code == 200
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    assert "reload refused" in out and "absent" in out  # the log says why

@@ -128,3 +128,35 @@ def test_an_int8_file_that_breaks_the_qdq_rules_fails_the_graph_check(int8_artif
     report = run_verify(VerifyConfig(str(art), output=str(tmp_path / "out")))
     problems = " ".join(by_name(report)["2 weights/graph consistency"]["problems"])
     assert "not a QAT layer" in problems and not report["passed"]
+
+
+def test_the_membership_check_runs_on_the_training_file_and_fails_above_its_bound(
+    sound_report, int8_artifact, small_csv, tmp_path
+):
+    report, _ = sound_report
+    measured = by_name(report)["8 safety"]["details"]["membership_inference"]
+    assert measured["members"] > 0 and measured["non_members"] > 0 and 0 <= measured["advantage"] <= 1
+    strict = VerifyConfig(
+        str(int8_artifact), data=str(small_csv), output=str(tmp_path / "out"), explain=0, max_membership_advantage=-1
+    )
+    safety = by_name(run_verify(strict))["8 safety"]
+    assert safety["status"] == "failed" and any("membership-inference" in p for p in safety["problems"])
+
+
+def test_without_the_training_file_the_membership_check_says_it_was_skipped(int8_artifact, tmp_path):
+    report = run_verify(VerifyConfig(str(int8_artifact), output=str(tmp_path / "out"), explain=0))
+    assert by_name(report)["8 safety"]["details"]["membership_inference"].startswith("skipped")
+
+
+def test_the_attack_advantage_is_near_zero_for_one_distribution_and_near_one_for_memorised_rows():
+    import numpy as np
+
+    from release.privacy import membership_advantage
+
+    rng = np.random.default_rng(0)
+    same = membership_advantage(rng.beta(8, 2, 2000), rng.beta(8, 2, 2000))
+    assert same.advantage <= same.noise_level  # no memorisation: within sampling noise
+    memorised = membership_advantage(rng.uniform(0.99, 1.0, 2000), rng.beta(8, 2, 2000))
+    assert memorised.advantage > 0.9 and 0.9 < memorised.threshold <= 1.0
+    half = membership_advantage(np.r_[np.ones(1000), rng.beta(8, 2, 1000)], rng.beta(8, 2, 2000))
+    assert abs(half.advantage - 0.5) < 0.06  # half the training rows memorised: the attacker wins on half

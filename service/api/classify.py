@@ -16,11 +16,14 @@ the same: tests/test_service_api.py compares them).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import pydantic_core
 from pydantic import ValidationError
@@ -42,6 +45,7 @@ if TYPE_CHECKING:
     from service.config import Settings
     from service.engine import Engine
     from service.metrics import Metrics
+    from service.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -93,15 +97,52 @@ def not_ready_reason(engine: Engine) -> str:
     return engine.not_ready_reason or "loading"
 
 
-def model_info(engine: Engine) -> dict[str, str]:
+def set_not_ready_reason(registry: Registry) -> str:
+    """Why the serving set is not ready: draining, or its first engine that is not (named when there are several)."""
+    if registry.draining:
+        return "draining"
+    engines = list(registry.current.engines())
+    for name, variant, engine in engines:
+        if not engine.is_ready:
+            reason = not_ready_reason(engine)
+            return reason if len(engines) == 1 else f"model {name} ({variant}): {reason}"
+    return "loading"
+
+
+def model_info(engine: Engine, served_as: str = "", variant: str = "stable") -> dict[str, str]:
+    """Which model answered: its manifest's name and version, how it runs, and where it is served (`id`, the name
+    in /v1/models/{id}/classify; `variant`, stable or canary; `manifest_sha256`, what ERNIE_CLS_ARTIFACT_SHA256 or
+    the models file pins)."""
     assert engine.artifact is not None and engine.backend is not None
     spec = engine.artifact.spec
     return {
+        "id": served_as,
+        "variant": variant,
         "name": spec.name,
         "version": spec.version,
+        "manifest_sha256": engine.artifact.manifest_sha256,
         "backend": engine.backend.runtime,
         "precision": engine.backend.precision,
     }
+
+
+MODEL_ROUTE_PREFIX, MODEL_ROUTE_SUFFIX = "/v1/models/", "/classify"
+
+
+def model_in_path(path: str) -> str | None:
+    """/v1/models/{name}/classify -> name; /v1/classify -> "" (the default model); any other path -> None."""
+    if path == "/v1/classify":
+        return ""
+    if path.startswith(MODEL_ROUTE_PREFIX) and path.endswith(MODEL_ROUTE_SUFFIX):
+        name = path[len(MODEL_ROUTE_PREFIX) : -len(MODEL_ROUTE_SUFFIX)]
+        if name and "/" not in name:
+            return name
+    return None
+
+
+def route_of(path: str) -> str:
+    """A classify path's route template (the requests counter's label: bounded, whatever names clients send)."""
+    return "/v1/classify" if path == "/v1/classify" else "/v1/models/{name}/classify"
 
 
 def timeout_ms(raw: str | None, default: int) -> int:
@@ -115,8 +156,24 @@ def timeout_ms(raw: str | None, default: int) -> int:
     return value
 
 
+@dataclass(frozen=True)
+class Chosen:
+    """The version that accepted a request; it answers all of it, whatever reload happens meanwhile."""
+
+    name: str
+    variant: str
+    engine: Engine
+
+
+def choose(registry: Registry, name: str | None, caller: str) -> Chosen:
+    """Model by name (None: the default), version by the caller's sticky canary bucket. Raises NoSuchModelError."""
+    model = registry.current.get(name)
+    variant, engine = model.pick(caller)
+    return Chosen(model.name, variant, engine)
+
+
 async def classify_texts(
-    engine: Engine,
+    chosen: Chosen,
     metrics: Metrics,
     payload: ClassifyRequestBase,
     timeout_header: str | None,
@@ -124,6 +181,7 @@ async def classify_texts(
     default_timeout_ms: int,
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """A validated request -> (response body as ClassifyResponse's dict, timing headers). Raises ErnieClsError."""
+    engine = chosen.engine
     if not engine.can_serve or engine.batcher is None:
         raise NotReadyError(not_ready_reason(engine))
     started = time.perf_counter()
@@ -133,7 +191,8 @@ async def classify_texts(
     results = await _cancel_on_disconnect(
         receive, engine.classify(payload.all_texts(), top_k, payload.truncate, deadline, timings)
     )
-    metrics.latency.observe(time.perf_counter() - started)
+    metrics.observe_latency(chosen.name, chosen.variant, time.perf_counter() - started)
+    info = model_info(engine, chosen.name, chosen.variant)
     body = {
         "predictions": [
             {
@@ -145,9 +204,12 @@ async def classify_texts(
             }
             for r in results
         ],
-        "model": model_info(engine),
+        "model": info,
     }
     headers = {
+        "X-Model": chosen.name,
+        "X-Model-Variant": chosen.variant,
+        "X-Model-Version": quote(info["version"], safe=""),  # percent-encoded: a header carries latin-1 only
         "X-Queue-Time-Ms": f"{timings['queue_s'] * 1000:.2f}",
         "X-Inference-Time-Ms": f"{timings['inference_s'] * 1000:.2f}",
     }
@@ -187,25 +249,29 @@ async def _cancel_on_disconnect(receive: Receive, work: Awaitable[Any]) -> Any:
 
 # ----------------------------------------------------------------------------- the fast path
 class ClassifyEndpoint:
-    """ASGI app for POST /v1/classify (mounted behind GuardMiddleware: key, size limit, content type, request id)."""
+    """ASGI app for POST /v1/classify and POST /v1/models/{name}/classify (behind GuardMiddleware: key, size limit,
+    content type, request id)."""
 
     def __init__(
         self,
-        engine: Engine,
+        registry: Registry,
         settings: Settings,
         metrics: Metrics,
         request_model: type[ClassifyRequestBase],
     ) -> None:
-        self.engine, self.settings, self.metrics = engine, settings, metrics
+        self.registry, self.settings, self.metrics = registry, settings, metrics
         self.request_model = request_model
         self.request_log = RequestLog(settings.log_requests, settings.log_texts)
-        self._model_fields: dict[str, str] | None = None
+        self.caller_header = settings.caller_header.lower().encode("latin-1")
+        self._model_fields: dict[tuple[int, str, str], dict[str, str]] = {}  # (engine, name, variant) -> fields
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers: dict[str, str] = {}
         record = self.request_log.start(scope)
+        chosen: Chosen | None = None
         try:
-            status, (body, headers) = 200, await self._handle(scope, receive, record)
+            chosen = self._choose(scope)
+            status, (body, headers) = 200, await self._handle(chosen, scope, receive, record)
         except RequestValidationFailedError as err:
             status, body = validation_error_parts(err.errors)
         except ErnieClsError as err:
@@ -216,29 +282,47 @@ class ClassifyEndpoint:
             log_server_error(scope, status, err)
         await respond(send, status, pydantic_core.to_json(body), headers)
         if record is not None:
-            self.request_log.finish(record, status, body, headers, self._model())
+            self.request_log.finish(record, status, body, headers, self._model(chosen))
 
     def log_refused(self, scope: Scope, err: ErnieClsError) -> None:
         """A request the guard in front answered (key, content type, size, in-flight cap): its request-log line."""
         record = self.request_log.start(scope)
         if record is not None:
             status, body, _ = error_parts(err)
-            self.request_log.finish(record, status, body, {}, self._model())
+            chosen = None
+            with contextlib.suppress(ErnieClsError):
+                chosen = self._choose(scope)
+            self.request_log.finish(record, status, body, {}, self._model(chosen))
 
-    def _model(self) -> dict[str, str] | None:
-        """The request log's model fields: built once the model has loaded (it does not change after that)."""
-        if self._model_fields is None and self.engine.artifact is not None and self.engine.backend is not None:
-            self._model_fields = {**model_info(self.engine), "format": self.engine.format}
-        return self._model_fields
+    def _choose(self, scope: Scope) -> Chosen:
+        name = model_in_path(scope["path"].removeprefix(scope.get("root_path", "")))
+        caller = ""
+        for key, value in scope["headers"]:
+            if key == self.caller_header:
+                caller = value.decode("latin-1")
+        return choose(self.registry, name or None, caller or scope.get("state", {}).get("request_id", ""))
+
+    def _model(self, chosen: Chosen | None) -> dict[str, str] | None:
+        """The request log's model fields, built once per version (they do not change while it serves)."""
+        if chosen is None or chosen.engine.artifact is None or chosen.engine.backend is None:
+            return None
+        key = (id(chosen.engine), chosen.name, chosen.variant)
+        fields = self._model_fields.get(key)
+        if fields is None:
+            if len(self._model_fields) > 64:  # versions retired by reloads
+                self._model_fields.clear()
+            fields = {**model_info(chosen.engine, chosen.name, chosen.variant), "format": chosen.engine.format}
+            self._model_fields[key] = fields
+        return fields
 
     async def _handle(
-        self, scope: Scope, receive: Receive, record: RequestRecord | None
+        self, chosen: Chosen, scope: Scope, receive: Receive, record: RequestRecord | None
     ) -> tuple[dict[str, Any], dict[str, str]]:
         timeout_header = None
         for name, value in scope["headers"]:
             if name == b"x-request-timeout-ms":
                 timeout_header = value.decode("latin-1")
-        self.engine.refuse_if_full()  # no room for even one text: 429 before reading or parsing anything
+        chosen.engine.refuse_if_full()  # no room for even one text: 429 before reading or parsing anything
         raw = await _read_body(receive)
         if len(raw) > OFF_LOOP_BYTES:
             payload = await asyncio.get_running_loop().run_in_executor(None, self._parse, raw)
@@ -247,7 +331,7 @@ class ClassifyEndpoint:
         if record is not None:
             record.texts = payload.all_texts()
         return await classify_texts(
-            self.engine, self.metrics, payload, timeout_header, receive, self.settings.request_timeout_ms
+            chosen, self.metrics, payload, timeout_header, receive, self.settings.request_timeout_ms
         )
 
     def _parse(self, raw: bytes) -> ClassifyRequestBase:

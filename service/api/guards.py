@@ -3,7 +3,8 @@ cap, and the response headers every reply carries.
 
     request -> id (X-Request-ID or generated) -> /healthz, /readyz, /metrics? straight through
       -> in-flight cap (503 + Retry-After past ERNIE_CLS_MAX_CONCURRENT_REQUESTS)
-      -> API key on /v1/* (one Bearer header, compared as raw bytes in constant time)
+      -> admin key on /v1/admin/* (403 with no admin keys set), API key on the rest of /v1/* (one Bearer header,
+         compared as raw bytes in constant time)
       -> content type (415) -> Content-Length (400 if not a number, 413 over the limit)
       -> body stream: past the limit -> PayloadTooLargeError; not complete within body_timeout_s -> 408
       -> the app; every reply gets X-Request-ID, X-Process-Time-Ms, and `Connection: close` while draining
@@ -30,6 +31,7 @@ import pydantic_core
 from ernie_cls.errors import ErnieClsError
 from service.api.watchdog import Watchdog
 from service.errors import (
+    AdminDisabledError,
     BadRequestError,
     BodyTimeoutError,
     OverloadedError,
@@ -46,6 +48,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 API_PREFIX = "/v1/"
+ADMIN_PREFIX = "/v1/admin/"  # reload / rollback: ERNIE_CLS_ADMIN_KEYS, and off without them
 OPERATIONS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 MAX_CONTENT_LENGTH_DIGITS = 18  # int() of longer strings is slow and no body that long is accepted anyway
 
@@ -86,6 +89,7 @@ class GuardMiddleware:
         max_body_bytes: int,
         on_response: Callable[[Scope, int], None] | None = None,
         keys: list[bytes] | None = None,
+        admin_keys: list[bytes] | None = None,
         body_timeout_s: float = 10.0,
         in_flight: InFlight | None = None,
         draining: Callable[[], bool] = lambda: False,
@@ -96,6 +100,7 @@ class GuardMiddleware:
         self.max_body_bytes = max_body_bytes
         self.on_response = on_response
         self.keys = keys or []
+        self.admin_keys = admin_keys or []
         self.body_timeout_s = body_timeout_s
         self.in_flight = in_flight or InFlight(0)  # limit 0: no cap
         self.draining = draining
@@ -162,6 +167,11 @@ class GuardMiddleware:
 
     def _admit(self, scope: Scope, path: str, headers: dict[str, str]) -> None:
         """The checks that need no body: API key, content type, declared length. Raises ErnieClsError."""
+        if path.startswith(ADMIN_PREFIX):  # its own keys, never the clients' ones; no body to check
+            if not self.admin_keys:
+                raise AdminDisabledError()
+            check_key(scope.get("headers", []), self.admin_keys)
+            return
         if self.keys and path.startswith(API_PREFIX):
             check_key(scope.get("headers", []), self.keys)
         if scope["method"] in ("POST", "PUT", "PATCH") and not _is_json(headers.get("content-type", "")):

@@ -73,8 +73,11 @@ class Prediction(BaseModel):
 
 
 class ModelInfo(BaseModel):
-    name: str
-    version: str
+    id: str = Field(description="The model's name in this service: POST /v1/models/{id}/classify.")
+    variant: str = Field(description="The version that answered: `stable`, or `canary` for a share of callers.")
+    name: str = Field(description="The artifact's name (its manifest).")
+    version: str = Field(description="The artifact's version (its manifest).")
+    manifest_sha256: str = Field(description="sha256 of the artifact's manifest.json (what a pin names).")
     backend: str = Field(examples=["onnxruntime"])
     precision: str = Field(examples=["int8"])
 
@@ -95,7 +98,32 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
+class VersionInfo(BaseModel):
+    variant: str = Field(description="stable or canary.")
+    share_percent: float = Field(description="Share of callers this version answers (sticky per caller).")
+    ready: bool
+    name: str = ""
+    version: str = ""
+    manifest_sha256: str = ""
+    format: str = ""
+    labels: list[str] = []
+    max_seq_len: int = 0
+
+
+class ServedModelInfo(BaseModel):
+    id: str
+    default: bool = Field(description="POST /v1/classify goes to this model.")
+    versions: list[VersionInfo]
+
+
 class ModelsResponse(BaseModel):
+    """The default model's stable version at the top level (as with one model), then every model and version."""
+
+    generation: int = Field(
+        description="Which set of models is serving: each successful reload makes a new generation; a rollback "
+        "returns to the previous one's."
+    )
+    models: list[ServedModelInfo]
     name: str
     version: str
     manifest_sha256: str = Field(

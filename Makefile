@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 EXTRAS ?= train,serve,dev
 
-.PHONY: install browser test lint format serve demo bench-train default-model bench-model bench-service bench-ab bench-operations reliability soak robust-model bench-robustness verify gpu-check second-dataset bench-second baseline lock clean
+.PHONY: install browser test lint format serve demo bench-train default-model bench-model bench-service bench-ab bench-operations screenshots reliability soak robust-model bench-robustness verify gpu-check second-dataset bench-second baseline lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,11 +16,13 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-# Headless Chromium for the /docs browser test (Debian package; sudo when not root).
+# Headless Chromium for the /docs and playground browser tests, and a Chinese font so that the playground's
+# screenshots show characters, not boxes (Debian packages; sudo when not root).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 browser:
-	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+	@{ command -v chromium >/dev/null && [ -d /usr/share/fonts/truetype/wqy ]; } || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium \
+		fonts-wqy-microhei >/dev/null; }
 
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
@@ -112,6 +114,10 @@ bench-ab: $(STAMP)
 # during the swap, rollback seen in replies) and two models sharing the cores (docs/benchmarks.md section 11).
 bench-operations: $(STAMP)
 	$(BIN)/python -m bench.operations --output reports/bench-operations.json
+
+# The playground's screenshots in the README (docs/img/playground-*.png): the bundled model in headless Chromium.
+screenshots: $(STAMP) browser
+	$(BIN)/python -m bench.screenshots --output docs/img
 
 # Reliability under overload, deadlines, disconnects, backend faults, tampering, bad keys and eight attack families
 # (about 3 minutes):

@@ -49,7 +49,7 @@ def versioned(artifact: Path, root: Path, version: str) -> Path:
     manifest = json.loads((copy / "manifest.json").read_text(encoding="utf-8"))
     manifest["version"] = version
     (copy / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2), encoding="utf-8")
-    return copy
+    return copy.resolve()  # the models file resolves relative paths against its own directory
 
 
 def _version_of(head: bytes) -> str:

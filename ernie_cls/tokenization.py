@@ -203,6 +203,14 @@ class ErnieTokenizerFast:
         """Word pieces of one text, without special tokens (for inspection and explanations)."""
         return self._tok.encode(self._prepare([text], False)[0], add_special_tokens=False).tokens
 
+    def pieces_with_offsets(self, text: str, *, normalized: bool = False) -> tuple[str, list[tuple[str, int, int]]]:
+        """(the text as the model reads it, [(piece, start, end)] with character offsets into that text), pieces
+        as encode_ids cuts them at max_seq_len. For showing attributions on the text."""
+        (prepared,) = self._prepare([text], normalized)
+        encoding = self._pieces.encode(prepared, add_special_tokens=False)
+        pieces = [(piece, start, end) for piece, (start, end) in zip(encoding.tokens, encoding.offsets, strict=True)]
+        return prepared, pieces[: self.max_seq_len - 2]
+
     # ---------------------------------------------------------------- files
     def save(self, directory: str | Path) -> None:
         out = Path(directory)

@@ -37,6 +37,7 @@ import numpy as np
 from ernie_cls.artifact import Artifact, ArtifactError, inside, sha256_file, verify_artifact
 from ernie_cls.calibration import expected_calibration_error, softmax
 from ernie_cls.errors import ErnieClsError, UserInputError
+from ernie_cls.explain import occlusion_attributions, occlusion_inputs
 from ernie_cls.runtime import RUNTIME_FORMATS, load_backend, load_tokenizer, logits_in_batches
 from ernie_cls.runtime.paddle_inference import PaddleNotInstalledError
 from ernie_cls.tokenization import ErnieTokenizerFast
@@ -471,16 +472,10 @@ def _explanations(cfg: VerifyConfig, run, tokenizer: ErnieTokenizerFast, artifac
     for text in texts:
         ids = tokenizer.encode_ids([text])[0]
         pieces = tokenizer.tokenize(text)[: len(ids) - 2]
-        variants = [ids] + [[*ids[:i], tokenizer.unk_id, *ids[i + 1 :]] for i in range(1, len(pieces) + 1)]
-        batch, types = tokenizer.pad(variants)
+        batch, types = tokenizer.pad(occlusion_inputs(ids, tokenizer.unk_id))
         logits = run(batch, types)
-        probs = softmax(logits)
-        label = int(probs[0].argmax())
-        # The label's margin in logits (its logit minus the best other): unlike a probability, it still moves when
-        # the model is already 99 % sure, so confident predictions get readable attributions too.
-        others = np.delete(logits, label, axis=1).max(axis=1)
-        margin = logits[:, label] - others
-        scores = (margin[0] - margin[1:]).tolist()
+        label, scores = occlusion_attributions(logits)
+        probs = softmax(logits[:1])
         if not np.all(np.isfinite(scores)):
             check.fail(f"non-finite attributions for {text[:20]!r}")
         samples.append({

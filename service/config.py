@@ -86,6 +86,12 @@ class Settings(BaseSettings):
         description="Most API requests in progress (reading their body, queued or running); more get 503 at once. "
         "/healthz, /readyz and /metrics are not counted, so they answer under any flood.",
     )
+    max_explain_chars: int = Field(
+        256, ge=1, description="Longest text /explain accepts (it costs one model row per character or word piece)."
+    )
+    explain_concurrency: int = Field(
+        1, ge=1, description="Most /explain requests running at once; more get 429 (each is up to ~128 model rows)."
+    )
     low_confidence_threshold: float = Field(0.6, ge=0, le=1, description="Scores below are flagged low_confidence.")
     cache_size: int = Field(10_000, ge=0, description="Result cache entries (0 disables the cache).")
 

@@ -34,6 +34,7 @@ import numpy as np
 from ernie_cls.artifact import Artifact
 from ernie_cls.calibration import softmax_row
 from ernie_cls.errors import UserInputError
+from ernie_cls.explain import occlusion_attributions, occlusion_inputs
 from ernie_cls.runtime import WARMUP_SHAPES, Backend, LoadedModel
 from ernie_cls.tokenization import ErnieTokenizerFast, normalize_text
 from service.batching import Batcher
@@ -340,6 +341,33 @@ class Engine:
             row, overflowed = hit
             results.append(self._result(row, cut[i] or overflowed, top_k))
         return results
+
+    async def explain(self, text: str, deadline: float) -> dict[str, Any]:
+        """Occlusion attributions (ernie_cls/explain.py) for one text, through the batcher like any request: the
+        text as the model reads it, its label and score, and each piece's character span and attribution."""
+        assert self.tokenizer is not None and self.batcher is not None
+        self.in_flight += 1
+        try:
+            (normalized,), (cut,) = self.prepare([text], truncate=True)
+            ids, overflowed = self.tokenizer.encode_with_overflow([normalized], normalized=True)[0]
+            rows = await self.batcher.submit(occlusion_inputs(ids, self.tokenizer.unk_id), deadline)
+        finally:
+            self.in_flight -= 1
+        label, scores = occlusion_attributions(np.stack(rows))
+        shown, pieces = self.tokenizer.pieces_with_offsets(normalized, normalized=True)
+        result = self._result(rows[0], cut or overflowed, len(self.labels))
+        return {
+            "text": shown,
+            "label": self.labels[label],
+            "score": dict(result.top_k)[self.labels[label]],
+            "top_k": [{"label": name, "score": score} for name, score in result.top_k],
+            "low_confidence": result.low_confidence,
+            "truncated": result.truncated,
+            "pieces": [
+                {"piece": piece, "start": start, "end": end, "attribution": round(float(score), 6)}
+                for (piece, start, end), score in zip(pieces, scores, strict=True)
+            ],
+        }
 
     def refuse_if_full(self) -> None:
         """Raise QueueFullError / ModelStuckError when not even one more text fits: the HTTP layer asks before it

@@ -47,7 +47,8 @@ from service.api.classify import (
     validation_error_parts,
 )
 from service.api.guards import GuardMiddleware, InFlight, check_key
-from service.api.model_routes import add_admin_routes, add_model_routes
+from service.api.model_routes import add_admin_routes, add_explain_routes, add_model_routes
+from service.api.playground import add_playground
 from service.api.schemas import ClassifyRequestBase, ClassifyResponse, ErrorResponse, classify_request_model
 from service.config import Settings
 from service.errors import RETRY_AFTER_NOT_READY_S, UnauthorizedError, error_body, error_parts
@@ -157,6 +158,8 @@ def create_app(settings: Settings | None = None, freeze_gc: bool = False) -> Fas
         **guard_settings,
     )
     add_model_routes(app, registry)
+    add_explain_routes(app, registry, settings)
+    add_playground(app)
     add_admin_routes(app, registry)
     _add_operations_routes(app, registry, metrics)
     return app

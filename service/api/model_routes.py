@@ -1,17 +1,29 @@
-"""GET /v1/models (every model and version), GET /v1/models/{name}, and the admin API: POST /v1/admin/reload and
-POST /v1/admin/rollback (service/registry.py does the work; the guard in front checks the admin key)."""
+"""GET /v1/models (every model and version), GET /v1/models/{name}, POST /v1/models/{name}/explain (and
+/v1/explain for the default model), and the admin API: POST /v1/admin/reload and POST /v1/admin/rollback
+(service/registry.py does the work; the guard in front checks the admin key)."""
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 
-from service.api.classify import model_info, set_not_ready_reason
-from service.api.schemas import ErrorResponse, ModelInfo, ModelsResponse, ServedModelInfo, VersionInfo
+from ernie_cls.errors import UserInputError
+from service.api.classify import choose, model_info, not_ready_reason, set_not_ready_reason, timeout_ms
+from service.api.schemas import (
+    ErrorResponse,
+    ExplainRequest,
+    ExplainResponse,
+    ModelInfo,
+    ModelsResponse,
+    ServedModelInfo,
+    VersionInfo,
+)
+from service.config import Settings
 from service.engine import Engine
-from service.errors import NotReadyError
+from service.errors import ExplainLimitError, NotReadyError
 from service.registry import ModelSet, Registry, ServedModel
 
 log = logging.getLogger(__name__)
@@ -92,3 +104,54 @@ def add_admin_routes(app: FastAPI, registry: Registry) -> None:
     async def rollback() -> list[ServedModelInfo]:
         """Serve the set that the last reload replaced (still warm: no loading)."""
         return describe(await registry.rollback())
+
+
+EXPLAIN_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorResponse, "description": "No such model."},
+    422: {"model": ErrorResponse, "description": "Text empty or longer than ERNIE_CLS_MAX_EXPLAIN_CHARS."},
+    429: {"model": ErrorResponse, "description": "Explanations already running (ERNIE_CLS_EXPLAIN_CONCURRENCY)."},
+    503: {"model": ErrorResponse, "description": "Not ready."},
+}
+
+
+def add_explain_routes(app: FastAPI, registry: Registry, settings: Settings) -> None:
+    """Occlusion attributions for one text. Bounded: at most max_explain_chars characters, and at most
+    explain_concurrency explanations at once (each is one model row per piece, up to max_seq_len - 2 rows)."""
+    running = 0
+
+    async def explain(name: str | None, body: ExplainRequest, request: Request) -> ExplainResponse:
+        nonlocal running
+        if len(body.text) > settings.max_explain_chars:
+            raise UserInputError(
+                f"The text has {len(body.text)} characters; /explain takes at most {settings.max_explain_chars}.",
+                "Explain a shorter passage (each character costs a model call), or raise ERNIE_CLS_MAX_EXPLAIN_CHARS.",
+            )
+        caller = request.headers.get(settings.caller_header) or request.scope.get("state", {}).get("request_id", "")
+        chosen = choose(registry, name, caller)
+        engine = chosen.engine
+        if not engine.can_serve:
+            raise NotReadyError(not_ready_reason(engine))
+        if running >= settings.explain_concurrency:
+            raise ExplainLimitError(
+                f"{running} explanation(s) running already (the limit is {settings.explain_concurrency}).",
+                "Retry after the Retry-After header's second; /v1/classify is not limited this way.",
+            )
+        running += 1
+        try:
+            deadline = time.monotonic() + timeout_ms(request.headers.get("x-request-timeout-ms"), 10_000) / 1000
+            result = await engine.explain(body.text, deadline)
+        finally:
+            running -= 1
+        return ExplainResponse(**result, model=ModelInfo(**model_info(engine, chosen.name, chosen.variant)))
+
+    @app.post(
+        "/v1/models/{name}/explain", response_model=ExplainResponse, responses=EXPLAIN_RESPONSES, tags=["classify"]
+    )
+    async def explain_with(name: str, body: ExplainRequest, request: Request) -> ExplainResponse:
+        """Which characters the model's decision rests on (occlusion; the playground at / draws them)."""
+        return await explain(name, body, request)
+
+    @app.post("/v1/explain", response_model=ExplainResponse, responses=EXPLAIN_RESPONSES, tags=["classify"])
+    async def explain_default(body: ExplainRequest, request: Request) -> ExplainResponse:
+        """/v1/models/{name}/explain for the default model."""
+        return await explain(None, body, request)

@@ -134,3 +134,30 @@ class ModelsResponse(BaseModel):
     serving: ModelInfo
     formats: dict[str, Any]
     metrics: dict[str, Any]
+
+
+class ExplainRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"text": "送餐很快，味道不错"}]})
+
+    text: str = Field(description="One text (at most ERNIE_CLS_MAX_EXPLAIN_CHARS characters).")
+
+
+class PieceAttribution(BaseModel):
+    piece: str = Field(description="A word piece; for Chinese, one character.")
+    start: int = Field(description="Its first character in `text`.")
+    end: int = Field(description="One past its last character in `text`.")
+    attribution: float = Field(
+        description="How much the predicted label's logit margin drops when this piece is hidden ([UNK]): "
+        "positive pieces support the label, negative ones speak against it."
+    )
+
+
+class ExplainResponse(BaseModel):
+    text: str = Field(description="The text as the model reads it (normalised, lower-cased): `start`/`end` index it.")
+    label: str
+    score: float
+    top_k: list[LabelScore]
+    low_confidence: bool
+    truncated: bool
+    pieces: list[PieceAttribution]
+    model: ModelInfo

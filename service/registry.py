@@ -107,6 +107,7 @@ class Registry:
         self.previous: ModelSet | None = None
         self.draining = False
         self.draining_since: float | None = None
+        self.starting = True  # the first set is loading: nothing to reload from or roll back to yet
         self._lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
 
@@ -144,10 +145,13 @@ class Registry:
     async def start(self) -> None:
         """Load the first set (engines made by __init__), one engine at a time; a failure leaves that engine not
         ready (and /healthz failing), as with one model."""
-        for name, variant, engine in self.current.engines():
-            await asyncio.to_thread(engine.load)
-            if engine.model is not None:
-                _start(engine, name, variant)
+        try:
+            for name, variant, engine in self.current.engines():
+                await asyncio.to_thread(engine.load)
+                if engine.model is not None:
+                    _start(engine, name, variant)
+        finally:
+            self.starting = False
 
     async def stop(self, timeout_s: float) -> None:
         end = time.monotonic() + timeout_s
@@ -160,8 +164,7 @@ class Registry:
     # ------------------------------------------------------------------ reload and rollback
     async def reload(self) -> ModelSet:
         """Read the models file again, load what changed, swap. Raises ReloadError; the current set keeps serving."""
-        if self._lock.locked():
-            raise ReloadError("A reload is already in progress.", "Wait for it to finish, then check GET /v1/models.")
+        self._refuse_while_busy()
         async with self._lock:
             try:
                 wanted = models_from_settings(self.settings)
@@ -180,12 +183,21 @@ class Registry:
 
     async def rollback(self) -> ModelSet:
         """Swap back to the previous set (warm: no loading)."""
+        self._refuse_while_busy()
         async with self._lock:
             if self.previous is None:
                 raise ReloadError("There is no previous set to roll back to.", "Roll back after a reload.")
             self.current, self.previous = self.previous, self.current
             log.warning("rolled back to generation %d (%s)", self.current.generation, _describe(self.current))
             return self.current
+
+    def _refuse_while_busy(self) -> None:
+        if self.starting:
+            raise ReloadError("The first set of models is still loading.", "Retry once GET /readyz answers 200.")
+        if self.draining:
+            raise ReloadError("The service is shutting down.", "Reload the replica that replaces this one.")
+        if self._lock.locked():
+            raise ReloadError("A reload is already in progress.", "Wait for it to finish, then check GET /v1/models.")
 
     def _build(
         self, wanted: ModelsFile, warm: dict[_Identity, Engine], generation: int

@@ -354,3 +354,49 @@ def test_one_artifact_alone_is_served_under_its_manifest_name(int8_artifact):
     named, listing = run(app, fn)
     assert named.status_code == 200 and named.json()["model"]["id"] == "tiny-int8"
     assert [m["id"] for m in listing.json()["models"]] == ["tiny-int8"]
+
+
+def test_reload_and_rollback_are_refused_while_loading_draining_or_reloading(tmp_path, versions):
+    import threading
+
+    models = _one_model(tmp_path / "models.toml", versions["1"])
+    app = create_app(settings_for(versions["1"], models=str(models), admin_keys="admin-1"))
+    registry = app.state.registry
+    gate = threading.Event()
+
+    async def fn(client):
+        outcomes = {"before start": (await client.post("/v1/admin/reload", headers=ADMIN)).status_code}
+        registry.starting = False
+        _one_model(models, versions["2"])
+        real_load = type(registry.current.get(None).stable).load
+
+        def slow_load(engine):  # the new version takes a while to load
+            gate.wait(10)
+            real_load(engine)
+
+        type(registry.current.get(None).stable).load = slow_load
+        try:
+            first = asyncio.ensure_future(client.post("/v1/admin/reload", headers=ADMIN))
+            await asyncio.sleep(0.2)
+            outcomes["reload during reload"] = (await client.post("/v1/admin/reload", headers=ADMIN)).status_code
+            outcomes["rollback during reload"] = (await client.post("/v1/admin/rollback", headers=ADMIN)).status_code
+            gate.set()
+            outcomes["first reload"] = (await first).status_code
+        finally:
+            type(registry.current.get(None).stable).load = real_load
+        registry.start_draining()
+        outcomes["while draining"] = (await client.post("/v1/admin/reload", headers=ADMIN)).status_code
+        return outcomes
+
+    async def during_start(client):
+        registry.starting = True  # as while the first set loads (the lifespan's load has finished by now)
+        return await fn(client)
+
+    outcomes = run(app, during_start)
+    assert outcomes == {
+        "before start": 409,
+        "reload during reload": 409,
+        "rollback during reload": 409,
+        "first reload": 200,
+        "while draining": 409,
+    }

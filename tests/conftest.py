@@ -60,6 +60,7 @@ def tiny_train_config(output: Path, data: Path | None, **overrides):
         learning_rate=2e-3,
         vocab_size=800,
         progress=False,
+        time_budget=0,  # epochs as given, no masked-LM, no averaging: tests/test_budget.py covers the budget
     )
     values.update(overrides)
     return TrainConfig(**values)

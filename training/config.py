@@ -38,9 +38,16 @@ class TrainConfig:
         "PaddleNLP name (ernie-3.0-mini-zh, needs internet), a checkpoint directory, "
         "or scratch:pico|nano|micro|mini (random init, corpus vocabulary)",
     )
-    max_seq_len: int = opt(128)
+    max_seq_len: int | None = opt(
+        None, "default: the training texts' p99 length + 2, rounded up to 16, within 32..256 (training/budget.py)"
+    )
     batch_size: int = opt(32)
-    epochs: int = opt(4)
+    epochs: int | None = opt(None, "default: as many as --time-budget allows (at most 6 from scratch, 4 pretrained)")
+    time_budget: float = opt(
+        20.0,
+        "minutes for masked-LM pretraining + fine-tuning, sized from the speed measured on this machine in a few "
+        "probe steps; an explicit --epochs / --pretrain-epochs wins for its stage (0: off, 4 epochs, no masked-LM)",
+    )
     learning_rate: float | None = opt(None, "default 3e-4 from scratch, 5e-5 from pretrained weights")
     warmup_ratio: float = opt(0.1)
     weight_decay: float = opt(0.01)
@@ -48,7 +55,11 @@ class TrainConfig:
     dropout: float = opt(0.1, "hidden dropout")
     attention_dropout: float = opt(0.0)
     vocab_size: int = opt(8000, "max corpus vocabulary size for scratch presets")
-    pretrain_epochs: int = opt(0, "scratch presets: masked-LM epochs on the training texts before fine-tuning")
+    pretrain_epochs: int | None = opt(
+        None,
+        "masked-LM epochs on the training texts before fine-tuning (scratch presets; default: half of "
+        "--time-budget; 0: off)",
+    )
     pretrain_homophones: float = opt(
         0.0,
         "share of the masked-LM stage's [MASK] replacements that put a homophone of the character instead "
@@ -58,13 +69,15 @@ class TrainConfig:
     dev_size: float = opt(0.1)
     seed: int = opt(42)
     eval_every: int = opt(0, "steps between dev evaluations (0: each epoch)")
-    patience: int = opt(3, "evaluations without improvement before stopping")
+    patience: int | None = opt(None, "evaluations without improvement before stopping (default 8; 3 without a budget)")
     max_steps: int = opt(0, "stop after this many steps (0: no limit)")
     overwrite: bool = opt(False, "allow an existing, non-empty --output")
     device: str = opt("auto", choices=("auto", "cpu", "gpu"))
     amp: bool | None = opt(None, "mixed precision (GPU default)")
     progress: bool = opt(True, "progress bar")
-    ema_decay: float = opt(0.0, "evaluate/save a moving average of the weights, e.g. 0.99 (0: off)")
+    ema_decay: float | None = opt(
+        None, "evaluate/save a moving average of the weights, e.g. 0.99 (0: off; default 0.99 from scratch, else off)"
+    )
     baseline: bool = opt(
         True,
         "also fit a character n-gram TF-IDF + logistic regression on the same split (seconds), report both and warn "
@@ -90,6 +103,14 @@ class TrainConfig:
     distill_alpha: float = opt(0.5, "weight of the soft-label loss", group=DISTILLATION)
     distill_temperature: float = opt(2.0, group=DISTILLATION)
 
+    def stages(self) -> tuple[int, int, float]:
+        """(epochs, patience, ema_decay) once training/budget.py has resolved what was left auto."""
+        if self.epochs is None or self.patience is None or self.ema_decay is None:
+            raise ConfigError(
+                "epochs, patience or ema_decay is still 'auto'.", "Resolve them first (training/budget.py)."
+            )
+        return self.epochs, self.patience, self.ema_decay
+
     def validate(self) -> None:
         if self.data is None and self.train_file is None:
             raise ConfigError("No training data given.", "Pass --data <file> or --train-file/--dev-file/--test-file.")
@@ -99,10 +120,15 @@ class TrainConfig:
             raise ConfigError("--train-file needs --dev-file for early stopping.", "Add --dev-file <file>.")
         if not 0 < self.test_size < 1 or not 0 < self.dev_size < 1 or self.test_size + self.dev_size >= 1:
             raise ConfigError("--test-size and --dev-size must be in (0, 1) and sum below 1.", "E.g. 0.2 and 0.1.")
-        for name in ("batch_size", "epochs"):
-            if getattr(self, name) < 1:
+        for name in ("batch_size", "epochs", "patience"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1.", "Use a positive value.")
-        if self.max_seq_len < 8:
+        if self.time_budget < 0:
+            raise ConfigError("--time-budget must be >= 0 minutes.", "E.g. 20, or 0 to size stages by epochs only.")
+        if self.pretrain_epochs is not None and self.pretrain_epochs < 0:
+            raise ConfigError("--pretrain-epochs must be >= 0.", "E.g. 4, or 0 for no masked-LM stage.")
+        if self.max_seq_len is not None and self.max_seq_len < 8:
             raise ConfigError("--max-seq-len must be >= 8.", "128 suits short customer messages.")
         if self.class_weights not in ("none", "balanced"):
             raise ConfigError(f"--class-weights {self.class_weights!r} is not known.", "Use none or balanced.")
@@ -113,11 +139,13 @@ class TrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1).", "E.g. 0.1.")
         if not 0 <= self.pretrain_homophones <= 1:
             raise ConfigError("--pretrain-homophones must be in [0, 1].", "E.g. 0.5.")
-        if self.pretrain_homophones and not self.pretrain_epochs:
+        mlm_off = self.pretrain_epochs == 0 or (self.pretrain_epochs is None and self.time_budget == 0)
+        if self.pretrain_homophones and mlm_off:
             raise ConfigError(
-                "--pretrain-homophones changes the masked-LM stage, which is off.", "Add --pretrain-epochs N."
+                "--pretrain-homophones changes the masked-LM stage, which is off.",
+                "Add --pretrain-epochs N, or keep a --time-budget (it sizes the masked-LM stage).",
             )
-        if not 0 <= self.ema_decay < 1:
+        if self.ema_decay is not None and not 0 <= self.ema_decay < 1:
             raise ConfigError("--ema-decay must be in [0, 1).", "E.g. 0.99 (about the last 100 steps), or 0 for off.")
         if min(self.rdrop_alpha, self.noise_consistency) < 0 or self.adv_epsilon <= 0 or self.distill_temperature <= 0:
             raise ConfigError(

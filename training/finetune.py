@@ -13,15 +13,26 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 
 from ernie_cls.errors import ConfigError
+from ernie_cls.tokenization import normalize_text
 from training import baseline
-from training.batching import Encoded, encode
+from training.batching import Encoded, encode, length_bucketed_batches
+from training.budget import (
+    OVERRUN_ALLOWED,
+    BudgetPlan,
+    apply_plan,
+    choose_max_seq_len,
+    plan_budget,
+    probe_seconds_per_step,
+    without_budget,
+)
 from training.checkpoint import BEST_DIR, METRICS_FILE, TRAINING_CONFIG_FILE, prepare_output, save_checkpoint
 from training.config import TrainConfig
 from training.data import (
@@ -81,15 +92,19 @@ def train(cfg: TrainConfig) -> dict:
     use_amp = _amp(cfg, select_device(cfg.device))
     init_if_launched()
     set_seed(cfg.seed)
+    t_wall = time.perf_counter()
     source = parse_base_model(cfg.base_model)
+    if cfg.max_seq_len is None:
+        cfg = replace(cfg, max_seq_len=choose_max_seq_len([len(normalize_text(e.text)) for e in splits.train]))
+        log.info("max_seq_len %d (the training texts' p99 length)", cfg.max_seq_len)
     model, tokenizer = _build(cfg, source, label_map, splits)
     train_data = encode(splits.train, tokenizer, label_map)
     if cfg.teacher:
         train_data.teacher_logits = teacher_logits(cfg.teacher, label_map, train_data.texts)
     dev_data = encode(splits.dev, tokenizer, label_map)
     test_data = encode(splits.test, tokenizer, label_map) if splits.test else None
+    cfg, plan = _size_stages(cfg, source.kind == "scratch", model, tokenizer, train_data, len(dev_data.ids))
 
-    t_wall = time.perf_counter()
     pretrain_record = _pretrain(cfg, source, model, tokenizer, train_data) if cfg.pretrain_epochs else None
     lr = cfg.learning_rate or (3e-4 if source.kind == "scratch" else 5e-5)
     config_record = {**asdict(cfg), "learning_rate": lr, "base_model_kind": source.kind}
@@ -98,12 +113,14 @@ def train(cfg: TrainConfig) -> dict:
         extra = {TRAINING_CONFIG_FILE: config_record, METRICS_FILE: {"dev": dev_metrics}}
         save_checkpoint(model, tokenizer, label_map, extra, out / BEST_DIR)
 
-    result = fit(model, tokenizer, label_map, train_data, dev_data, cfg, lr, save_best, use_amp)
+    stop_at = t_wall + cfg.time_budget * 60 * OVERRUN_ALLOWED if plan is not None else None
+    result = fit(model, tokenizer, label_map, train_data, dev_data, cfg, lr, save_best, use_amp, stop_at=stop_at)
     wall = time.perf_counter() - t_wall
     barrier()  # rank 0 has written best/ before any rank reads it
     metrics = _final_metrics(out, tokenizer, label_map, dev_data, test_data, result)
     metrics.update(
         pretrain=pretrain_record,
+        time_budget=asdict(plan) if plan is not None else None,
         wall_seconds=round(wall, 1),
         environment=environment(),
         provenance={**provenance, "base_model": cfg.base_model},
@@ -112,6 +129,31 @@ def train(cfg: TrainConfig) -> dict:
         _compare_with_baseline(metrics, splits)
     _write_metrics(out, metrics)
     return metrics
+
+
+def _size_stages(
+    cfg: TrainConfig, scratch: bool, model, tokenizer, train_data: Encoded, dev_size: int
+) -> tuple[TrainConfig, BudgetPlan | None]:
+    """Resolve the options left auto: from --time-budget and a probe of this machine's speed, or the plain
+    defaults with --time-budget 0 (training/budget.py)."""
+    auto = cfg.epochs is None or (scratch and cfg.pretrain_epochs is None)
+    if auto and cfg.time_budget > 0 and rank_and_world()[1] > 1:  # each rank would measure its own speed
+        log.warning("--time-budget is not used with several processes: give --epochs and --pretrain-epochs")
+        return without_budget(cfg), None
+    if cfg.time_budget <= 0 or not auto:
+        return (without_budget(cfg) if cfg.time_budget <= 0 else apply_plan(cfg, _fixed_plan(cfg), scratch)), None
+    step_s = probe_seconds_per_step(model, tokenizer, train_data, cfg.batch_size)
+    lengths = [len(x) for x in train_data.ids]
+    steps = len(length_bucketed_batches(lengths, cfg.batch_size, random.Random(0)))
+    plan = plan_budget(cfg, scratch, steps, -(-dev_size // 64), step_s)
+    log.info("%s", plan.describe())
+    return apply_plan(cfg, plan, scratch), plan
+
+
+def _fixed_plan(cfg: TrainConfig) -> BudgetPlan:
+    """Both stages given explicitly: nothing to size, the recipe's other choices still apply."""
+    assert cfg.epochs is not None
+    return BudgetPlan(0.0, 0.0, 0, cfg.pretrain_epochs or 0, cfg.epochs, cfg.eval_every, 0.0)
 
 
 def _compare_with_baseline(metrics: dict, splits: Splits) -> None:
@@ -138,6 +180,7 @@ def _amp(cfg: TrainConfig, device: str) -> bool:
 
 
 def _build(cfg: TrainConfig, source: ModelSource, label_map: LabelMap, splits: Splits):
+    assert cfg.max_seq_len is not None  # resolved by train()
     model, tokenizer = build_model(
         source,
         len(label_map),
@@ -166,7 +209,7 @@ def _pretrain(cfg: TrainConfig, source: ModelSource, model, tokenizer, train_dat
         HomophoneTable.from_texts(train_data.texts).token_ids(tokenizer.vocab) if cfg.pretrain_homophones else None
     )
     settings = PretrainConfig(
-        epochs=cfg.pretrain_epochs, homophone_share=cfg.pretrain_homophones, seed=cfg.seed, progress=cfg.progress
+        epochs=cfg.pretrain_epochs or 0, homophone_share=cfg.pretrain_homophones, seed=cfg.seed, progress=cfg.progress
     )
     pre = pretrain_mlm(model.config, tokenizer, train_data.ids, settings, homophones)
     missing, _ = model.set_state_dict(pre.pop("state"))

@@ -114,6 +114,7 @@ class _Progress:
 
     total_steps: int
     eval_every: int
+    patience: int
     step: int = 0
     seen: int = 0
     train_seconds: float = 0.0
@@ -152,21 +153,24 @@ def fit(
     save_best: Callable[[dict], None],
     use_amp: bool = False,
     desc: str = "epoch",
+    stop_at: float | None = None,
 ) -> FitResult:
     """The training loop shared by fine-tuning and QAT.
 
     Length-bucketed batches, AdamW with linear warmup then linear decay to 0, global-norm clipping, dev
     evaluation every `cfg.eval_every` steps (default: per epoch), `save_best(dev_metrics)` on each new best dev
-    macro-F1, early stop after `cfg.patience` evaluations without improvement.
+    macro-F1, early stop after `cfg.patience` evaluations without improvement, and a last evaluation then a stop
+    once `stop_at` (time.perf_counter()) has passed: the time budget's backstop.
     """
     import paddle
     from tqdm import tqdm
 
     rank, world = rank_and_world()
+    epochs, patience, ema_decay = cfg.stages()
     lengths = [len(x) for x in train_data.ids]
     # The batch count does not depend on the shuffle; each rank runs the same share of it (training/distributed.py).
     steps_per_epoch = len(rank_share(length_bucketed_batches(lengths, cfg.batch_size, random.Random(0)), 0, world))
-    total_steps = min(steps_per_epoch * cfg.epochs, cfg.max_steps or steps_per_epoch * cfg.epochs)
+    total_steps = min(steps_per_epoch * epochs, cfg.max_steps or steps_per_epoch * epochs)
     schedule = warmup_then_linear_decay(learning_rate, total_steps, int(cfg.warmup_ratio * total_steps))
     optimizer = _optimizer(model, cfg, schedule)
     step_parts = _Step(
@@ -175,14 +179,14 @@ def fit(
         schedule=schedule,
         scaler=paddle.amp.GradScaler() if use_amp else None,
         robust=RobustTraining(cfg, model, tokenizer, train_data, random.Random(cfg.seed + 1), use_amp),
-        average=WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None,
+        average=WeightAverage(model, ema_decay) if ema_decay > 0 else None,
         use_amp=use_amp,
     )
-    progress = _Progress(total_steps, cfg.eval_every or steps_per_epoch)
+    progress = _Progress(total_steps, cfg.eval_every or steps_per_epoch, patience)
     rng = random.Random(cfg.seed)
-    for epoch in range(cfg.epochs):
+    for epoch in range(epochs):
         batches = rank_share(length_bucketed_batches(lengths, cfg.batch_size, rng), rank, world)
-        desc_epoch = f"{desc} {epoch + 1}/{cfg.epochs}"
+        desc_epoch = f"{desc} {epoch + 1}/{epochs}"
         bar = tqdm(batches, desc=desc_epoch, disable=not cfg.progress or rank != 0, mininterval=1.0, dynamic_ncols=True)
         step_parts.model.train()
         for batch in bar:
@@ -190,11 +194,17 @@ def fit(
             bar.set_postfix(
                 loss=f"{loss_value:.4f}", samples_s=f"{progress.seen / progress.train_seconds:.1f}", refresh=False
             )  # redrawn at tqdm's mininterval, not on every step (non-TTY logs)
-            if progress.step % progress.eval_every == 0 or progress.step == total_steps:
+            overrun = stop_at is not None and time.perf_counter() > stop_at
+            if progress.step % progress.eval_every == 0 or progress.step == total_steps or overrun:
                 dev_metrics, improved = step_parts.evaluate(
                     model, tokenizer, dev_data, label_map, progress, save_best, rank
                 )
                 _record(progress, cfg, epoch, loss_value, dev_metrics, improved)
+            if overrun:
+                log.warning(
+                    "the time budget is spent: stopping at step %d (the best checkpoint is kept)", progress.step
+                )
+                progress.stop = True
             if progress.step >= total_steps or progress.stop:
                 break
         bar.close()
@@ -270,6 +280,6 @@ def _record(
         progress.best_f1, progress.best_step, progress.evals_since_best = dev_metrics["macro_f1"], progress.step, 0
     else:
         progress.evals_since_best += 1
-    if progress.evals_since_best >= cfg.patience:
-        log.info("early stop: dev macro-F1 has not improved for %d evaluations", cfg.patience)
+    if progress.evals_since_best >= progress.patience:
+        log.info("early stop: dev macro-F1 has not improved for %d evaluations", progress.patience)
         progress.stop = True

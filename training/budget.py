@@ -1,0 +1,136 @@
+"""`--time-budget`: the stage sizes that fit in N minutes on the machine the run is on, and the choices left "auto".
+
+    training texts -> max_seq_len (their p99 length + [CLS]/[SEP], rounded up to 16, within 32..256) unless given
+    probe: PROBE_STEPS forward+backward passes of the classifier on real training batches (no optimiser step, so the
+      weights do not move) -> seconds per step
+      -> scratch presets: masked-LM pretraining gets MLM_SHARE of the budget, fine-tuning the rest, including its
+         dev evaluations (forward only: about a third of a training step per batch)
+      -> epochs clamped to [1, MAX_*_EPOCHS]; an explicit --epochs / --pretrain-epochs wins for its stage
+
+The recipe it fills in for scratch presets is the one measured best on a dataset it was not tuned on
+(docs/benchmarks.md section 10): masked-LM on the training texts, weight averaging (EMA 0.99), two dev evaluations
+per epoch, patience 8 evaluations. Pretrained models get only the fine-tuning epochs sized (at most 4).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from training.batching import Encoded, length_bucketed_batches
+from training.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+PROBE_STEPS = 6  # timed, after 2 untimed (the first steps pay for allocation and kernel selection)
+MLM_SHARE = 0.5  # of the budget, for scratch presets (the measured recipe spent 55 % of its time there)
+MAX_PRETRAIN_EPOCHS = 8
+MAX_SCRATCH_EPOCHS = 6
+MAX_PRETRAINED_EPOCHS = 4
+RESERVED_SHARE = 0.08  # tokenising, the baseline, the final test evaluation, saving
+EVAL_FORWARD_SHARE = 1 / 3  # a dev batch (forward only) against a training step (forward + backward + update)
+SEQ_LEN_RANGE = (32, 256)
+OVERRUN_ALLOWED = 1.15  # fine-tuning stops (best checkpoint kept) once the run has taken this much of its budget
+
+
+@dataclass(frozen=True)
+class BudgetPlan:
+    budget_seconds: float
+    seconds_per_step: float
+    steps_per_epoch: int
+    pretrain_epochs: int
+    epochs: int
+    eval_every: int
+    estimated_seconds: float
+
+    def describe(self) -> str:
+        return (
+            f"time budget {self.budget_seconds / 60:.1f} min at {self.seconds_per_step * 1000:.0f} ms/step "
+            f"({self.steps_per_epoch} steps/epoch): masked-LM {self.pretrain_epochs} epoch(s), fine-tuning "
+            f"{self.epochs} epoch(s), dev evaluation every {self.eval_every} steps; estimated "
+            f"{self.estimated_seconds / 60:.1f} min"
+        )
+
+
+def choose_max_seq_len(lengths: list[int]) -> int:
+    """p99 of the training texts' lengths (characters ~ pieces for Chinese) + [CLS]/[SEP], rounded up to 16."""
+    if not lengths:
+        return SEQ_LEN_RANGE[0]
+    p99 = float(np.percentile(lengths, 99)) + 2
+    return int(min(max(math.ceil(p99 / 16) * 16, SEQ_LEN_RANGE[0]), SEQ_LEN_RANGE[1]))
+
+
+def probe_seconds_per_step(model, tokenizer, data: Encoded, batch_size: int) -> float:
+    """Median time of a forward+backward pass on typical training batches; gradients are cleared, not applied."""
+    import paddle
+    from paddle.nn.functional import cross_entropy
+
+    batches = list(length_bucketed_batches([len(x) for x in data.ids], batch_size, random.Random(0)))
+    picks = random.Random(1).sample(batches, min(len(batches), PROBE_STEPS + 2))
+    model.train()
+    times = []
+    for k, batch in enumerate(picks):
+        t0 = time.perf_counter()
+        ids, types = tokenizer.pad([data.ids[i] for i in batch])
+        logits = model(paddle.to_tensor(ids), token_type_ids=paddle.to_tensor(types))
+        loss = cross_entropy(logits, paddle.to_tensor(data.labels[batch]))
+        loss.backward()
+        float(loss)  # syncs
+        model.clear_gradients()
+        if k >= 2:
+            times.append(time.perf_counter() - t0)
+    # the optimiser's update adds about a tenth to a step of these small models
+    return float(np.median(times)) * 1.1 if times else 0.0
+
+
+def plan_budget(cfg: TrainConfig, scratch: bool, steps_per_epoch: int, dev_batches: int, step_s: float) -> BudgetPlan:
+    budget = cfg.time_budget * 60
+    usable = budget * (1 - RESERVED_SHARE)
+    epoch_s = steps_per_epoch * step_s
+    eval_every = cfg.eval_every or max(50, steps_per_epoch // 2)
+    eval_s = dev_batches * step_s * EVAL_FORWARD_SHARE
+    ft_epoch_s = epoch_s + eval_s * steps_per_epoch / eval_every
+    if cfg.pretrain_epochs is not None:
+        pretrain = cfg.pretrain_epochs
+    else:
+        pretrain = _clamp(round(usable * MLM_SHARE / epoch_s), 1, MAX_PRETRAIN_EPOCHS) if scratch else 0
+    if cfg.epochs is not None:
+        epochs = cfg.epochs
+    else:
+        cap = MAX_SCRATCH_EPOCHS if scratch else MAX_PRETRAINED_EPOCHS
+        epochs = _clamp(math.floor((usable - pretrain * epoch_s) / ft_epoch_s), 1, cap)
+    estimate = pretrain * epoch_s + epochs * ft_epoch_s + budget * RESERVED_SHARE
+    return BudgetPlan(budget, step_s, steps_per_epoch, pretrain, epochs, eval_every, estimate)
+
+
+def apply_plan(cfg: TrainConfig, plan: BudgetPlan, scratch: bool) -> TrainConfig:
+    """The run's resolved options (what training_config.json records): the plan's sizes and the recipe's choices
+    for whatever was left auto."""
+    return replace(
+        cfg,
+        pretrain_epochs=plan.pretrain_epochs,
+        epochs=plan.epochs,
+        eval_every=plan.eval_every,
+        ema_decay=cfg.ema_decay if cfg.ema_decay is not None else (0.99 if scratch else 0.0),
+        patience=cfg.patience if cfg.patience is not None else 8,
+    )
+
+
+def without_budget(cfg: TrainConfig) -> TrainConfig:
+    """--time-budget 0: the plain defaults for whatever was left auto (4 epochs, no masked-LM, no averaging)."""
+    return replace(
+        cfg,
+        pretrain_epochs=cfg.pretrain_epochs if cfg.pretrain_epochs is not None else 0,
+        epochs=cfg.epochs if cfg.epochs is not None else 4,
+        ema_decay=cfg.ema_decay if cfg.ema_decay is not None else 0.0,
+        patience=cfg.patience if cfg.patience is not None else 3,
+    )
+
+
+def _clamp(value: int, low: int, high: int) -> int:
+    return max(low, min(high, value))

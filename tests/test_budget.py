@@ -101,3 +101,33 @@ def test_fine_tuning_stops_with_a_last_evaluation_once_the_budget_is_spent(small
     saved = []
     result = fit(model, tokenizer, label_map, train_data, dev_data, cfg, 1e-3, saved.append, stop_at=0.0)
     assert result.steps == 1 and len(result.history) == 1 and len(saved) == 1
+
+
+def test_fine_tuning_is_replanned_from_the_time_masked_lm_actually_left():
+    from training.budget import replan_fine_tuning
+
+    plan = plan_budget(auto(), True, 200, 10, 0.5)
+    assert plan.epochs == 4
+    ft_epoch_s = 100 * (1 + 10 / 100 / 3)
+    later = replan_fine_tuning(auto(), plan, True, seconds_left=1200 * RESERVED_SHARE + 2.5 * ft_epoch_s)
+    assert later.epochs == 2  # masked-LM ran long: fewer fine-tuning epochs
+    assert replan_fine_tuning(auto(), plan, True, seconds_left=0).epochs == 1  # never none
+    explicit = plan_budget(auto(epochs=3), True, 200, 10, 0.5)
+    assert replan_fine_tuning(auto(epochs=3), explicit, True, seconds_left=0).epochs == 3  # --epochs wins
+
+
+def test_masked_lm_stops_at_its_deadline(small_csv):
+    import numpy as np
+
+    from training.data import load_examples
+    from training.modeling import build_model, parse_base_model
+    from training.pretrain import PretrainConfig, pretrain_mlm
+
+    examples, _ = load_examples(str(small_csv), None, None)
+    texts = [e.text for e in examples]
+    model, tokenizer = build_model(parse_base_model("scratch:pico"), 2, texts, 32, 500, 0.1, 0.0)
+    ids = tokenizer.encode_ids(texts)
+    stopped = pretrain_mlm(model.config, tokenizer, ids, PretrainConfig(epochs=3, progress=False, stop_at=0.0))
+    assert stopped["samples"] == 0
+    ran = pretrain_mlm(model.config, tokenizer, ids, PretrainConfig(epochs=1, progress=False))
+    assert ran["samples"] == len(ids) and np.isfinite(ran["final_loss"])

@@ -47,6 +47,7 @@ class BudgetPlan:
     epochs: int
     eval_every: int
     estimated_seconds: float
+    dev_batches: int = 0
 
     def describe(self) -> str:
         return (
@@ -93,8 +94,7 @@ def plan_budget(cfg: TrainConfig, scratch: bool, steps_per_epoch: int, dev_batch
     usable = budget * (1 - RESERVED_SHARE)
     epoch_s = steps_per_epoch * step_s
     eval_every = cfg.eval_every or max(50, steps_per_epoch // 2)
-    eval_s = dev_batches * step_s * EVAL_FORWARD_SHARE
-    ft_epoch_s = epoch_s + eval_s * steps_per_epoch / eval_every
+    ft_epoch_s = epoch_s * (1 + EVAL_FORWARD_SHARE * dev_batches / eval_every)
     if cfg.pretrain_epochs is not None:
         pretrain = cfg.pretrain_epochs
     else:
@@ -105,7 +105,24 @@ def plan_budget(cfg: TrainConfig, scratch: bool, steps_per_epoch: int, dev_batch
         cap = MAX_SCRATCH_EPOCHS if scratch else MAX_PRETRAINED_EPOCHS
         epochs = _clamp(math.floor((usable - pretrain * epoch_s) / ft_epoch_s), 1, cap)
     estimate = pretrain * epoch_s + epochs * ft_epoch_s + budget * RESERVED_SHARE
-    return BudgetPlan(budget, step_s, steps_per_epoch, pretrain, epochs, eval_every, estimate)
+    return BudgetPlan(budget, step_s, steps_per_epoch, pretrain, epochs, eval_every, estimate, dev_batches)
+
+
+def mlm_deadline(plan: BudgetPlan, started: float) -> float:
+    """When the masked-LM stage must stop (time.perf_counter()): its planned epochs plus a quarter, so a machine
+    slower than the probe said cannot eat the fine-tuning's share."""
+    return started + plan.pretrain_epochs * plan.steps_per_epoch * plan.seconds_per_step * 1.25
+
+
+def replan_fine_tuning(cfg: TrainConfig, plan: BudgetPlan, scratch: bool, seconds_left: float) -> BudgetPlan:
+    """After masked-LM: the fine-tuning epochs that fit in the time actually left (unless --epochs was given)."""
+    if cfg.epochs is not None:
+        return plan
+    epoch_s = plan.steps_per_epoch * plan.seconds_per_step
+    ft_epoch_s = epoch_s * (1 + EVAL_FORWARD_SHARE * plan.dev_batches / plan.eval_every)
+    cap = MAX_SCRATCH_EPOCHS if scratch else MAX_PRETRAINED_EPOCHS
+    epochs = _clamp(math.floor((seconds_left - plan.budget_seconds * RESERVED_SHARE) / ft_epoch_s), 1, cap)
+    return replace(plan, epochs=epochs)
 
 
 def apply_plan(cfg: TrainConfig, plan: BudgetPlan, scratch: bool) -> TrainConfig:

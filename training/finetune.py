@@ -29,8 +29,10 @@ from training.budget import (
     BudgetPlan,
     apply_plan,
     choose_max_seq_len,
+    mlm_deadline,
     plan_budget,
     probe_seconds_per_step,
+    replan_fine_tuning,
     without_budget,
 )
 from training.checkpoint import BEST_DIR, METRICS_FILE, TRAINING_CONFIG_FILE, prepare_output, save_checkpoint
@@ -103,9 +105,7 @@ def train(cfg: TrainConfig) -> dict:
         train_data.teacher_logits = teacher_logits(cfg.teacher, label_map, train_data.texts)
     dev_data = encode(splits.dev, tokenizer, label_map)
     test_data = encode(splits.test, tokenizer, label_map) if splits.test else None
-    cfg, plan = _size_stages(cfg, source.kind == "scratch", model, tokenizer, train_data, len(dev_data.ids))
-
-    pretrain_record = _pretrain(cfg, source, model, tokenizer, train_data) if cfg.pretrain_epochs else None
+    cfg, plan, pretrain_record = _stages(cfg, source, model, tokenizer, train_data, len(dev_data.ids), t_wall)
     lr = cfg.learning_rate or (3e-4 if source.kind == "scratch" else 5e-5)
     config_record = {**asdict(cfg), "learning_rate": lr, "base_model_kind": source.kind}
 
@@ -129,6 +129,23 @@ def train(cfg: TrainConfig) -> dict:
         _compare_with_baseline(metrics, splits)
     _write_metrics(out, metrics)
     return metrics
+
+
+def _stages(
+    cfg: TrainConfig, source: ModelSource, model, tokenizer, train_data: Encoded, dev_size: int, t_wall: float
+) -> tuple[TrainConfig, BudgetPlan | None, dict | None]:
+    """Size the stages, run masked-LM (scratch models; stopped at its share of a budget), then fit the
+    fine-tuning epochs to the time actually left. Returns (resolved config, plan or None, masked-LM record)."""
+    requested, scratch = cfg, source.kind == "scratch"
+    cfg, plan = _size_stages(cfg, scratch, model, tokenizer, train_data, dev_size)
+    mlm_stop = mlm_deadline(plan, time.perf_counter()) if plan is not None else None
+    pretrain_record = _pretrain(cfg, source, model, tokenizer, train_data, mlm_stop) if cfg.pretrain_epochs else None
+    if plan is not None:
+        left = t_wall + plan.budget_seconds - time.perf_counter()
+        plan = replan_fine_tuning(requested, plan, scratch, left)
+        cfg = replace(cfg, epochs=plan.epochs)
+        log.info("fine-tuning: %d epoch(s) in the %.1f min left", plan.epochs, left / 60)
+    return cfg, plan, pretrain_record
 
 
 def _size_stages(
@@ -198,7 +215,9 @@ def _build(cfg: TrainConfig, source: ModelSource, label_map: LabelMap, splits: S
     return model, tokenizer
 
 
-def _pretrain(cfg: TrainConfig, source: ModelSource, model, tokenizer, train_data: Encoded) -> dict:
+def _pretrain(
+    cfg: TrainConfig, source: ModelSource, model, tokenizer, train_data: Encoded, stop_at: float | None = None
+) -> dict:
     """Masked-LM pretraining on the training texts (scratch models); the encoder weights go into `model`."""
     if source.kind != "scratch":
         raise ConfigError(
@@ -209,7 +228,11 @@ def _pretrain(cfg: TrainConfig, source: ModelSource, model, tokenizer, train_dat
         HomophoneTable.from_texts(train_data.texts).token_ids(tokenizer.vocab) if cfg.pretrain_homophones else None
     )
     settings = PretrainConfig(
-        epochs=cfg.pretrain_epochs or 0, homophone_share=cfg.pretrain_homophones, seed=cfg.seed, progress=cfg.progress
+        epochs=cfg.pretrain_epochs or 0,
+        homophone_share=cfg.pretrain_homophones,
+        seed=cfg.seed,
+        progress=cfg.progress,
+        stop_at=stop_at,
     )
     pre = pretrain_mlm(model.config, tokenizer, train_data.ids, settings, homophones)
     missing, _ = model.set_state_dict(pre.pop("state"))

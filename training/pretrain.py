@@ -40,6 +40,7 @@ class PretrainConfig:
     warmup_ratio: float = 0.05
     seed: int = 42
     progress: bool = True
+    stop_at: float | None = None  # time.perf_counter() past which no more steps start (the time budget's share)
 
 
 def mask_batch(
@@ -116,6 +117,8 @@ def pretrain_mlm(
             dynamic_ncols=True,
         )
         for batch in bar:
+            if cfg.stop_at is not None and time.perf_counter() > cfg.stop_at:
+                break
             input_ids, token_type_ids, positions, labels = mask_batch(
                 [ids[i] for i in batch], tokenizer, rng, cfg.mask_prob, homophones, cfg.homophone_share
             )
@@ -139,6 +142,9 @@ def pretrain_mlm(
             )
         bar.close()
         log.info("mlm epoch %d: loss %.3f", epoch + 1, loss_value)
+        if cfg.stop_at is not None and time.perf_counter() > cfg.stop_at:
+            log.warning("masked-LM stopped in epoch %d: its share of the time budget is spent", epoch + 1)
+            break
     seconds = time.perf_counter() - t0
     state = {k: v for k, v in model.state_dict().items() if k.startswith("ernie.")}
     return {"state": state, "seconds": round(seconds, 1), "final_loss": loss_value, "samples": seen}

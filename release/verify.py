@@ -436,6 +436,9 @@ def _check_memorisation(
     run, temperature = served
     if run is None or data is None or held_out_logits is None or not data["member_texts"]:
         check.details["membership_inference"] = "skipped: needs --data = the file the model was trained on"
+        check.details.setdefault("warnings", []).append(
+            "membership inference not checked: pass the training file itself as --data (byte for byte)"
+        )
         return
     rows = min(len(data["texts"]), cfg.membership_rows)
     member_logits = logits_in_batches(run, tokenizer, tokenizer.encode_ids(data["member_texts"]))
@@ -447,7 +450,9 @@ def _check_memorisation(
         "bound": cfg.max_membership_advantage,
         "attack": "p(true label) >= threshold means 'training row'; advantage = TPR - FPR at the best threshold",
     }
-    if report.advantage > cfg.max_membership_advantage:
+    # Sampling noise alone reaches `noise_level` 5 % of the time: a bound below it would fail models that memorised
+    # nothing, so the check fails only above both.
+    if report.advantage > max(cfg.max_membership_advantage, report.noise_level):
         check.fail(
             f"a membership-inference attack tells training rows from held-out ones with advantage "
             f"{report.advantage:.3f} > {cfg.max_membership_advantage} (noise level {report.noise_level:.3f}): the "

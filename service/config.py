@@ -23,7 +23,10 @@ class Settings(BaseSettings):
         "ARTIFACT, ARTIFACT_SHA256, FORMAT and MODEL_NAME are not used.",
     )
     model_name: str | None = Field(
-        None, description="The one model's name in /v1/models/{name}/classify (default: its manifest's name)."
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="The one model's name in /v1/models/{name}/classify (default: its manifest's name); letters, "
+        "digits, '_', '.', '-'.",
     )
     caller_header: str = Field(
         "x-user-id",

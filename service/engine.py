@@ -23,7 +23,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -44,6 +44,7 @@ from service.errors import DeadlineExceededError, NotReadyError
 log = logging.getLogger(__name__)
 
 UNHEALTHY_AFTER_FAILED_BATCHES = 3
+EXPLAIN_CHUNK_ROWS = 8  # /explain's rows in the queue at once (classify waits behind at most one such chunk)
 OFF_LOOP_CHARS = 256  # a request with more characters is prepared on the prepare thread (see the docstring)
 PREPARE_CHUNK_CHARS = 4096  # characters per job on the prepare thread (4 096 U+FDFA: ~20 ms to normalise)
 LIVENESS_AFTER_STUCK_TIMEOUTS = 4  # /healthz fails once every instance has been stuck this many inference timeouts
@@ -204,14 +205,27 @@ class Engine:
         self.ready, self.not_ready_reason = True, ""
 
     async def stop(self, timeout_s: float = 5.0) -> None:
-        """Stop; batches still running get up to timeout_s (what is left of the drain timeout)."""
+        """Stop; batches still running get up to timeout_s (what is left of the drain timeout). Final: the engine
+        is not ready afterwards, and texts sent to it fail at once (ShuttingDownError)."""
+        self.ready, self.not_ready_reason = False, "stopped"
         if self._probe is not None:
             self._probe.cancel()
+            # awaited and dropped: a cancelled task keeps its exception, whose traceback holds this engine's frame
+            # (a cycle only the full collector frees: retired versions' memory would pile up across reloads)
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe
+            self._probe = None
         if self.batcher is not None:
             await self.batcher.stop(timeout_s)
         if self._prepare_pool is not None:
             self._prepare_pool.shutdown(wait=False, cancel_futures=True)
             self._prepare_pool = None
+
+    def release(self) -> None:
+        """After stop(): drop the model, its runtime sessions and the cache, so a retired version's memory is
+        freed even while something still holds the engine object."""
+        self.model, self.batcher = None, None
+        self.cache = LRUCache(0)
 
     def start_draining(self) -> None:
         if not self.draining:
@@ -264,32 +278,33 @@ class Engine:
                     await self.batcher.submit([probe], time.monotonic() + self.settings.inference_timeout_s + 1)
 
     # ------------------------------------------------------------------ requests
-    def prepare(self, texts: list[str], truncate: bool, first: int = 0) -> tuple[list[str], list[bool]]:
+    def prepare(self, texts: list[str], truncate: bool, first: int = 0, name: str = "") -> tuple[list[str], list[bool]]:
         """Guards on raw texts -> (normalised texts, cut flags). Raises UserInputError naming the index (texts[0]
-        is the request's text number `first`).
+        is the request's text number `first`; `name` replaces "texts[i]" in messages about a single field).
 
         The cap holds before normalisation (it bounds the work) and after it (NFKC can expand a text 18x)."""
         cap = self.settings.max_chars_per_text
         normalized, cut = [], []
         for i, text in enumerate(texts, first):
+            field = name or f"texts[{i}]"
             was_cut = len(text) > cap
             if was_cut and not truncate:
                 raise UserInputError(
-                    f"texts[{i}] has {len(text)} characters; the limit is {cap}.",
+                    f"{field} has {len(text)} characters; the limit is {cap}.",
                     "Shorten it, split it, or send truncate=true to classify its first characters.",
                 )
             norm = normalize_text(text[:cap] if was_cut else text)
             if len(norm) > cap:
                 if not truncate:
                     raise UserInputError(
-                        f"texts[{i}] has {len(norm)} characters after Unicode normalisation (NFKC expands some "
+                        f"{field} has {len(norm)} characters after Unicode normalisation (NFKC expands some "
                         f"characters, e.g. U+FDFA to 18); the limit is {cap}.",
                         "Shorten it, or send truncate=true to classify its first characters.",
                     )
                 norm, was_cut = norm[:cap].rstrip(), True
             if not norm:
                 raise UserInputError(
-                    f"texts[{i}] is empty after normalisation (only whitespace, control or invisible characters).",
+                    f"{field} is empty after normalisation (only whitespace, control or invisible characters).",
                     "Send text with visible characters, or drop this item.",
                 )
             normalized.append(norm)
@@ -342,17 +357,30 @@ class Engine:
             results.append(self._result(row, cut[i] or overflowed, top_k))
         return results
 
-    async def explain(self, text: str, deadline: float) -> dict[str, Any]:
-        """Occlusion attributions (ernie_cls/explain.py) for one text, through the batcher like any request: the
-        text as the model reads it, its label and score, and each piece's character span and attribution."""
-        assert self.tokenizer is not None and self.batcher is not None
+    @contextlib.contextmanager
+    def serving(self) -> Iterator[None]:
+        """Count a request against this engine from the moment it was chosen until its reply is sent, so that a
+        version is retired only once nobody is using it (not only once nothing is queued)."""
         self.in_flight += 1
         try:
-            (normalized,), (cut,) = self.prepare([text], truncate=True)
-            ids, overflowed = self.tokenizer.encode_with_overflow([normalized], normalized=True)[0]
-            rows = await self.batcher.submit(occlusion_inputs(ids, self.tokenizer.unk_id), deadline)
+            yield
         finally:
             self.in_flight -= 1
+
+    async def explain(self, text: str, deadline: float) -> dict[str, Any]:
+        """Occlusion attributions (ernie_cls/explain.py) for one text, through the batcher like any request: the
+        text as the model reads it, its label and score, and each piece's character span and attribution.
+
+        The rows (one per piece, up to max_seq_len - 1) are submitted EXPLAIN_CHUNK_ROWS at a time, one chunk after
+        the other, so classify requests queue behind one chunk at most, not behind a whole explanation."""
+        assert self.tokenizer is not None and self.batcher is not None
+        with self.serving():
+            (normalized,), (cut,) = self.prepare([text], truncate=True, name="text")
+            ids, overflowed = self.tokenizer.encode_with_overflow([normalized], normalized=True)[0]
+            inputs = occlusion_inputs(ids, self.tokenizer.unk_id)
+            rows: list[np.ndarray] = []
+            for first in range(0, len(inputs), EXPLAIN_CHUNK_ROWS):
+                rows += await self.batcher.submit(inputs[first : first + EXPLAIN_CHUNK_ROWS], deadline)
         label, scores = occlusion_attributions(np.stack(rows))
         shown, pieces = self.tokenizer.pieces_with_offsets(normalized, normalized=True)
         result = self._result(rows[0], cut or overflowed, len(self.labels))

@@ -30,6 +30,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.datastructures import State
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ernie_cls import __version__
@@ -51,6 +52,7 @@ from service.api.model_routes import add_admin_routes, add_explain_routes, add_m
 from service.api.playground import add_playground
 from service.api.schemas import ClassifyRequestBase, ClassifyResponse, ErrorResponse, classify_request_model
 from service.config import Settings
+from service.engine import Engine
 from service.errors import RETRY_AFTER_NOT_READY_S, UnauthorizedError, error_body, error_parts
 from service.metrics import Metrics
 from service.registry import Registry
@@ -78,6 +80,15 @@ def _error(
     status: int, kind: str, message: str, hint: str = "", details: object = None, headers: dict[str, str] | None = None
 ) -> JSONResponse:
     return JSONResponse(error_body(kind, message, hint, details), status_code=status, headers=headers)
+
+
+class ServiceState(State):
+    """app.state, whose `engine` is looked up at each access (the default model's stable version now), so that
+    nothing keeps a version alive after a reload retired it."""
+
+    @property
+    def engine(self) -> Engine:
+        return self.registry.default_engine
 
 
 class ServiceApp(FastAPI):
@@ -128,8 +139,8 @@ def create_app(settings: Settings | None = None, freeze_gc: bool = False) -> Fas
         "Send one text or a list; each text gets its label, score and top-k labels.",
         lifespan=_lifespan(registry, settings, freeze_gc),
     )
-    app.state.registry = registry
-    app.state.engine = registry.default_engine  # the first default model's stable version (tests, benchmarks)
+    app.state = ServiceState()
+    app.state.registry = registry  # app.state.engine: the default model's stable version now (ServiceState)
     app.state.metrics = metrics
     count = _request_counter(metrics)
     keys = [k.get_secret_value().encode() for k in settings.api_keys]

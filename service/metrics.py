@@ -57,18 +57,24 @@ class RegistryCollector(Collector):
         yield from self._per_version(versions)
 
     def _versions(self) -> list[tuple[list[str], Engine, str]]:
-        """([model, variant, version], engine, which set) for every engine loaded, current set first."""
-        out, seen = [], set()
+        """([model, variant, version], engine, which set) for every engine loaded, each engine once and each label
+        set once, current set first: an engine promoted from canary to stable is counted as stable only, and a
+        previous engine whose labels the current set already uses (the same version reloaded with other sizes)
+        is left out rather than exported twice under one name."""
+        out: list[tuple[list[str], Engine, str]] = []
+        engines: set[int] = set()
+        labels: set[tuple[str, ...]] = set()
         sets = [("current", self.registry.current), ("previous", self.registry.previous)]
         for which, models in sets:
             if models is None:
                 continue
             for name, variant, engine in models.engines():
-                key = (name, variant, id(engine))
-                if key in seen:
-                    continue
-                seen.add(key)
                 version = engine.artifact.spec.version if engine.artifact is not None else ""
+                key = (name, variant, version)
+                if id(engine) in engines or key in labels:
+                    continue
+                engines.add(id(engine))
+                labels.add(key)
                 out.append(([name, variant, version], engine, which))
         return out
 

@@ -56,9 +56,12 @@ class ServedModel:
     canary_percent: float = 0.0
 
     def pick(self, caller: str) -> tuple[Variant, Engine]:
-        """The version answering this caller: the canary for a sticky `canary_percent` % of callers."""
-        if self.canary is not None and canary_bucket(self.name, caller) < self.canary_percent * CANARY_BUCKETS / 100:
-            return "canary", self.canary
+        """The version answering this caller: the canary for a sticky `canary_percent` % of callers while it is
+        ready, else stable."""
+        canary = self.canary
+        chosen = canary is not None and canary_bucket(self.name, caller) < self.canary_percent * CANARY_BUCKETS / 100
+        if chosen and canary is not None and canary.is_ready:  # a failed or faulty canary's callers go to stable
+            return "canary", canary
         return "stable", self.stable
 
     def variants(self) -> Iterator[tuple[Variant, Engine]]:
@@ -123,11 +126,15 @@ class Registry:
 
     @property
     def is_ready(self) -> bool:
-        return not self.draining and all(e.is_ready for _, _, e in self.current.engines())
+        """Every model's stable version is ready (a canary's trouble sends its callers to stable instead: GET
+        /v1/models shows it, and it must not take the replica out of its balancer)."""
+        return not self.draining and all(m.stable.is_ready for m in self.current.models.values())
 
     @property
     def alive(self) -> bool:
-        return all(e.alive for _, _, e in self.current.engines())
+        """Liveness, from the stable versions too: a broken canary must not make the orchestrator restart a
+        replica whose stable models serve."""
+        return all(m.stable.alive for m in self.current.models.values())
 
     def start_draining(self) -> None:
         if not self.draining:
@@ -172,6 +179,9 @@ class Registry:
                 raise ReloadError(f"The models file cannot be used: {err.message}", err.hint) from None
             warm = {_identity(e): e for e in self.all_engines() if e.is_ready and e.model is not None}
             candidate, fresh = self._build(wanted, warm, self.current.generation + 1)
+            if not fresh and _same_set(candidate, self.current):  # a repeated SIGHUP must not lose the previous set
+                log.info("reload: the models file describes the set already serving; nothing to do")
+                return self.current
             try:
                 await self._load_fresh(candidate, fresh)
             except BaseException:
@@ -253,6 +263,16 @@ class Registry:
         engine.start_draining()
         await engine.wait_idle(self.settings.drain_timeout_s)
         await engine.stop(1.0)
+        engine.release()
+
+
+def _same_set(a: ModelSet, b: ModelSet) -> bool:
+    """The same models, each with the same engines and canary share, and the same default."""
+
+    def shape(models: ModelSet) -> list[tuple]:
+        return [(n, id(m.stable), id(m.canary), m.canary_percent) for n, m in models.models.items()]
+
+    return a.default == b.default and shape(a) == shape(b)
 
 
 def _start(engine: Engine, name: str, variant: str) -> None:

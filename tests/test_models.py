@@ -103,7 +103,7 @@ def test_a_missing_models_file_stops_the_service_at_start_with_the_path(tmp_path
 # ------------------------------------------------------------------------------------- the canary split
 @pytest.mark.parametrize("percent", [1, 5, 50])
 def test_the_canary_share_holds_over_10_000_callers_and_each_caller_is_sticky(percent):
-    stable, canary = SimpleNamespace(name="stable"), SimpleNamespace(name="canary")
+    stable, canary = SimpleNamespace(name="stable", is_ready=True), SimpleNamespace(name="canary", is_ready=True)
     model = ServedModel("sentiment", stable, canary, percent)  # type: ignore[arg-type]
     callers = [f"user-{i}" for i in range(10_000)]
     picks = [model.pick(c)[0] for c in callers]
@@ -312,13 +312,13 @@ def test_versions_out_of_both_sets_are_retired_after_their_requests(tmp_path, ve
             _one_model(models, versions[version])
             assert (await client.post("/v1/admin/reload", headers=ADMIN)).status_code == 200
         for _ in range(200):  # retiring runs in the background
-            if first.batcher is not None and first.batcher._task is None:  # stopped
+            if first.batcher is None:  # stopped and released
                 break
             await asyncio.sleep(0.01)
         return first, {id(e) for e in app.state.registry.all_engines()}
 
     first, loaded = run(app, fn)
-    assert id(first) not in loaded and first.batcher._task is None
+    assert id(first) not in loaded and first.batcher is None and first.model is None
 
 
 def test_the_admin_api_needs_its_own_key_and_is_off_without_one(tmp_path, versions):
@@ -400,3 +400,110 @@ def test_reload_and_rollback_are_refused_while_loading_draining_or_reloading(tmp
         "first reload": 200,
         "while draining": 409,
     }
+
+
+# ------------------------------------------------------------------------------------- found by review
+def test_a_version_is_retired_only_after_requests_that_chose_it_and_then_frees_its_model(tmp_path, versions):
+    models = _one_model(tmp_path / "models.toml", versions["1"])
+    app = create_app(settings_for(versions["1"], models=str(models), admin_keys="admin-1"))
+
+    async def fn(client):
+        first = app.state.registry.current.get(None).stable
+        with first.serving():  # e.g. a request whose body is still arriving
+            for version in ("2", "3"):
+                _one_model(models, versions[version])
+                assert (await client.post("/v1/admin/reload", headers=ADMIN)).status_code == 200
+            await asyncio.sleep(0.3)
+            still_there = first.model is not None and first.batcher is not None
+        for _ in range(300):
+            if first.model is None:
+                break
+            await asyncio.sleep(0.01)
+        return still_there, first
+
+    still_there, first = run(app, fn)
+    assert still_there  # not stopped under the request
+    assert first.model is None and first.batcher is None and not first.ready  # retired, memory released
+
+
+def test_a_canary_that_fails_to_load_sends_its_callers_to_stable_and_keeps_the_replica_up(tmp_path, versions):
+    broken = tmp_path / "broken"
+    shutil.copytree(versions["2"], broken)
+    (broken / "onnx" / "model.int8.onnx").write_bytes(b"not a model")
+    models = _one_model(tmp_path / "models.toml", versions["1"], broken, 50)
+    app = create_app(settings_for(versions["1"], models=str(models)))
+
+    async def fn(client):
+        replies = [
+            await client.post("/v1/classify", json={"text": "好"}, headers={"X-User-Id": f"u{i}"}) for i in range(20)
+        ]
+        return replies, await client.get("/healthz"), await client.get("/readyz"), await client.get("/v1/models")
+
+    replies, health, ready, listing = run(app, fn)
+    assert all(r.status_code == 200 and r.json()["model"]["variant"] == "stable" for r in replies)
+    assert health.status_code == 200 and ready.status_code == 200
+    canary = listing.json()["models"][0]["versions"][1]
+    assert canary["variant"] == "canary" and canary["ready"] is False
+
+
+def test_a_reload_that_changes_nothing_keeps_the_rollback_target(tmp_path, versions):
+    models = _one_model(tmp_path / "models.toml", versions["1"])
+    app = create_app(settings_for(versions["1"], models=str(models), admin_keys="admin-1"))
+
+    async def fn(client):
+        _one_model(models, versions["2"])
+        await client.post("/v1/admin/reload", headers=ADMIN)
+        again = await client.post("/v1/admin/reload", headers=ADMIN)  # a second SIGHUP, a double click
+        generation = app.state.registry.current.generation
+        await client.post("/v1/admin/rollback", headers=ADMIN)
+        reply = await client.post("/v1/classify", json={"text": "好"})
+        return again, generation, reply.json()["model"]["version"]
+
+    again, generation, version = run(app, fn)
+    assert again.status_code == 200 and generation == 2 and version == "1"
+
+
+def test_a_promoted_canary_is_counted_once_in_the_metrics(tmp_path, versions):
+    models = _one_model(tmp_path / "models.toml", versions["1"], versions["2"], 100)
+    app = create_app(settings_for(versions["1"], models=str(models), admin_keys="admin-1", cache_size=0))
+
+    async def fn(client):
+        for i in range(10):
+            await client.post("/v1/classify", json={"text": f"好{i}"})
+        _one_model(models, versions["2"])  # promote: v2 becomes stable, the same warm engine
+        assert (await client.post("/v1/admin/reload", headers=ADMIN)).status_code == 200
+        return (await client.get("/metrics")).text
+
+    text = run(app, fn)
+    assert metric(text, "ernie_cls_texts_total", version="2") == 10  # once, not as canary and stable
+    assert metric(text, "ernie_cls_texts_total", variant="stable", version="2") == 10
+
+
+def test_explanations_enter_the_queue_a_few_rows_at_a_time_and_callers_are_read_alike(tmp_path, versions):
+    from service.engine import EXPLAIN_CHUNK_ROWS
+
+    models = _one_model(tmp_path / "models.toml", versions["1"], versions["2"], 50)
+    app = create_app(settings_for(versions["1"], models=str(models), max_chars_per_text=200))
+
+    async def fn(client):
+        sizes = []
+        for _, _, engine in app.state.registry.current.engines():
+            real = engine.batcher.submit
+
+            async def recording(sequences, *args, real=real, **kwargs):
+                sizes.append(len(sequences))
+                return await real(sequences, *args, **kwargs)
+
+            engine.batcher.submit = recording
+        await client.post("/v1/explain", json={"text": "好" * 25})
+        variants = []
+        for i in range(20):  # two X-User-Id headers: both routes take the first
+            headers = [("X-User-Id", f"u{i}"), ("X-User-Id", f"other{i}")]
+            a = await client.post("/v1/classify", json={"text": "好"}, headers=headers)
+            b = await client.post("/v1/explain", json={"text": "好"}, headers=headers)
+            variants.append((a.json()["model"]["variant"], b.json()["model"]["variant"]))
+        return sizes, variants
+
+    sizes, variants = run(app, fn)
+    assert sum(sizes[:4]) == 26 and max(sizes) <= EXPLAIN_CHUNK_ROWS  # 25 pieces + the text itself
+    assert all(a == b for a, b in variants) and {a for a, _ in variants} == {"stable", "canary"}

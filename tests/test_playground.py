@@ -213,14 +213,8 @@ def test_why_colours_each_character_by_its_attribution(page, playground):
     assert colour == ("rgb(220, 50, 47)" if got[strongest] >= 0 else "rgb(38, 139, 210)")
 
 
-def test_a_csv_column_is_classified_and_offered_for_download(page, playground, tmp_path):
-    rows = [{"id": str(i), "review": t} for i, t in enumerate(["好吃", "太难吃了", 'He said "ok", fine', "多行\n文本"])]
-    source = tmp_path / "in.csv"
-    with source.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, ["id", "review"])
-        writer.writeheader()
-        writer.writerows(rows)
-    page.goto(playground + "/")
+def _classify_csv(page, base: str, source: Path) -> list[dict[str, str]]:
+    page.goto(base + "/")
     page.wait_for_function("document.querySelectorAll('#model option').length == 2")
     page.set_input_files("#csv", str(source))
     page.wait_for_function("!document.querySelector('#csvRun').disabled")
@@ -229,6 +223,41 @@ def test_a_csv_column_is_classified_and_offered_for_download(page, playground, t
     page.wait_for_selector("#download:not([hidden])")
     with page.expect_download() as download:
         page.click("#download")
-    result = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text(encoding="utf-8-sig"))))
-    assert [r["review"] for r in result] == [r["review"] for r in rows]  # quotes, commas, newlines kept
-    assert all(r["label"] in {"negative", "positive"} and 0 <= float(r["score"]) <= 1 for r in result)
+    return list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text(encoding="utf-8-sig"))))
+
+
+def test_a_csv_column_is_classified_and_offered_for_download(page, playground, tmp_path):
+    source = tmp_path / "in.csv"
+    source.write_text(
+        "id,review,note\n"
+        "0,好吃,a\n"
+        '1,"He said ""ok"", fine",b\n'
+        '2,"多行\n文本",c\n'
+        "3,,empty\n"  # an empty cell: not sent, its row kept with empty results
+        '4,他说"不错"就走了,stray quote\n'  # a quote inside an unquoted field is a character
+        "5,=HYPERLINK(x),formula\n"
+        "6,短行\n",  # a short row: padded
+        encoding="utf-8",
+    )
+    result = _classify_csv(page, playground, source)
+    assert [r["id"] for r in result] == ["0", "1", "2", "3", "4", "5", "6"]
+    assert [r["review"] for r in result] == [
+        "好吃",
+        'He said "ok", fine',
+        "多行\n文本",
+        "",
+        '他说"不错"就走了',
+        "'=HYPERLINK(x)",  # a spreadsheet would run it as a formula: written with an apostrophe
+        "短行",
+    ]
+    assert result[6]["note"] == "" and result[3]["label"] == "" and result[3]["score"] == ""
+    filled = [r for r in result if r["review"]]
+    assert all(r["label"] in {"negative", "positive"} and 0 <= float(r["score"]) <= 1 for r in filled)
+    assert page.inner_text("#csvStatus").endswith("6 / 7 行")
+
+
+def test_a_csv_saved_by_excel_in_gb18030_is_read_as_chinese(page, playground, tmp_path):
+    source = tmp_path / "excel.csv"
+    source.write_bytes("review,id\n送餐很快，味道不错,1\n太难吃了,2\n".encode("gb18030"))
+    result = _classify_csv(page, playground, source)
+    assert [r["review"] for r in result] == ["送餐很快，味道不错", "太难吃了"]

@@ -130,22 +130,49 @@ def test_an_int8_file_that_breaks_the_qdq_rules_fails_the_graph_check(int8_artif
     assert "not a QAT layer" in problems and not report["passed"]
 
 
-def test_the_membership_check_runs_on_the_training_file_and_fails_above_its_bound(
-    sound_report, int8_artifact, small_csv, tmp_path
-):
+def test_the_membership_check_runs_on_the_training_file_and_fails_a_model_that_memorised(sound_report):
+    import numpy as np
+
+    from release.verify import Check, _check_memorisation
+
     report, _ = sound_report
     measured = by_name(report)["8 safety"]["details"]["membership_inference"]
     assert measured["members"] > 0 and measured["non_members"] > 0 and 0 <= measured["advantage"] <= 1
-    strict = VerifyConfig(
-        str(int8_artifact), data=str(small_csv), output=str(tmp_path / "out"), explain=0, max_membership_advantage=-1
-    )
-    safety = by_name(run_verify(strict))["8 safety"]
-    assert safety["status"] == "failed" and any("membership-inference" in p for p in safety["problems"])
+
+    class Tok:  # logits_in_batches only pads ids
+        def pad(self, ids):
+            return np.array(ids), np.zeros((len(ids), 1), dtype=np.int64)
+
+        def encode_ids(self, texts):
+            return [[i] for i in range(len(texts))]
+
+    rng = np.random.default_rng(0)
+    n = 600
+    labels = rng.integers(0, 2, n)
+    unsure = np.stack([rng.normal(0, 1, n), rng.normal(0, 1, n)], 1)  # held-out rows: no better than chance
+
+    def confident(ids, types):  # every training row right with certainty
+        return np.stack([np.where(labels[ids[:, 0]] == 0, 9.0, -9.0), np.zeros(len(ids))], 1)
+
+    def as_unsure(ids, types):
+        return unsure[ids[:, 0]]
+
+    data = {"member_texts": ["x"] * n, "member_labels": labels, "texts": ["y"] * n, "labels": labels}
+    cfg = VerifyConfig("a", max_membership_advantage=0.15)
+    memorised = Check("8 safety")
+    _check_memorisation(cfg, memorised, (confident, 1.0), Tok(), data, unsure)
+    assert memorised.status == "failed" and "membership-inference" in memorised.problems[0]
+    assert memorised.details["membership_inference"]["advantage"] > 0.5
+    # the same scores on both sides: within noise, passes even with a bound below the noise level
+    same = Check("8 safety")
+    _check_memorisation(VerifyConfig("a", max_membership_advantage=0.0), same, (as_unsure, 1.0), Tok(), data, unsure)
+    assert same.status == "passed", same.problems
 
 
 def test_without_the_training_file_the_membership_check_says_it_was_skipped(int8_artifact, tmp_path):
     report = run_verify(VerifyConfig(str(int8_artifact), output=str(tmp_path / "out"), explain=0))
-    assert by_name(report)["8 safety"]["details"]["membership_inference"].startswith("skipped")
+    safety = by_name(report)["8 safety"]["details"]
+    assert safety["membership_inference"].startswith("skipped") and "training file" in safety["warnings"][0]
 
 
 def test_the_attack_advantage_is_near_zero_for_one_distribution_and_near_one_for_memorised_rows():

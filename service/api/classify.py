@@ -184,6 +184,19 @@ async def classify_texts(
     engine = chosen.engine
     if not engine.can_serve or engine.batcher is None:
         raise NotReadyError(not_ready_reason(engine))
+    with engine.serving():
+        return await _classify_with(chosen, metrics, payload, timeout_header, receive, default_timeout_ms)
+
+
+async def _classify_with(
+    chosen: Chosen,
+    metrics: Metrics,
+    payload: ClassifyRequestBase,
+    timeout_header: str | None,
+    receive: Receive,
+    default_timeout_ms: int,
+) -> tuple[dict[str, Any], dict[str, str]]:
+    engine = chosen.engine
     started = time.perf_counter()
     deadline = time.monotonic() + timeout_ms(timeout_header, default_timeout_ms) / 1000
     timings = {"queue_s": 0.0, "inference_s": 0.0}  # stays 0 when every text came from the cache
@@ -271,7 +284,8 @@ class ClassifyEndpoint:
         chosen: Chosen | None = None
         try:
             chosen = self._choose(scope)
-            status, (body, headers) = 200, await self._handle(chosen, scope, receive, record)
+            with chosen.engine.serving():  # counted from here: a reload does not retire it under this request
+                status, (body, headers) = 200, await self._handle(chosen, scope, receive, record)
         except RequestValidationFailedError as err:
             status, body = validation_error_parts(err.errors)
         except ErnieClsError as err:
@@ -298,8 +312,9 @@ class ClassifyEndpoint:
         name = model_in_path(scope["path"].removeprefix(scope.get("root_path", "")))
         caller = ""
         for key, value in scope["headers"]:
-            if key == self.caller_header:
+            if key == self.caller_header:  # the first one, as Starlette's request.headers.get (the other routes)
                 caller = value.decode("latin-1")
+                break
         return choose(self.registry, name or None, caller or scope.get("state", {}).get("request_id", ""))
 
     def _model(self, chosen: Chosen | None) -> dict[str, str] | None:

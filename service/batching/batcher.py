@@ -194,6 +194,7 @@ class Batcher:
         self._avg_batch_s = 0.05
         self.stats = BatchStats()
         self.consecutive_faults = 0  # failed or timed-out batches since the last good one
+        self.stopped = False  # stop() is final: later texts fail at once instead of waiting for their deadline
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -205,6 +206,7 @@ class Batcher:
     async def stop(self, timeout_s: float = 5.0) -> None:
         """Stop forming batches; let batches in flight finish for up to timeout_s (a model call cannot be
         interrupted), then fail whatever is left: a stuck instance must not keep the process from exiting."""
+        self.stopped = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -291,6 +293,8 @@ class Batcher:
 
     def admit(self, n: int, reserved: int = 0) -> None:
         """Raise unless `n` more texts fit (`reserved`: texts admitted elsewhere and not yet submitted)."""
+        if self.stopped:
+            raise ShuttingDownError()
         if self.all_stuck:
             self.stats.rejected_texts += n
             raise ModelStuckError(self.inference_timeout_s)

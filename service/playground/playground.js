@@ -153,33 +153,49 @@ async function classifyBox() {
   }
 }
 
-// RFC 4180 CSV: quoted fields, doubled quotes, newlines inside quotes.
+// RFC 4180 CSV: a field is quoted only if its first character is a quote (doubled quotes inside); a quote
+// elsewhere is an ordinary character, as spreadsheets write it.
 function parseCsv(source) {
   const rows = [];
-  let row = [], field = "", quoted = false;
+  let row = [], field = "", quoted = false, fieldStart = true;
+  const endField = () => { row.push(field); field = ""; fieldStart = true; };
   for (let i = 0; i < source.length; i++) {
     const c = source[i];
     if (quoted) {
       if (c === '"' && source[i + 1] === '"') { field += '"'; i++; } else if (c === '"') quoted = false; else field += c;
-    } else if (c === '"') quoted = true;
-    else if (c === ",") { row.push(field); field = ""; }
+    } else if (c === '"' && fieldStart) { quoted = true; fieldStart = false; }
+    else if (c === ",") endField();
     else if (c === "\n" || c === "\r") {
       if (c === "\r" && source[i + 1] === "\n") i++;
-      row.push(field); rows.push(row); row = []; field = "";
-    } else field += c;
+      endField(); rows.push(row); row = [];
+    } else { field += c; fieldStart = false; }
   }
-  if (field !== "" || row.length) { row.push(field); rows.push(row); }
+  if (field !== "" || row.length) { endField(); rows.push(row); }
   return rows.filter((r) => r.length > 1 || r[0] !== "");
 }
 
-const csvField = (v) => (/[",\r\n]/.test(v) ? `"${v.replace(/"/g, '""')}"` : v);
+// A cell a spreadsheet would run as a formula (=, +, -, @) is written with a leading apostrophe.
+const safeCell = (v) => (/^[=+\-@\t\r]/.test(v) ? "'" + v : v);
+const csvField = (v) => { const s = safeCell(String(v)); return /[",\r\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s; };
 let table = null;
 
+// UTF-8, or GB18030 (what Excel saves Chinese CSV files as) when the bytes are not valid UTF-8.
+async function readText(file) {
+  const bytes = await file.arrayBuffer();
+  try {
+    return new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+  } catch {
+    return new TextDecoder("gb18030").decode(bytes);
+  }
+}
+
 async function loadCsv(file) {
-  table = parseCsv((await file.text()).replace(/^\uFEFF/, ""));
+  table = parseCsv((await readText(file)).replace(/^\uFEFF/, ""));
+  const width = (table[0] || []).length;
+  table = table.map((r) => (r.length < width ? r.concat(Array(width - r.length).fill("")) : r)); // short rows padded
   const select = $("column");
   select.replaceChildren(...(table[0] || []).map((name, i) => new Option(name, String(i))));
-  const guess = (table[0] || []).findIndex((n) => /text|review|内容|文本/i.test(n));
+  const guess = (table[0] || []).findIndex((n) => /text|review|内容|文本|评论/i.test(n));
   if (guess >= 0) select.value = String(guess);
   $("csvRun").disabled = !table.length;
   $("csvStatus").textContent = `${Math.max(0, table.length - 1)} ${t("rows")}`;
@@ -192,17 +208,20 @@ async function classifyCsv() {
   const col = Number($("column").value);
   const rows = table.slice(1);
   try {
-    const texts = rows.map((r) => (r[col] || "").trim() || " ");
-    const predictions = await classifyTexts(texts);
+    // empty cells are not sent (the service refuses empty texts): their rows get empty results
+    const filled = rows.map((r, i) => [i, (r[col] || "").trim()]).filter(([, text]) => text);
+    const predictions = await classifyTexts(filled.map(([, text]) => text));
+    const byRow = new Map(filled.map(([i], k) => [i, predictions[k]]));
     const lines = [[...table[0], "label", "score", "low_confidence"].map(csvField).join(",")];
     rows.forEach((r, i) => {
-      const p = predictions[i];
-      lines.push([...r, p.label, p.score.toFixed(4), String(p.low_confidence)].map(csvField).join(","));
+      const p = byRow.get(i);
+      const result = p ? [p.label, p.score.toFixed(4), String(p.low_confidence)] : ["", "", ""];
+      lines.push([...r, ...result].map(csvField).join(","));
     });
     const link = $("download");
     link.href = URL.createObjectURL(new Blob(["\uFEFF" + lines.join("\r\n") + "\r\n"], { type: "text/csv" }));
     link.hidden = false;
-    status.textContent = `${t("done")}: ${rows.length} ${t("rows")}`;
+    status.textContent = `${t("done")}: ${filled.length} / ${rows.length} ${t("rows")}`;
   } catch (err) {
     showError(status, err);
   }

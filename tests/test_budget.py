@@ -131,3 +131,23 @@ def test_masked_lm_stops_at_its_deadline(small_csv):
     assert stopped["samples"] == 0
     ran = pretrain_mlm(model.config, tokenizer, ids, PretrainConfig(epochs=1, progress=False))
     assert ran["samples"] == len(ids) and np.isfinite(ran["final_loss"])
+
+
+def test_masked_lm_is_sized_by_its_own_measured_step_time():
+    same = plan_budget(auto(), True, 200, 10, 0.5)
+    slower = plan_budget(auto(), True, 200, 10, 0.5, mlm_step_s=1.0)
+    assert slower.pretrain_epochs == round(same.pretrain_epochs / 2)  # 6 -> 3: a masked-LM step costs twice
+    assert slower.estimated_seconds <= 20 * 60 and slower.mlm_seconds_per_step == 1.0
+
+
+def test_the_probe_times_batches_from_the_shortest_to_the_longest_and_scales_by_tokens():
+    from training.budget import PROBE_STEPS, UPDATE_OVERHEAD, average_step_seconds, probe_batches
+
+    ids = [[0] * n for n in [5] * 300 + [200] * 20]  # mostly short, a few long: the long ones dominate an epoch
+    probe = probe_batches(ids, 32)
+    lengths = [max(len(ids[i]) for i in b) for b in probe.timed]
+    assert lengths[0] == 5 and lengths[-1] == 200 and len(probe.timed) <= PROBE_STEPS
+    assert probe.epoch_tokens == 300 * 5 + 20 * 200 + 12 * (200 - 5)  # one bucket mixes 12 short with the 20 long
+    # one second per 1 000 padded tokens -> an average step = the epoch's tokens / steps / 1 000 (+ the update)
+    timings = [(len(b) * max(len(ids[i]) for i in b) / 1000, len(b) * max(len(ids[i]) for i in b)) for b in probe.timed]
+    assert abs(average_step_seconds(probe, timings) - probe.epoch_tokens / probe.steps / 1000 * UPDATE_OVERHEAD) < 1e-9

@@ -1,8 +1,9 @@
 """`--time-budget`: the stage sizes that fit in N minutes on the machine the run is on, and the choices left "auto".
 
     training texts -> max_seq_len (their p99 length + [CLS]/[SEP], rounded up to 16, within 32..256) unless given
-    probe: PROBE_STEPS forward+backward passes of the classifier on real training batches (no optimiser step, so the
-      weights do not move) -> seconds per step
+    probe: forward+backward passes of the classifier on training batches from the shortest to the longest (no
+      optimiser step, so the weights do not move) -> seconds per padded token -> an average step of the epoch;
+      the same for a throwaway masked-LM model (scratch presets)
       -> scratch presets: masked-LM pretraining gets MLM_SHARE of the budget, fine-tuning the rest, including its
          dev evaluations (forward only: about a third of a training step per batch)
       -> epochs clamped to [1, MAX_*_EPOCHS]; an explicit --epochs / --pretrain-epochs wins for its stage
@@ -27,7 +28,9 @@ from training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
-PROBE_STEPS = 6  # timed, after 2 untimed (the first steps pay for allocation and kernel selection)
+PROBE_STEPS = 6  # timed batches, from the shortest to the longest
+WARMUP_STEPS = 2  # untimed first (allocation, kernel selection)
+UPDATE_OVERHEAD = 1.15  # the optimiser's update and the weight average, on top of forward + backward
 MLM_SHARE = 0.5  # of the budget, for scratch presets (the measured recipe spent 55 % of its time there)
 MAX_PRETRAIN_EPOCHS = 8
 MAX_SCRATCH_EPOCHS = 6
@@ -48,10 +51,12 @@ class BudgetPlan:
     eval_every: int
     estimated_seconds: float
     dev_batches: int = 0
+    mlm_seconds_per_step: float = 0.0  # measured separately: about twice a classification step
 
     def describe(self) -> str:
         return (
             f"time budget {self.budget_seconds / 60:.1f} min at {self.seconds_per_step * 1000:.0f} ms/step "
+            f"({self.mlm_seconds_per_step * 1000:.0f} ms masked-LM) "
             f"({self.steps_per_epoch} steps/epoch): masked-LM {self.pretrain_epochs} epoch(s), fine-tuning "
             f"{self.epochs} epoch(s), dev evaluation every {self.eval_every} steps; estimated "
             f"{self.estimated_seconds / 60:.1f} min"
@@ -66,16 +71,44 @@ def choose_max_seq_len(lengths: list[int]) -> int:
     return int(min(max(math.ceil(p99 / 16) * 16, SEQ_LEN_RANGE[0]), SEQ_LEN_RANGE[1]))
 
 
+@dataclass(frozen=True)
+class ProbeBatches:
+    """What a probe times: WARMUP_STEPS untimed batches, then PROBE_STEPS spread over the length distribution
+    (an epoch's cost is dominated by its long batches, which a median of random batches misses), and the epoch's
+    padded tokens and steps to scale the measured seconds per token to an average step."""
+
+    warmup: list[list[int]]
+    timed: list[list[int]]
+    epoch_tokens: int
+    steps: int
+
+
+def probe_batches(ids: list[list[int]], batch_size: int) -> ProbeBatches:
+    lengths = [len(x) for x in ids]
+    batches = length_bucketed_batches(lengths, batch_size, random.Random(0))
+    by_length = sorted(batches, key=lambda b: max(lengths[i] for i in b))
+    picks = sorted({round(q * (len(by_length) - 1)) for q in np.linspace(0, 1, PROBE_STEPS)})
+    middle = by_length[len(by_length) // 2]
+    tokens = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    return ProbeBatches([middle] * WARMUP_STEPS, [by_length[k] for k in picks], tokens, len(batches))
+
+
+def average_step_seconds(probe: ProbeBatches, timings: list[tuple[float, int]]) -> float:
+    """(seconds, padded tokens) of the timed batches -> seconds of an average step of the epoch, with the update."""
+    seconds, tokens = sum(t for t, _ in timings), sum(n for _, n in timings)
+    return seconds / max(tokens, 1) * probe.epoch_tokens / max(probe.steps, 1) * UPDATE_OVERHEAD
+
+
 def probe_seconds_per_step(model, tokenizer, data: Encoded, batch_size: int) -> float:
-    """Median time of a forward+backward pass on typical training batches; gradients are cleared, not applied."""
+    """An average training step's seconds: forward+backward passes timed on batches across the length
+    distribution (gradients cleared, not applied: the weights do not move)."""
     import paddle
     from paddle.nn.functional import cross_entropy
 
-    batches = list(length_bucketed_batches([len(x) for x in data.ids], batch_size, random.Random(0)))
-    picks = random.Random(1).sample(batches, min(len(batches), PROBE_STEPS + 2))
+    probe = probe_batches(data.ids, batch_size)
     model.train()
-    times = []
-    for k, batch in enumerate(picks):
+    timings = []
+    for k, batch in enumerate(probe.warmup + probe.timed):
         t0 = time.perf_counter()
         ids, types = tokenizer.pad([data.ids[i] for i in batch])
         logits = model(paddle.to_tensor(ids), token_type_ids=paddle.to_tensor(types))
@@ -83,35 +116,43 @@ def probe_seconds_per_step(model, tokenizer, data: Encoded, batch_size: int) -> 
         loss.backward()
         float(loss)  # syncs
         model.clear_gradients()
-        if k >= 2:
-            times.append(time.perf_counter() - t0)
-    # the optimiser's update adds about a tenth to a step of these small models
-    return float(np.median(times)) * 1.1 if times else 0.0
+        if k >= len(probe.warmup):
+            timings.append((time.perf_counter() - t0, ids.size))
+    return average_step_seconds(probe, timings)
 
 
-def plan_budget(cfg: TrainConfig, scratch: bool, steps_per_epoch: int, dev_batches: int, step_s: float) -> BudgetPlan:
+def plan_budget(
+    cfg: TrainConfig,
+    scratch: bool,
+    steps_per_epoch: int,
+    dev_batches: int,
+    step_s: float,
+    mlm_step_s: float | None = None,
+) -> BudgetPlan:
     budget = cfg.time_budget * 60
     usable = budget * (1 - RESERVED_SHARE)
     epoch_s = steps_per_epoch * step_s
+    mlm_step_s = step_s if mlm_step_s is None else mlm_step_s
+    mlm_epoch_s = steps_per_epoch * mlm_step_s
     eval_every = cfg.eval_every or max(50, steps_per_epoch // 2)
     ft_epoch_s = epoch_s * (1 + EVAL_FORWARD_SHARE * dev_batches / eval_every)
     if cfg.pretrain_epochs is not None:
         pretrain = cfg.pretrain_epochs
     else:
-        pretrain = _clamp(round(usable * MLM_SHARE / epoch_s), 1, MAX_PRETRAIN_EPOCHS) if scratch else 0
+        pretrain = _clamp(round(usable * MLM_SHARE / mlm_epoch_s), 1, MAX_PRETRAIN_EPOCHS) if scratch else 0
     if cfg.epochs is not None:
         epochs = cfg.epochs
     else:
         cap = MAX_SCRATCH_EPOCHS if scratch else MAX_PRETRAINED_EPOCHS
-        epochs = _clamp(math.floor((usable - pretrain * epoch_s) / ft_epoch_s), 1, cap)
-    estimate = pretrain * epoch_s + epochs * ft_epoch_s + budget * RESERVED_SHARE
-    return BudgetPlan(budget, step_s, steps_per_epoch, pretrain, epochs, eval_every, estimate, dev_batches)
+        epochs = _clamp(math.floor((usable - pretrain * mlm_epoch_s) / ft_epoch_s), 1, cap)
+    estimate = pretrain * mlm_epoch_s + epochs * ft_epoch_s + budget * RESERVED_SHARE
+    return BudgetPlan(budget, step_s, steps_per_epoch, pretrain, epochs, eval_every, estimate, dev_batches, mlm_step_s)
 
 
 def mlm_deadline(plan: BudgetPlan, started: float) -> float:
     """When the masked-LM stage must stop (time.perf_counter()): its planned epochs plus a quarter, so a machine
     slower than the probe said cannot eat the fine-tuning's share."""
-    return started + plan.pretrain_epochs * plan.steps_per_epoch * plan.seconds_per_step * 1.25
+    return started + plan.pretrain_epochs * plan.steps_per_epoch * plan.mlm_seconds_per_step * 1.25
 
 
 def replan_fine_tuning(cfg: TrainConfig, plan: BudgetPlan, scratch: bool, seconds_left: float) -> BudgetPlan:

@@ -50,6 +50,7 @@ from training.loop import environment, evaluate_encoded, fit, predict_logits, se
 from training.modeling import ModelSource, build_model, load_checkpoint, parse_base_model
 from training.noise import HomophoneTable
 from training.pretrain import PretrainConfig, pretrain_mlm
+from training.pretrain import probe_seconds_per_step as probe_mlm_seconds_per_step
 
 log = logging.getLogger(__name__)
 
@@ -160,9 +161,14 @@ def _size_stages(
     if cfg.time_budget <= 0 or not auto:
         return (without_budget(cfg) if cfg.time_budget <= 0 else apply_plan(cfg, _fixed_plan(cfg), scratch)), None
     step_s = probe_seconds_per_step(model, tokenizer, train_data, cfg.batch_size)
+    mlm_step_s = (
+        probe_mlm_seconds_per_step(model.config, tokenizer, train_data.ids, cfg.batch_size)
+        if scratch and cfg.pretrain_epochs is None
+        else step_s
+    )
     lengths = [len(x) for x in train_data.ids]
     steps = len(length_bucketed_batches(lengths, cfg.batch_size, random.Random(0)))
-    plan = plan_budget(cfg, scratch, steps, -(-dev_size // 64), step_s)
+    plan = plan_budget(cfg, scratch, steps, -(-dev_size // 64), step_s, mlm_step_s)
     log.info("%s", plan.describe())
     return apply_plan(cfg, plan, scratch), plan
 

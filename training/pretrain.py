@@ -25,6 +25,7 @@ import numpy as np
 
 from ernie_cls.tokenization import ErnieTokenizerFast
 from training.batching import length_bucketed_batches
+from training.budget import average_step_seconds, probe_batches
 from training.loop import warmup_then_linear_decay
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,36 @@ def mask_batch(
             elif roll < 0.9:
                 input_ids[row, j] = rng.integers(len(special) + 2, tokenizer.vocab_size)
     return input_ids, token_type_ids, np.array(positions, dtype=np.int64), np.array(labels, dtype=np.int64)
+
+
+def probe_seconds_per_step(config, tokenizer: ErnieTokenizerFast, ids: list[list[int]], batch_size: int) -> float:
+    """An average masked-LM step's seconds (masking, forward, backward), timed like training/budget.py's probe on
+    a throwaway model (pretrain_mlm re-seeds, so the probe changes nothing it does). A masked-LM step of these
+    small models costs about twice a classification step."""
+    import paddle
+    from paddlenlp.transformers import ErnieForMaskedLM
+
+    probe = probe_batches(ids, batch_size)
+    model = ErnieForMaskedLM(config)
+    model.train()
+    rng = np.random.default_rng(0)
+    timings = []
+    for k, batch in enumerate(probe.warmup + probe.timed):
+        t0 = time.perf_counter()
+        input_ids, token_type_ids, positions, labels = mask_batch([ids[i] for i in batch], tokenizer, rng, 0.15)
+        out = model(
+            paddle.to_tensor(input_ids),
+            token_type_ids=paddle.to_tensor(token_type_ids),
+            masked_positions=paddle.to_tensor(positions),
+            labels=paddle.to_tensor(labels),
+            return_dict=True,
+        )
+        out.loss.backward()
+        float(out.loss)
+        model.clear_gradients()
+        if k >= len(probe.warmup):
+            timings.append((time.perf_counter() - t0, input_ids.size))
+    return average_step_seconds(probe, timings)
 
 
 def pretrain_mlm(

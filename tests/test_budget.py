@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 
+import numpy as np
 import pytest
 
 from tests.conftest import tiny_train_config
@@ -140,14 +141,17 @@ def test_masked_lm_is_sized_by_its_own_measured_step_time():
     assert slower.estimated_seconds <= 20 * 60 and slower.mlm_seconds_per_step == 1.0
 
 
-def test_the_probe_times_batches_from_the_shortest_to_the_longest_and_scales_by_tokens():
+def test_the_probe_times_batches_from_the_shortest_to_the_longest_and_interpolates_the_rest():
     from training.budget import PROBE_STEPS, UPDATE_OVERHEAD, average_step_seconds, probe_batches
 
     ids = [[0] * n for n in [5] * 300 + [200] * 20]  # mostly short, a few long: the long ones dominate an epoch
     probe = probe_batches(ids, 32)
+    size = [len(b) * max(len(ids[i]) for i in b) for b in probe.timed]
     lengths = [max(len(ids[i]) for i in b) for b in probe.timed]
     assert lengths[0] == 5 and lengths[-1] == 200 and len(probe.timed) <= PROBE_STEPS
-    assert probe.epoch_tokens == 300 * 5 + 20 * 200 + 12 * (200 - 5)  # one bucket mixes 12 short with the 20 long
-    # one second per 1 000 padded tokens -> an average step = the epoch's tokens / steps / 1 000 (+ the update)
-    timings = [(len(b) * max(len(ids[i]) for i in b) / 1000, len(b) * max(len(ids[i]) for i in b)) for b in probe.timed]
-    assert abs(average_step_seconds(probe, timings) - probe.epoch_tokens / probe.steps / 1000 * UPDATE_OVERHEAD) < 1e-9
+    assert sum(probe.batch_tokens) == 300 * 5 + 20 * 200 + 12 * (200 - 5)  # one bucket mixes 12 short with 20 long
+    # a cost that grows faster than the tokens (attention): interpolation follows it, batch by batch
+    cost = [n / 1000 + (n / 1000) ** 2 for n in size]
+    expected = np.interp(probe.batch_tokens, sorted(size), [c for _, c in sorted(zip(size, cost, strict=True))])
+    got = average_step_seconds(probe, list(zip(cost, size, strict=True)))
+    assert abs(got - expected.mean() * UPDATE_OVERHEAD) < 1e-9

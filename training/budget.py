@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 PROBE_STEPS = 6  # timed batches, from the shortest to the longest
 WARMUP_STEPS = 2  # untimed first (allocation, kernel selection)
-UPDATE_OVERHEAD = 1.15  # the optimiser's update and the weight average, on top of forward + backward
+UPDATE_OVERHEAD = 1.1  # the optimiser's update and the weight average, on top of forward + backward
 MLM_SHARE = 0.5  # of the budget, for scratch presets (the measured recipe spent 55 % of its time there)
 MAX_PRETRAIN_EPOCHS = 8
 MAX_SCRATCH_EPOCHS = 6
@@ -73,14 +73,13 @@ def choose_max_seq_len(lengths: list[int]) -> int:
 
 @dataclass(frozen=True)
 class ProbeBatches:
-    """What a probe times: WARMUP_STEPS untimed batches, then PROBE_STEPS spread over the length distribution
-    (an epoch's cost is dominated by its long batches, which a median of random batches misses), and the epoch's
-    padded tokens and steps to scale the measured seconds per token to an average step."""
+    """What a probe times: WARMUP_STEPS untimed batches, then PROBE_STEPS spread from the shortest to the longest
+    batch (an epoch's cost is dominated by its long batches, which a median of random batches misses), and every
+    batch's padded tokens, so that each batch of the epoch gets the time its size interpolates to."""
 
     warmup: list[list[int]]
     timed: list[list[int]]
-    epoch_tokens: int
-    steps: int
+    batch_tokens: list[int]
 
 
 def probe_batches(ids: list[list[int]], batch_size: int) -> ProbeBatches:
@@ -89,14 +88,19 @@ def probe_batches(ids: list[list[int]], batch_size: int) -> ProbeBatches:
     by_length = sorted(batches, key=lambda b: max(lengths[i] for i in b))
     picks = sorted({round(q * (len(by_length) - 1)) for q in np.linspace(0, 1, PROBE_STEPS)})
     middle = by_length[len(by_length) // 2]
-    tokens = sum(len(b) * max(lengths[i] for i in b) for b in batches)
-    return ProbeBatches([middle] * WARMUP_STEPS, [by_length[k] for k in picks], tokens, len(batches))
+    tokens = [len(b) * max(lengths[i] for i in b) for b in batches]
+    return ProbeBatches([middle] * WARMUP_STEPS, [by_length[k] for k in picks], tokens)
 
 
 def average_step_seconds(probe: ProbeBatches, timings: list[tuple[float, int]]) -> float:
-    """(seconds, padded tokens) of the timed batches -> seconds of an average step of the epoch, with the update."""
-    seconds, tokens = sum(t for t, _ in timings), sum(n for _, n in timings)
-    return seconds / max(tokens, 1) * probe.epoch_tokens / max(probe.steps, 1) * UPDATE_OVERHEAD
+    """(seconds, padded tokens) of the timed batches -> the epoch's average step, each batch's time interpolated
+    from its padded tokens (the cost per token grows with length: attention), plus the update."""
+    if not timings or not probe.batch_tokens:
+        return 0.0
+    points = sorted((tokens, seconds) for seconds, tokens in timings)
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    epoch = float(np.interp(probe.batch_tokens, xs, ys).sum())
+    return epoch / len(probe.batch_tokens) * UPDATE_OVERHEAD
 
 
 def probe_seconds_per_step(model, tokenizer, data: Encoded, batch_size: int) -> float:

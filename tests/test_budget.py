@@ -104,15 +104,17 @@ def test_fine_tuning_stops_with_a_last_evaluation_once_the_budget_is_spent(small
     assert result.steps == 1 and len(result.history) == 1 and len(saved) == 1
 
 
-def test_fine_tuning_is_replanned_from_the_time_masked_lm_actually_left():
+def test_fine_tuning_is_replanned_in_steps_from_the_time_masked_lm_actually_left():
     from training.budget import replan_fine_tuning
 
     plan = plan_budget(auto(), True, 200, 10, 0.5)
     assert plan.epochs == 4
     ft_epoch_s = 100 * (1 + 10 / 100 / 3)
     later = replan_fine_tuning(auto(), plan, True, seconds_left=1200 * RESERVED_SHARE + 2.5 * ft_epoch_s)
-    assert later.epochs == 2  # masked-LM ran long: fewer fine-tuning epochs
-    assert replan_fine_tuning(auto(), plan, True, seconds_left=0).epochs == 1  # never none
+    assert (later.epochs, later.fine_tune_steps) == (3, 500)  # 2.5 epochs: the schedule ends with the budget
+    assert replan_fine_tuning(auto(), plan, True, seconds_left=0).epochs == 1  # never less than one epoch
+    plenty = replan_fine_tuning(auto(), plan, True, seconds_left=10_000)
+    assert (plenty.epochs, plenty.fine_tune_steps) == (MAX_SCRATCH_EPOCHS, 0)
     explicit = plan_budget(auto(epochs=3), True, 200, 10, 0.5)
     assert replan_fine_tuning(auto(epochs=3), explicit, True, seconds_left=0).epochs == 3  # --epochs wins
 

@@ -144,8 +144,12 @@ def _stages(
     if plan is not None:
         left = t_wall + plan.budget_seconds - time.perf_counter()
         plan = replan_fine_tuning(requested, plan, scratch, left)
-        cfg = replace(cfg, epochs=plan.epochs)
-        log.info("fine-tuning: %d epoch(s) in the %.1f min left", plan.epochs, left / 60)
+        cfg = replace(cfg, epochs=plan.epochs, max_steps=cfg.max_steps or plan.fine_tune_steps)
+        log.info(
+            "fine-tuning: %d step(s) in the %.1f min left",
+            cfg.max_steps or plan.epochs * plan.steps_per_epoch,
+            left / 60,
+        )
     return cfg, plan, pretrain_record
 
 

@@ -139,6 +139,7 @@ gpu-check:
 # README's train command with defaults on it (its metrics.json compares with the TF-IDF baseline): docs/benchmarks.md.
 second-dataset: $(STAMP)
 	$(BIN)/python -m bench.second_dataset --output runs/data/domain_sentiment.csv
+# bench-second: the README command with its defaults (a 20-minute budget) on it: docs/benchmarks.md section 10.
 bench-second: second-dataset
 	$(BIN)/ernie-cls train --data runs/data/domain_sentiment.csv --text-col review --label-col label --seed 42 \
 		--base-model scratch:nano --output runs/second-default --overwrite --no-progress

@@ -600,7 +600,8 @@ def _training_metrics(recorded: dict) -> dict:
 _RECIPE_KEYS = (
     "epochs", "batch_size", "learning_rate", "max_seq_len", "seed", "dropout", "test_size", "dev_size",
     "pretrain_epochs", "vocab_size", "base_model", "class_weights", "label_smoothing", "adversarial", "noise_augment",
-    "noise_rate", "rdrop_alpha", "noise_consistency", "distill_alpha",
+    "noise_rate", "rdrop_alpha", "noise_consistency", "distill_alpha", "time_budget", "max_steps", "ema_decay",
+    "eval_every", "patience",
 )  # fmt: skip
 
 

@@ -44,7 +44,7 @@ from service.errors import DeadlineExceededError, NotReadyError
 log = logging.getLogger(__name__)
 
 UNHEALTHY_AFTER_FAILED_BATCHES = 3
-EXPLAIN_CHUNK_ROWS = 8  # /explain's rows in the queue at once (classify waits behind at most one such chunk)
+EXPLAIN_CHUNK_ROWS = 4  # /explain's rows per batch (background: a classify request waits for one running at most)
 OFF_LOOP_CHARS = 256  # a request with more characters is prepared on the prepare thread (see the docstring)
 PREPARE_CHUNK_CHARS = 4096  # characters per job on the prepare thread (4 096 U+FDFA: ~20 ms to normalise)
 LIVENESS_AFTER_STUCK_TIMEOUTS = 4  # /healthz fails once every instance has been stuck this many inference timeouts
@@ -371,8 +371,9 @@ class Engine:
         """Occlusion attributions (ernie_cls/explain.py) for one text, through the batcher like any request: the
         text as the model reads it, its label and score, and each piece's character span and attribution.
 
-        The rows (one per piece, up to max_seq_len - 1) are submitted EXPLAIN_CHUNK_ROWS at a time, one chunk after
-        the other, so classify requests queue behind one chunk at most, not behind a whole explanation."""
+        The rows (one per piece, up to max_seq_len - 1) go in as background texts (classify requests are batched
+        first, and only on a free instance), EXPLAIN_CHUNK_ROWS at a time, so a classify request waits at most for
+        one chunk already running."""
         assert self.tokenizer is not None and self.batcher is not None
         with self.serving():
             (normalized,), (cut,) = self.prepare([text], truncate=True, name="text")
@@ -380,7 +381,8 @@ class Engine:
             inputs = occlusion_inputs(ids, self.tokenizer.unk_id)
             rows: list[np.ndarray] = []
             for first in range(0, len(inputs), EXPLAIN_CHUNK_ROWS):
-                rows += await self.batcher.submit(inputs[first : first + EXPLAIN_CHUNK_ROWS], deadline)
+                chunk = inputs[first : first + EXPLAIN_CHUNK_ROWS]
+                rows += await self.batcher.submit(chunk, deadline, background=True)
         label, scores = occlusion_attributions(np.stack(rows))
         shown, pieces = self.tokenizer.pieces_with_offsets(normalized, normalized=True)
         result = self._result(rows[0], cut or overflowed, len(self.labels))

@@ -266,3 +266,52 @@ def test_several_workers_run_batches_at_once_on_their_own_instance():
 
     asyncio.run(_with_batcher([make(0), make(1)], run, max_batch_size=4, max_wait_s=0.001))
     assert peak[0] == 2 and seen == {0, 1}
+
+
+def test_background_texts_wait_for_the_others_but_not_for_ever():
+    import service.batching.batcher as batcher_module
+
+    backend = FakeBackend(delay=0.05)
+
+    async def run(batcher):
+        # two single-text batches: one running on the one worker, one formed ahead of it
+        blockers = []
+        for k in (1, 2):
+            blockers.append(asyncio.ensure_future(batcher.submit([[9, k]], far())))
+            await asyncio.sleep(0.01)
+        blockers.append(asyncio.ensure_future(batcher.submit([[7] * 3 for _ in range(4)], far(), background=True)))
+        await asyncio.sleep(0.005)
+        blockers.append(asyncio.ensure_future(batcher.submit([[1, 2], [3, 4]], far())))
+        _, _, behind, foreground = await asyncio.gather(*blockers)
+        return None, foreground, behind
+
+    _, fg, bg = asyncio.run(_with_batcher([backend], run, max_batch_size=2, max_wait_s=0.001))
+    assert [row.tolist() for row in fg] == [expected([1, 2]), expected([3, 4])]
+    assert [row.tolist() for row in bg] == [expected([7, 7, 7])] * 4
+    # the worker took the later foreground texts before the earlier background ones
+    order = [int(b[0][0]) for b in backend.batches]
+    assert order.index(1) < order.index(7)
+    assert batcher_module.BACKGROUND_AGING_S > 0
+
+    # aged: a background text that has waited long enough is batched like any other
+    old = batcher_module.BACKGROUND_AGING_S
+    batcher_module.BACKGROUND_AGING_S = 0.0
+    try:
+        backend2 = FakeBackend(delay=0.05)
+
+        async def run2(batcher):
+            blockers = []
+            for k in (1, 2):
+                blockers.append(asyncio.ensure_future(batcher.submit([[9, k]], far())))
+                await asyncio.sleep(0.01)
+            queued_behind = asyncio.ensure_future(batcher.submit([[7, 7, 7]], far(), background=True))
+            await asyncio.sleep(0.005)
+            foreground = asyncio.ensure_future(batcher.submit([[1, 2, 3]], far()))
+            await asyncio.gather(*blockers)
+            return None, await queued_behind, await foreground
+
+        asyncio.run(_with_batcher([backend2], run2, max_batch_size=1, max_wait_s=0.001))
+        order2 = [int(b[0][0]) for b in backend2.batches]
+        assert order2.index(7) < order2.index(1)  # arrival order again
+    finally:
+        batcher_module.BACKGROUND_AGING_S = old

@@ -157,3 +157,26 @@ def test_the_probe_times_batches_from_the_shortest_to_the_longest_and_interpolat
     expected = np.interp(probe.batch_tokens, sorted(size), [c for _, c in sorted(zip(size, cost, strict=True))])
     got = average_step_seconds(probe, list(zip(cost, size, strict=True)))
     assert abs(got - expected.mean() * UPDATE_OVERHEAD) < 1e-9
+
+
+def test_a_stage_the_user_sized_keeps_its_size_and_the_other_gets_what_is_left():
+    ft_epoch_s = 100 * (1 + 10 / 100 / 3)
+    usable = 20 * 60 * (1 - RESERVED_SHARE)
+    fixed = plan_budget(auto(epochs=6), True, 200, 10, 0.5)
+    assert fixed.epochs == 6 and fixed.pretrain_epochs == round((usable - 6 * ft_epoch_s) / 100)  # what is left
+    crowded = plan_budget(auto(epochs=20), True, 200, 10, 0.5)
+    assert crowded.epochs == 20 and crowded.pretrain_epochs == 0  # nothing left: no masked-LM, not a negative
+    smoke = plan_budget(auto(max_steps=10), True, 200, 10, 0.5)
+    assert smoke.pretrain_epochs == 0  # a --max-steps run gets no masked-LM unless asked for
+
+
+def test_the_robustness_options_count_as_extra_passes_and_bad_budgets_are_refused():
+    from ernie_cls.errors import ConfigError
+    from training.budget import robustness_passes
+
+    assert robustness_passes(auto()) == 1
+    assert robustness_passes(auto(adversarial="fgm", rdrop_alpha=1.0)) == 3
+    assert robustness_passes(auto(noise_consistency=1.0)) == 2
+    for bad in (float("inf"), float("nan"), -1.0):
+        with pytest.raises(ConfigError, match="--time-budget"):
+            auto(time_budget=bad).validate()

@@ -136,17 +136,26 @@ def plan_budget(
     step_s: float,
     mlm_step_s: float | None = None,
 ) -> BudgetPlan:
+    """The stages' sizes. A stage the user fixed (--epochs, --pretrain-epochs, --max-steps) keeps its size and
+    the other gets what is left of the budget (masked-LM at most half, possibly none)."""
     budget = cfg.time_budget * 60
     usable = budget * (1 - RESERVED_SHARE)
     epoch_s = steps_per_epoch * step_s
     mlm_step_s = step_s if mlm_step_s is None else mlm_step_s
     mlm_epoch_s = steps_per_epoch * mlm_step_s
-    eval_every = cfg.eval_every or max(50, steps_per_epoch // 2)
+    eval_every = cfg.eval_every or max(1, steps_per_epoch // 2)
     ft_epoch_s = epoch_s * (1 + EVAL_FORWARD_SHARE * dev_batches / eval_every)
+    fixed_ft = cfg.epochs is not None or cfg.max_steps > 0
     if cfg.pretrain_epochs is not None:
         pretrain = cfg.pretrain_epochs
+    elif not scratch or cfg.max_steps > 0:  # a --max-steps run (a smoke test) gets no masked-LM unless asked
+        pretrain = 0
     else:
-        pretrain = _clamp(round(usable * MLM_SHARE / mlm_epoch_s), 1, MAX_PRETRAIN_EPOCHS) if scratch else 0
+        room = usable * MLM_SHARE
+        if cfg.epochs is not None:  # fine-tuning fixed: masked-LM gets what it leaves, up to half
+            room = min(room, usable - cfg.epochs * ft_epoch_s)
+        lowest = 0 if fixed_ft else 1
+        pretrain = _clamp(math.floor(room / mlm_epoch_s + 0.5), lowest, MAX_PRETRAIN_EPOCHS) if room > 0 else lowest
     if cfg.epochs is not None:
         epochs = cfg.epochs
     else:
@@ -154,6 +163,11 @@ def plan_budget(
         epochs = _clamp(math.floor((usable - pretrain * mlm_epoch_s) / ft_epoch_s), 1, cap)
     estimate = pretrain * mlm_epoch_s + epochs * ft_epoch_s + budget * RESERVED_SHARE
     return BudgetPlan(budget, step_s, steps_per_epoch, pretrain, epochs, eval_every, estimate, dev_batches, mlm_step_s)
+
+
+def robustness_passes(cfg: TrainConfig) -> int:
+    """Forward + backward passes per training step: FGM, R-Drop and noise consistency each add one."""
+    return 1 + (cfg.adversarial != "none") + (cfg.rdrop_alpha > 0) + (cfg.noise_consistency > 0)
 
 
 def mlm_deadline(plan: BudgetPlan, started: float) -> float:
@@ -166,7 +180,7 @@ def replan_fine_tuning(cfg: TrainConfig, plan: BudgetPlan, scratch: bool, second
     """After masked-LM: the fine-tuning that fits in the time actually left (unless --epochs was given), in steps,
     so that the learning rate still decays to zero at the end of the budget: `epochs` rounded up, `max_steps` the
     steps that fit (0: no cap). Never less than one epoch."""
-    if cfg.epochs is not None:
+    if cfg.epochs is not None or cfg.max_steps:
         return plan
     epoch_s = plan.steps_per_epoch * plan.seconds_per_step
     ft_epoch_s = epoch_s * (1 + EVAL_FORWARD_SHARE * plan.dev_batches / plan.eval_every)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import dataclass
 
 from ernie_cls.errors import ConfigError
@@ -124,7 +125,7 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1.", "Use a positive value.")
-        if self.time_budget < 0:
+        if not math.isfinite(self.time_budget) or self.time_budget < 0:
             raise ConfigError("--time-budget must be >= 0 minutes.", "E.g. 20, or 0 to size stages by epochs only.")
         if self.pretrain_epochs is not None and self.pretrain_epochs < 0:
             raise ConfigError("--pretrain-epochs must be >= 0.", "E.g. 4, or 0 for no masked-LM stage.")

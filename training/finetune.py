@@ -25,6 +25,7 @@ from ernie_cls.tokenization import normalize_text
 from training import baseline
 from training.batching import Encoded, encode, length_bucketed_batches
 from training.budget import (
+    EVAL_FORWARD_SHARE,
     OVERRUN_ALLOWED,
     BudgetPlan,
     apply_plan,
@@ -33,6 +34,7 @@ from training.budget import (
     plan_budget,
     probe_seconds_per_step,
     replan_fine_tuning,
+    robustness_passes,
     without_budget,
 )
 from training.checkpoint import BEST_DIR, METRICS_FILE, TRAINING_CONFIG_FILE, prepare_output, save_checkpoint
@@ -106,7 +108,7 @@ def train(cfg: TrainConfig) -> dict:
         train_data.teacher_logits = teacher_logits(cfg.teacher, label_map, train_data.texts)
     dev_data = encode(splits.dev, tokenizer, label_map)
     test_data = encode(splits.test, tokenizer, label_map) if splits.test else None
-    cfg, plan, pretrain_record = _stages(cfg, source, model, tokenizer, train_data, len(dev_data.ids), t_wall)
+    cfg, plan, pretrain_record, stop_at = _stages(cfg, source, model, tokenizer, train_data, len(dev_data.ids), t_wall)
     lr = cfg.learning_rate or (3e-4 if source.kind == "scratch" else 5e-5)
     config_record = {**asdict(cfg), "learning_rate": lr, "base_model_kind": source.kind}
 
@@ -114,14 +116,19 @@ def train(cfg: TrainConfig) -> dict:
         extra = {TRAINING_CONFIG_FILE: config_record, METRICS_FILE: {"dev": dev_metrics}}
         save_checkpoint(model, tokenizer, label_map, extra, out / BEST_DIR)
 
-    stop_at = t_wall + cfg.time_budget * 60 * OVERRUN_ALLOWED if plan is not None else None
     result = fit(model, tokenizer, label_map, train_data, dev_data, cfg, lr, save_best, use_amp, stop_at=stop_at)
     wall = time.perf_counter() - t_wall
     barrier()  # rank 0 has written best/ before any rank reads it
     metrics = _final_metrics(out, tokenizer, label_map, dev_data, test_data, result)
     metrics.update(
         pretrain=pretrain_record,
-        time_budget=asdict(plan) if plan is not None else None,
+        time_budget={
+            **asdict(plan),
+            "masked_lm_samples_run": (pretrain_record or {}).get("samples", 0),
+            "fine_tune_steps_run": result.steps,
+        }
+        if plan is not None
+        else None,
         wall_seconds=round(wall, 1),
         environment=environment(),
         provenance={**provenance, "base_model": cfg.base_model},
@@ -134,23 +141,31 @@ def train(cfg: TrainConfig) -> dict:
 
 def _stages(
     cfg: TrainConfig, source: ModelSource, model, tokenizer, train_data: Encoded, dev_size: int, t_wall: float
-) -> tuple[TrainConfig, BudgetPlan | None, dict | None]:
-    """Size the stages, run masked-LM (scratch models; stopped at its share of a budget), then fit the
-    fine-tuning epochs to the time actually left. Returns (resolved config, plan or None, masked-LM record)."""
+) -> tuple[TrainConfig, BudgetPlan | None, dict | None, float | None]:
+    """Size the stages, run masked-LM (scratch models; a planned stage stops at its share of the budget), then
+    fit the fine-tuning to the time actually left. Returns (resolved config, plan or None, masked-LM record, the
+    backstop for fine-tuning or None). Stages the user sized are never cut."""
     requested, scratch = cfg, source.kind == "scratch"
     cfg, plan = _size_stages(cfg, scratch, model, tokenizer, train_data, dev_size)
-    mlm_stop = mlm_deadline(plan, time.perf_counter()) if plan is not None else None
-    pretrain_record = _pretrain(cfg, source, model, tokenizer, train_data, mlm_stop) if cfg.pretrain_epochs else None
-    if plan is not None:
-        left = t_wall + plan.budget_seconds - time.perf_counter()
-        plan = replan_fine_tuning(requested, plan, scratch, left)
-        cfg = replace(cfg, epochs=plan.epochs, max_steps=cfg.max_steps or plan.fine_tune_steps)
-        log.info(
-            "fine-tuning: %d step(s) in the %.1f min left",
-            cfg.max_steps or plan.epochs * plan.steps_per_epoch,
-            left / 60,
+    if cfg.pretrain_homophones and not cfg.pretrain_epochs:
+        raise ConfigError(
+            "--pretrain-homophones changes the masked-LM stage, which this run does not have.",
+            "Add --pretrain-epochs N (masked-LM is for scratch:<size> models).",
         )
-    return cfg, plan, pretrain_record
+    planned_mlm = plan is not None and requested.pretrain_epochs is None
+    mlm_stop = mlm_deadline(plan, time.perf_counter()) if planned_mlm and plan is not None else None
+    pretrain_record = _pretrain(cfg, source, model, tokenizer, train_data, mlm_stop) if cfg.pretrain_epochs else None
+    if plan is None or requested.epochs is not None or requested.max_steps:
+        return cfg, plan, pretrain_record, None
+    left = t_wall + plan.budget_seconds - time.perf_counter()
+    plan = replan_fine_tuning(requested, plan, scratch, left)
+    cfg = replace(cfg, epochs=plan.epochs, max_steps=plan.fine_tune_steps)
+    steps = cfg.max_steps or plan.epochs * plan.steps_per_epoch
+    log.info("fine-tuning: %d step(s) in the %.1f min left", steps, left / 60)
+    # the backstop: the budget's end with some slack, never before the planned fine-tuning could have finished
+    planned_s = steps * plan.seconds_per_step * (1 + EVAL_FORWARD_SHARE * plan.dev_batches / plan.eval_every)
+    stop_at = max(t_wall + plan.budget_seconds * OVERRUN_ALLOWED, time.perf_counter() + planned_s * OVERRUN_ALLOWED)
+    return cfg, plan, pretrain_record, stop_at
 
 
 def _size_stages(
@@ -164,7 +179,7 @@ def _size_stages(
         return without_budget(cfg), None
     if cfg.time_budget <= 0 or not auto:
         return (without_budget(cfg) if cfg.time_budget <= 0 else apply_plan(cfg, _fixed_plan(cfg), scratch)), None
-    step_s = probe_seconds_per_step(model, tokenizer, train_data, cfg.batch_size)
+    step_s = probe_seconds_per_step(model, tokenizer, train_data, cfg.batch_size) * robustness_passes(cfg)
     mlm_step_s = (
         probe_mlm_seconds_per_step(model.config, tokenizer, train_data.ids, cfg.batch_size)
         if scratch and cfg.pretrain_epochs is None

@@ -45,6 +45,7 @@ from service.errors import (
 log = logging.getLogger(__name__)
 
 InferFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+BACKGROUND_AGING_S = 2.0  # a background text (an explanation's rows) waiting this long competes like any other
 
 
 @dataclass(eq=False)
@@ -58,6 +59,7 @@ class _Text:
     # Under the batcher's claim lock: a worker claims a text (started) unless its caller gave up first (withdrawn).
     started: bool = False
     withdrawn: bool = False
+    background: bool = False  # runs when no other text waits, or once it has waited BACKGROUND_AGING_S
 
 
 @dataclass
@@ -252,15 +254,18 @@ class Batcher:
         deadline: float,
         timings: dict[str, float] | None = None,
         reserved: int = 0,
+        background: bool = False,
     ) -> list[np.ndarray]:
         """Logits rows for `sequences` (token ids incl. [CLS]/[SEP]), in order. Raises the errors above.
 
         `timings`, if given, receives the longest queue wait and model-call time among these texts (seconds).
+        `background` texts (e.g. an explanation's many rows) run only when no other text waits, or after waiting
+        BACKGROUND_AGING_S: they cannot slow classify requests down, and cannot starve for ever either.
         """
         self.admit(len(sequences), reserved)
         loop = asyncio.get_running_loop()
         now = time.monotonic()
-        texts = [_Text(list(ids), loop.create_future(), now, deadline) for ids in sequences]
+        texts = [_Text(list(ids), loop.create_future(), now, deadline, background=background) for ids in sequences]
         self._pending.extend(texts)
         self._wakeup.set()
         try:
@@ -344,9 +349,10 @@ class Batcher:
     def _take_batch(self) -> list[_Text]:
         """The oldest text plus the pending texts nearest to it in length, within the size, token and padding
         budgets (policy "length"), or the oldest texts in arrival order within the size and token budgets ("fifo")."""
-        anchor = self._pending[0]
+        pending = self._foreground()
+        anchor = pending[0]
         fifo = self.policy == "fifo"
-        rest = self._pending[1:] if fifo else sorted(self._pending[1:], key=lambda t: abs(len(t.ids) - len(anchor.ids)))
+        rest = pending[1:] if fifo else sorted(pending[1:], key=lambda t: abs(len(t.ids) - len(anchor.ids)))
         batch = [anchor]
         longest = real = len(anchor.ids)
         for text in rest:
@@ -365,6 +371,17 @@ class Batcher:
         chosen = set(map(id, batch))
         self._pending = [t for t in self._pending if id(t) not in chosen]
         return batch
+
+    def _only_background(self) -> bool:
+        aged = time.monotonic() - BACKGROUND_AGING_S
+        return all(t.background and t.enqueued >= aged for t in self._pending)
+
+    def _foreground(self) -> list[_Text]:
+        """The texts a batch is formed from: all but background texts younger than BACKGROUND_AGING_S, or, when
+        nothing else waits, the background texts."""
+        aged = time.monotonic() - BACKGROUND_AGING_S
+        foreground = [t for t in self._pending if not t.background or t.enqueued < aged]
+        return foreground or self._pending
 
     def _drop_dead(self) -> None:
         now = time.monotonic()
@@ -390,6 +407,13 @@ class Batcher:
                 if not await self._gather_batch():
                     self._slots.release()
                     break
+                if self._only_background() and len(self._in_flight) >= self.workers:
+                    # Background texts go to a free worker only: a batch of them formed ahead would be run before
+                    # a classify request that arrives meanwhile. A finished job or a new text wakes this loop.
+                    self._slots.release()
+                    await self._wakeup.wait()
+                    self._wakeup.clear()
+                    continue
                 batch = self._take_batch()
                 # In flight at once, not when the task first runs: texts that are neither pending nor in a job
                 # would be invisible to admission for a loop turn (8 texts over capacity in the overload test).
@@ -444,6 +468,7 @@ class Batcher:
         def worker_done(_: object) -> None:  # only when the call really returned: a hung call keeps its slot
             self._in_flight.discard(job)
             self._slots.release()
+            self._wakeup.set()  # background texts wait for a free worker
 
         job.done.add_done_callback(worker_done)
         self._jobs.put(job)

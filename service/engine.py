@@ -319,11 +319,8 @@ class Engine:
         deadline: float,
         timings: dict[str, float] | None = None,
     ) -> list[Result]:
-        self.in_flight += 1
-        try:
+        with self.serving():
             return await self._classify(texts, top_k, truncate, deadline, timings)
-        finally:
-            self.in_flight -= 1
 
     async def _classify(
         self, texts: list[str], top_k: int, truncate: bool, deadline: float, timings: dict[str, float] | None

@@ -226,7 +226,10 @@ class Registry:
                         "threads": entry.threads or self.settings.threads,
                     }
                 )
-                engine = warm.get(_wanted_identity(settings)) if pin is None or _pin_matches(settings) else None
+                identity = _wanted_identity(settings)  # the manifest read once: for the pin and for reuse
+                pinned = settings.artifact_sha256
+                usable = pinned is None or pinned.strip().lower() == identity.manifest_sha256
+                engine = warm.get(identity) if usable else None
                 if engine is None:
                     engine = Engine(settings)
                     engine.on_batch = self.on_batch
@@ -299,11 +302,6 @@ def _wanted_identity(settings: Settings) -> _Identity:
     except OSError:
         digest = ""  # no warm engine matches: a fresh load reports the problem
     return _Identity(os.path.realpath(settings.artifact), digest, settings.format, settings.workers, settings.threads)
-
-
-def _pin_matches(settings: Settings) -> bool:
-    wanted = _wanted_identity(settings).manifest_sha256
-    return settings.artifact_sha256 is not None and settings.artifact_sha256.strip().lower() == wanted
 
 
 def _describe(models: ModelSet) -> str:

@@ -53,7 +53,7 @@ class BudgetPlan:
     eval_every: int
     estimated_seconds: float
     dev_batches: int = 0
-    mlm_seconds_per_step: float = 0.0  # measured separately: about twice a classification step
+    mlm_seconds_per_step: float = 0.0  # measured on its own model (1.0-1.9x a classification step, measured)
     fine_tune_steps: int = 0  # set after masked-LM: the steps that fit in the time left (0: whole epochs)
 
     def describe(self) -> str:
@@ -194,11 +194,15 @@ def replan_fine_tuning(cfg: TrainConfig, plan: BudgetPlan, scratch: bool, second
 def apply_plan(cfg: TrainConfig, plan: BudgetPlan, scratch: bool) -> TrainConfig:
     """The run's resolved options (what training_config.json records): the plan's sizes and the recipe's choices
     for whatever was left auto."""
+    return replace(with_recipe(cfg, scratch), pretrain_epochs=plan.pretrain_epochs, epochs=plan.epochs,
+                   eval_every=plan.eval_every)  # fmt: skip
+
+
+def with_recipe(cfg: TrainConfig, scratch: bool) -> TrainConfig:
+    """The recipe's choices for what was left auto when a budget is on (no masked-LM unless sized or asked)."""
     return replace(
         cfg,
-        pretrain_epochs=plan.pretrain_epochs,
-        epochs=plan.epochs,
-        eval_every=plan.eval_every,
+        pretrain_epochs=cfg.pretrain_epochs or 0,
         ema_decay=cfg.ema_decay if cfg.ema_decay is not None else (0.99 if scratch else 0.0),
         patience=cfg.patience if cfg.patience is not None else 8,
     )

@@ -35,6 +35,7 @@ from training.budget import (
     probe_seconds_per_step,
     replan_fine_tuning,
     robustness_passes,
+    with_recipe,
     without_budget,
 )
 from training.checkpoint import BEST_DIR, METRICS_FILE, TRAINING_CONFIG_FILE, prepare_output, save_checkpoint
@@ -178,7 +179,7 @@ def _size_stages(
         log.warning("--time-budget is not used with several processes: give --epochs and --pretrain-epochs")
         return without_budget(cfg), None
     if cfg.time_budget <= 0 or not auto:
-        return (without_budget(cfg) if cfg.time_budget <= 0 else apply_plan(cfg, _fixed_plan(cfg), scratch)), None
+        return (without_budget(cfg) if cfg.time_budget <= 0 else with_recipe(cfg, scratch)), None
     step_s = probe_seconds_per_step(model, tokenizer, train_data, cfg.batch_size) * robustness_passes(cfg)
     mlm_step_s = (
         probe_mlm_seconds_per_step(model.config, tokenizer, train_data.ids, cfg.batch_size)
@@ -190,12 +191,6 @@ def _size_stages(
     plan = plan_budget(cfg, scratch, steps, -(-dev_size // 64), step_s, mlm_step_s)
     log.info("%s", plan.describe())
     return apply_plan(cfg, plan, scratch), plan
-
-
-def _fixed_plan(cfg: TrainConfig) -> BudgetPlan:
-    """Both stages given explicitly: nothing to size, the recipe's other choices still apply."""
-    assert cfg.epochs is not None
-    return BudgetPlan(0.0, 0.0, 0, cfg.pretrain_epochs or 0, cfg.epochs, cfg.eval_every, 0.0)
 
 
 def _compare_with_baseline(metrics: dict, splits: Splits) -> None:

@@ -81,11 +81,38 @@ def mask_batch(
     return input_ids, token_type_ids, np.array(positions, dtype=np.int64), np.array(labels, dtype=np.int64)
 
 
+def _mlm_loss(
+    model,
+    batch: list[list[int]],
+    tokenizer: ErnieTokenizerFast,
+    rng: np.random.Generator,
+    mask_prob: float,
+    homophones: dict[int, list[int]] | None = None,
+    homophone_share: float = 0.0,
+):
+    """One masked-LM forward pass (pretraining's step and the budget's probe): (padded tokens, loss; None when
+    nothing could be masked)."""
+    import paddle
+
+    input_ids, token_type_ids, positions, labels = mask_batch(
+        batch, tokenizer, rng, mask_prob, homophones, homophone_share
+    )
+    if len(positions) == 0:
+        return input_ids.size, None
+    out = model(
+        paddle.to_tensor(input_ids),
+        token_type_ids=paddle.to_tensor(token_type_ids),
+        masked_positions=paddle.to_tensor(positions),
+        labels=paddle.to_tensor(labels),
+        return_dict=True,
+    )
+    return input_ids.size, out.loss
+
+
 def probe_seconds_per_step(config, tokenizer: ErnieTokenizerFast, ids: list[list[int]], batch_size: int) -> float:
     """An average masked-LM step's seconds (masking, forward, backward), timed like training/budget.py's probe on
-    a throwaway model (pretrain_mlm re-seeds, so the probe changes nothing it does). A masked-LM step of these
-    small models costs about twice a classification step."""
-    import paddle
+    a throwaway model (pretrain_mlm re-seeds, so the probe changes nothing it does): a masked-LM step cost 1.0x to
+    1.9x a classification step in the runs measured, too uncertain to derive from the classifier's probe."""
     from paddlenlp.transformers import ErnieForMaskedLM
 
     probe = probe_batches(ids, batch_size)
@@ -95,19 +122,14 @@ def probe_seconds_per_step(config, tokenizer: ErnieTokenizerFast, ids: list[list
     timings = []
     for k, batch in enumerate(probe.warmup + probe.timed):
         t0 = time.perf_counter()
-        input_ids, token_type_ids, positions, labels = mask_batch([ids[i] for i in batch], tokenizer, rng, 0.15)
-        out = model(
-            paddle.to_tensor(input_ids),
-            token_type_ids=paddle.to_tensor(token_type_ids),
-            masked_positions=paddle.to_tensor(positions),
-            labels=paddle.to_tensor(labels),
-            return_dict=True,
-        )
-        out.loss.backward()
-        float(out.loss)
+        tokens, loss = _mlm_loss(model, [ids[i] for i in batch], tokenizer, rng, 0.15)
+        if loss is None:
+            continue
+        loss.backward()
+        float(loss)
         model.clear_gradients()
         if k >= len(probe.warmup):
-            timings.append((time.perf_counter() - t0, input_ids.size))
+            timings.append((time.perf_counter() - t0, tokens))
     return average_step_seconds(probe, timings)
 
 
@@ -150,23 +172,16 @@ def pretrain_mlm(
         for batch in bar:
             if cfg.stop_at is not None and time.perf_counter() > cfg.stop_at:
                 break
-            input_ids, token_type_ids, positions, labels = mask_batch(
-                [ids[i] for i in batch], tokenizer, rng, cfg.mask_prob, homophones, cfg.homophone_share
+            _, loss = _mlm_loss(
+                model, [ids[i] for i in batch], tokenizer, rng, cfg.mask_prob, homophones, cfg.homophone_share
             )
-            if len(positions) == 0:
+            if loss is None:
                 continue
-            out = model(
-                paddle.to_tensor(input_ids),
-                token_type_ids=paddle.to_tensor(token_type_ids),
-                masked_positions=paddle.to_tensor(positions),
-                labels=paddle.to_tensor(labels),
-                return_dict=True,
-            )
-            out.loss.backward()
+            loss.backward()
             optimizer.step()
             optimizer.clear_grad()
             schedule.step()
-            loss_value = float(out.loss)
+            loss_value = float(loss)
             seen += len(batch)
             bar.set_postfix(
                 loss=f"{loss_value:.3f}", samples_s=f"{seen / (time.perf_counter() - t0):.1f}", refresh=False

@@ -507,3 +507,28 @@ def test_explanations_enter_the_queue_a_few_rows_at_a_time_and_callers_are_read_
     sizes, variants = run(app, fn)
     assert sum(sizes[: -(-26 // EXPLAIN_CHUNK_ROWS)]) == 26 and max(sizes) <= EXPLAIN_CHUNK_ROWS  # 25 pieces + the text
     assert all(a == b for a, b in variants) and {a for a, _ in variants} == {"stable", "canary"}
+
+
+def test_admin_paths_cannot_be_reached_around_the_admin_key(tmp_path, versions):
+    models = _one_model(tmp_path / "models.toml", versions["1"])
+    app = create_app(settings_for(versions["1"], models=str(models), admin_keys="admin-1", api_keys="client-1"))
+    client_key = {"Authorization": "Bearer client-1"}
+
+    async def fn(client):
+        paths = ["/v1/admin/reload/", "/v1/admin//reload", "/v1/admin/reload?x=1", "/v1/admin/%72eload"]
+        return [(await client.post(p, headers=client_key)).status_code for p in paths]
+
+    assert run(app, fn) == [401, 401, 401, 401]  # a client's key never opens the admin API, whatever the spelling
+
+
+def test_explain_text_that_grows_under_normalisation_stays_bounded(int8_artifact):
+    app = create_app(settings_for(int8_artifact, max_chars_per_text=2000))
+    text = "\ufdfa" * 256  # NFKC: 18 characters each; within the 256-character limit as sent
+
+    async def fn(client):
+        return await client.post("/v1/explain", json={"text": text})
+
+    reply = run(app, fn)
+    body = reply.json()
+    assert reply.status_code == 200 and body["truncated"] is True
+    assert 0 < len(body["pieces"]) <= 32 - 2  # the tiny model's max_seq_len bounds the model rows

@@ -58,10 +58,10 @@ bench-train: $(STAMP)
 # Rebuild the default model from scratch: train, QAT, export every format to runs/waimai-full, and the compact
 # copy that is committed (INT8 ONNX models + Triton + tokenizer, < 25 MB) to exported/waimai-sentiment.
 # About 25 minutes on 2 cores.
-# The INT8 gate is relaxed from 0.5 to 0.75 pt: the 2026-11-30 rebuild lost 0.63 pt to QAT (Paddle's simulated INT8
-# and the ONNX file agree; docs/quantization.md). Keeping what training won through QAT is issue 18's.
-EXPORT_ARGS := --checkpoint runs/waimai/best --qat runs/waimai-qat/best --name waimai-sentiment --overwrite \
-	--max-int8-accuracy-drop 0.0075
+# The export gate is the default 0.5 pt INT8 drop: QAT learns the FP32 model's own predictions (docs/quantization.md)
+# and kept 98.9 % of them on the 2026-11-30 rebuild, but 26 flipped texts make +-0.2 pt of noise, so issue 18's
+# 0.2 pt target is checked on the shipped file by tests/test_bundled_model.py rather than gating every rebuild.
+EXPORT_ARGS := --checkpoint runs/waimai/best --qat runs/waimai-qat/best --name waimai-sentiment --overwrite
 default-model: $(STAMP)
 	$(BIN)/ernie-cls train $(RECIPE) --output runs/waimai --overwrite --no-progress
 	$(BIN)/ernie-cls qat --checkpoint runs/waimai/best --output runs/waimai-qat --overwrite --no-progress

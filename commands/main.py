@@ -167,7 +167,8 @@ def _cmd_qat(args: argparse.Namespace) -> int:
     from training.qat import run_qat
 
     metrics = run_qat(config_from(QATConfig, args))
-    print(json.dumps({k: metrics[k] for k in ("fp32", "int8_simulated", "steps", "train_seconds")}, indent=2))
+    shown = ("fp32", "int8_simulated", "agreement_with_fp32", "steps", "train_seconds")
+    print(json.dumps({k: metrics[k] for k in shown}, indent=2))
     return 0
 
 

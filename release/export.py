@@ -399,7 +399,8 @@ def _int8_accuracy_check(cfg: ExportConfig, metrics: dict) -> dict:
         raise ExportCheckError(
             f"INT8 ONNX test accuracy is {drop * 100:.2f} pt below FP32 (limit "
             f"{cfg.max_int8_accuracy_drop * 100:.2f} pt). No artifact was written.",
-            "Run QAT longer (`ernie-cls qat --epochs 2`), or relax --max-int8-accuracy-drop knowingly.",
+            "Check the QAT run's agreement_with_fp32 (its metrics.json): with the default --distill-alpha 1.0 QAT "
+            "learns the FP32 model's predictions; or relax --max-int8-accuracy-drop knowingly.",
         )
     return check
 
@@ -606,11 +607,11 @@ _RECIPE_KEYS = (
 
 
 def _provenance(training_config: dict, training_metrics: dict, int8: dict | None) -> dict:
-    qat_keys = ("epochs", "learning_rate", "moving_rate", "seed", "quantized_layers")
+    qat_keys = "epochs learning_rate moving_rate ema_decay distill_alpha distill_temperature seed quantized_layers"
     teacher = training_config.get("teacher")
     return {
         "base_model": training_config.get("base_model"),
-        "qat": None if int8 is None else {k: int8["qat_checkpoint"].get(k) for k in qat_keys},
+        "qat": None if int8 is None else {k: int8["qat_checkpoint"].get(k) for k in qat_keys.split()},
         "training_data_sha256": (training_metrics.get("provenance", {}).get("data") or {}).get("sha256"),
         "training_config": {k: training_config.get(k) for k in _RECIPE_KEYS if k in training_config}
         | {"teacher": Path(teacher).name if teacher else None},

@@ -29,7 +29,7 @@ def auto(**overrides) -> TrainConfig:
 def test_max_seq_len_follows_the_p99_length_rounded_up_and_bounded():
     assert choose_max_seq_len([10] * 99 + [20]) == 32  # p99 ~ 20 + 2 -> 32 (the floor)
     assert choose_max_seq_len(list(range(1, 101))) == 112  # p99 = 99.01 + 2 -> 112
-    assert choose_max_seq_len([5000] * 10) == 256  # the ceiling
+    assert choose_max_seq_len([5000] * 10) == 128  # the ceiling
     assert choose_max_seq_len([]) == 32
 
 

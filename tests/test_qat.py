@@ -37,6 +37,33 @@ def test_qat_checkpoint_records_scales_and_fp32_vs_int8_metrics(qat_run):
     assert set(metrics["fp32"]) == set(metrics["int8_simulated"]) == {"dev", "test"}
 
 
+def test_qat_learns_the_fp32_models_predictions_and_reports_how_many_it_keeps(trained_run, tmp_path, monkeypatch):
+    from training import qat
+    from training.modeling import load_checkpoint
+
+    seen = {}
+    real_fit = qat.fit
+
+    def spy(model, tokenizer, label_map, train_data, dev_data, *args, **kwargs):
+        seen["teacher"], seen["ids"], seen["dev_ids"] = train_data.teacher_logits, train_data.ids, dev_data.ids
+        return real_fit(model, tokenizer, label_map, train_data, dev_data, *args, **kwargs)
+
+    monkeypatch.setattr(qat, "fit", spy)
+    out = tmp_path / "q"
+    metrics = run_qat(QATConfig(checkpoint=str(trained_run / "best"), output=str(out), max_steps=2, progress=False))
+    fp32, tokenizer, _ = load_checkpoint(trained_run / "best")
+    np.testing.assert_allclose(seen["teacher"], qat.predict_logits(fp32, tokenizer, seen["ids"]), atol=1e-5)
+    # The recorded agreement is the saved INT8 model's against the FP32 model's, recomputed here.
+    fp32_says = qat.predict_logits(fp32, tokenizer, seen["dev_ids"]).argmax(1)
+    int8_says = qat.predict_logits(qat.load_qat_checkpoint(out / "best"), tokenizer, seen["dev_ids"]).argmax(1)
+    assert metrics["agreement_with_fp32"]["dev"] == pytest.approx(float((fp32_says == int8_says).mean()))
+    labels_only = QATConfig(
+        checkpoint=str(trained_run / "best"), output=str(tmp_path / "q0"), max_steps=1, distill_alpha=0, progress=False
+    )
+    run_qat(labels_only)
+    assert seen["teacher"] is None
+
+
 def test_int8_artifact_passes_its_checks_and_verification(int8_artifact):
     artifact = verify_artifact(int8_artifact)
     m = artifact.manifest

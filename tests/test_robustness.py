@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 
+import numpy as np
 import pytest
 
 from ernie_cls.artifact import verify_artifact
@@ -99,6 +100,24 @@ def test_distillation_learns_from_a_teacher_and_refuses_a_mismatched_one(trained
         teacher_logits(str(trained_run / "best"), LabelMap(["a", "b", "c"]), ["好吃"])
 
 
+def test_the_tfidf_baseline_can_be_the_teacher(small_csv, tmp_path, monkeypatch):
+    from training import finetune
+
+    seen = {}
+    real_fit = finetune.fit
+
+    def spy(model, tokenizer, label_map, train_data, *args, **kwargs):
+        seen["teacher"] = train_data.teacher_logits
+        seen["labels"] = train_data.labels
+        return real_fit(model, tokenizer, label_map, train_data, *args, **kwargs)
+
+    monkeypatch.setattr(finetune, "fit", spy)
+    metrics = finetune.train(tiny_train_config(tmp_path / "student", small_csv, max_steps=2, teacher="tfidf"))
+    assert metrics["steps"] == 2
+    assert seen["teacher"].shape == (len(seen["labels"]), 2)
+    assert (seen["teacher"].argmax(1) == seen["labels"]).mean() > 0.6  # the small set is easy for n-grams
+
+
 def test_noise_consistency_pass_sees_a_noisy_copy_of_every_text(small_csv, tmp_path):
     """The consistency term compares each text with a noisy copy of itself: same batch, other token ids."""
     from training.batching import encode
@@ -116,6 +135,28 @@ def test_noise_consistency_pass_sees_a_noisy_copy_of_every_text(small_csv, tmp_p
     clean, copy = robust.batch_ids(batch), robust.noisy_copy(batch)
     assert len(copy) == len(clean) == 16
     assert sum(a != b for a, b in zip(clean, copy, strict=True)) >= 12  # at 30 % nearly every text changes
+
+
+def test_full_distillation_keeps_the_consistency_term_and_drops_only_the_label_loss(small_csv, tmp_path):
+    """QAT runs with distill_alpha 1 and inherits R-Drop: the mix must weigh the label loss only."""
+    import paddle
+    import paddle.nn.functional as F  # noqa: N812
+
+    from training.batching import Encoded
+    from training.robust import RobustTraining
+
+    cfg = tiny_train_config(tmp_path / "run", small_csv, rdrop_alpha=1.0, distill_alpha=1.0, distill_temperature=1.0)
+    teacher = np.array([[2.0, 0.0], [0.0, 1.0]], dtype=np.float32)
+    data = Encoded([[1, 5, 2], [1, 6, 2]], np.array([0, 1]), ["a", "b"], teacher_logits=teacher)
+    robust = RobustTraining(cfg, None, None, data, random.Random(0), use_amp=False)
+    first, second = paddle.to_tensor([[1.0, 0.5], [0.2, 0.1]]), paddle.to_tensor([[0.0, 1.0], [1.0, 0.0]])
+    loss = float(robust.loss(lambda *a, **k: second, first, paddle.to_tensor([0, 1]), [0, 1], None, None))
+    lp1, lp2 = F.log_softmax(first, -1).numpy(), F.log_softmax(second, -1).numpy()
+    soft = np.exp(teacher) / np.exp(teacher).sum(1, keepdims=True)
+    distill = float((soft * (np.log(soft) - lp1)).sum() / 2)
+    symmetric_kl = float((np.exp(lp2) * (lp2 - lp1)).sum() + (np.exp(lp1) * (lp1 - lp2)).sum())
+    assert loss == pytest.approx(distill + symmetric_kl / 4, rel=1e-5)  # / (2 x batch of 2); no cross-entropy
+    assert robust.label_weight() == 0.0
 
 
 def test_noise_draws_are_independent_reproducible_and_draw_0_is_the_historical_one():

@@ -199,6 +199,25 @@ def test_baseline_macro_f1_averages_every_training_label_like_the_models_metrics
     assert scores["accuracy"] == 1.0 and scores["macro_f1"] == pytest.approx(2 / 3)
 
 
+def test_the_baseline_teacher_scores_each_training_text_without_having_seen_it(caplog):
+    from training.baseline import out_of_fold_logits
+    from training.data import Example
+
+    train = [Example(f"{c * 3}{i}", label) for c, label in (("好", "a"), ("差", "b")) for i in range(10)]
+    train.append(Example("好好好x", "b"))  # mislabelled; only its "x" says b, and no other text has an "x"
+    logits = out_of_fold_logits(train, ["b", "a"])  # columns in the order asked, not scikit-learn's
+    assert logits.shape == (21, 2)
+    assert (logits[:10].argmax(1) == 1).all() and (logits[10:20].argmax(1) == 0).all()
+    # In-sample, C=10 memorises "x" -> b; out of fold the scorer never saw "x" and says what the pattern says: a.
+    assert logits[20].argmax() == 1
+    # A one-row class: its row is scored by a model that never saw the class (so not "c"), the rest still out of fold.
+    with_single = out_of_fold_logits([*train, Example("中", "c")], ["a", "b", "c"])
+    assert with_single[-1].argmax() != 2 and with_single[20].argmax() == 0
+    with caplog.at_level("WARNING", logger="training.baseline"):
+        nothing = out_of_fold_logits([Example("好", "a"), Example("差", "b")], ["a", "b"])
+    assert "nothing to say" in caplog.text and np.allclose(nothing, np.log(0.5))
+
+
 def test_the_model_card_lists_formats_against_the_baseline_only_on_the_same_rows():
     from release.export import _baseline_section
 

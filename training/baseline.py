@@ -16,6 +16,8 @@ import json
 import logging
 import time
 
+import numpy as np
+
 from training.data import Example, Splits, check_trainable, load_examples, stratified_split
 
 log = logging.getLogger(__name__)
@@ -35,15 +37,11 @@ def rows_sha256(examples: list[Example]) -> str:
 def fit_and_score(train: list[Example], evaluate: list[Example]) -> dict:
     """Fit on `train`, score on `evaluate`: accuracy, and macro-F1 over every training label (a label absent from
     `evaluate` counts 0, as in the model's own metrics, so the two are averaged alike)."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score, f1_score
 
     started = time.perf_counter()
-    vec = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True, min_df=1)
-    clf = LogisticRegression(max_iter=2000, C=10.0)
-    clf.fit(vec.fit_transform([e.text for e in train]), [e.label for e in train])
-    pred = clf.predict(vec.transform([e.text for e in evaluate]))
+    clf = _classifier().fit([e.text for e in train], [e.label for e in train])
+    pred = clf.predict([e.text for e in evaluate])
     gold = [e.label for e in evaluate]
     return {
         "model": MODEL,
@@ -55,6 +53,47 @@ def fit_and_score(train: list[Example], evaluate: list[Example]) -> dict:
         "rows_sha256": rows_sha256(evaluate),
         "seconds": round(time.perf_counter() - started, 1),
     }
+
+
+def _classifier():
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    vec = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True, min_df=1)
+    return make_pipeline(vec, LogisticRegression(max_iter=2000, C=10.0))
+
+
+def out_of_fold_logits(train: list[Example], labels: list[str], folds: int = 5, seed: int = 42) -> np.ndarray:
+    """The baseline as a distillation teacher: log-probabilities (one column per label, in `labels` order) for every
+    training text from a model that did not see it (stratified k-fold), so the soft labels carry the baseline's
+    honest uncertainty rather than its memory of the text. A class too small to appear in every fold gets a near-zero
+    probability where its fold's model never saw it; a fold whose model would see a single class says nothing
+    (uniform)."""
+    import warnings
+
+    from sklearn.model_selection import StratifiedKFold
+
+    texts = np.array([e.text for e in train], dtype=object)
+    gold = np.array([e.label for e in train], dtype=object)
+    uniform = np.full((len(train), len(labels)), -np.log(len(labels)), dtype=np.float32)
+    largest = max(np.unique(gold, return_counts=True)[1])
+    if largest < 2:
+        log.warning("distillation: no class has 2 training rows, so the baseline teacher has nothing to say")
+        return uniform
+    logits = uniform.copy()
+    splitter = StratifiedKFold(min(folds, largest), shuffle=True, random_state=seed)
+    with warnings.catch_warnings():  # "the least populated class has only n members": handled above and below
+        warnings.simplefilter("ignore", UserWarning)
+        splits = list(splitter.split(texts, gold))
+    for fit_rows, score_rows in splits:
+        if len(set(gold[fit_rows])) < 2:
+            continue  # uniform: a one-class model predicts nothing
+        clf = _classifier().fit(texts[fit_rows], gold[fit_rows])
+        logits[score_rows] = np.log(1e-6)
+        columns = [labels.index(c) for c in clf.classes_]
+        logits[np.ix_(score_rows, columns)] = clf.predict_log_proba(texts[score_rows])
+    return logits
 
 
 def on_splits(splits: Splits) -> dict:

@@ -40,7 +40,7 @@ class TrainConfig:
         "or scratch:pico|nano|micro|mini (random init, corpus vocabulary)",
     )
     max_seq_len: int | None = opt(
-        None, "default: the training texts' p99 length + 2, rounded up to 16, within 32..256 (training/budget.py)"
+        None, "default: the training texts' p99 length + 2, rounded up to 16, within 32..128 (training/budget.py)"
     )
     batch_size: int = opt(32)
     epochs: int | None = opt(None, "default: as many as --time-budget allows (at most 6 from scratch, 4 pretrained)")
@@ -100,7 +100,11 @@ class TrainConfig:
         "weight of the KL between predictions on each text and on a noisy copy (--noise-rate), e.g. 1.0",
         group=ROBUSTNESS,
     )
-    teacher: str | None = opt(None, "checkpoint whose soft labels the student also learns", group=DISTILLATION)
+    teacher: str | None = opt(
+        None,
+        "checkpoint whose soft labels the student also learns, or `tfidf`: the char n-gram baseline's, out of fold",
+        group=DISTILLATION,
+    )
     distill_alpha: float = opt(0.5, "weight of the soft-label loss", group=DISTILLATION)
     distill_temperature: float = opt(2.0, group=DISTILLATION)
 
@@ -135,11 +139,12 @@ class TrainConfig:
             raise ConfigError(f"--class-weights {self.class_weights!r} is not known.", "Use none or balanced.")
         if self.adversarial not in ("none", "fgm"):
             raise ConfigError(f"--adversarial {self.adversarial!r} is not known.", "Use none or fgm.")
-        for name in ("label_smoothing", "noise_augment", "noise_rate", "distill_alpha"):
+        for name in ("label_smoothing", "noise_augment", "noise_rate"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1).", "E.g. 0.1.")
-        if not 0 <= self.pretrain_homophones <= 1:
-            raise ConfigError("--pretrain-homophones must be in [0, 1].", "E.g. 0.5.")
+        for name in ("pretrain_homophones", "distill_alpha"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1].", "E.g. 0.5.")
         mlm_off = self.pretrain_epochs == 0 or (self.pretrain_epochs is None and self.time_budget == 0)
         if self.pretrain_homophones and mlm_off:
             raise ConfigError(
@@ -173,6 +178,10 @@ class QATConfig:
     patience: int = opt(2)
     moving_rate: float = opt(0.9, "activation scale moving average")
     ema_decay: float = opt(0.0, "evaluate/save a moving average of the weights, e.g. 0.99 (0: off)")
+    distill_alpha: float = opt(
+        1.0, "weight of matching the FP32 model's own predictions (self-distillation) against the labels' (0: off)"
+    )
+    distill_temperature: float = opt(1.0, "temperature of that matching")
     max_steps: int = opt(0)
     seed: int = opt(42)
     data: str | None = opt(None, "labelled file (default: the FP32 model's training data and split)")

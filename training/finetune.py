@@ -105,7 +105,10 @@ def train(cfg: TrainConfig) -> dict:
         log.info("max_seq_len %d (the training texts' p99 length)", cfg.max_seq_len)
     model, tokenizer = _build(cfg, source, label_map, splits)
     train_data = encode(splits.train, tokenizer, label_map)
-    if cfg.teacher:
+    if cfg.teacher and cfg.teacher.lower() == BASELINE_TEACHER:
+        train_data.teacher_logits = baseline.out_of_fold_logits(splits.train, list(label_map.labels), seed=cfg.seed)
+        log.info("distillation: the baseline scored %d training texts out of fold", len(splits.train))
+    elif cfg.teacher:
         train_data.teacher_logits = teacher_logits(cfg.teacher, label_map, train_data.texts)
     dev_data = encode(splits.dev, tokenizer, label_map)
     test_data = encode(splits.test, tokenizer, label_map) if splits.test else None
@@ -286,8 +289,16 @@ def _write_metrics(out: Path, metrics: dict) -> None:
         (out / METRICS_FILE).write_text(text, encoding="utf-8")
 
 
+BASELINE_TEACHER = "tfidf"  # --teacher tfidf: the reference baseline (training/baseline.py) as the teacher
+
+
 def teacher_logits(checkpoint: str, label_map: LabelMap, texts: list[str]) -> np.ndarray:
     """The teacher's logits on the training texts, through its own tokenizer (it may have another vocabulary)."""
+    if not Path(checkpoint).is_dir():
+        raise ConfigError(
+            f"--teacher {checkpoint}: no such checkpoint directory.",
+            f"Pass a best/ directory written by `ernie-cls train`, or `{BASELINE_TEACHER}` for the TF-IDF baseline.",
+        )
 
     teacher, teacher_tokenizer, teacher_labels = load_checkpoint(checkpoint)
     if list(teacher_labels.labels) != list(label_map.labels):

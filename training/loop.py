@@ -82,7 +82,10 @@ def predict_logits(model, tokenizer: ErnieTokenizerFast, ids: list[list[int]], b
 
 
 def evaluate_encoded(model, tokenizer, data: Encoded, label_map: LabelMap) -> dict:
-    logits = predict_logits(model, tokenizer, data.ids)
+    return evaluate_logits(predict_logits(model, tokenizer, data.ids), data, label_map)
+
+
+def evaluate_logits(logits: np.ndarray, data: Encoded, label_map: LabelMap) -> dict:
     names = [label_map.display(i) for i in range(len(label_map))]
     return classification_metrics(data.labels.tolist(), logits.argmax(-1).tolist(), names)
 

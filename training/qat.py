@@ -33,7 +33,7 @@ from training.checkpoint import LABEL_MAP_FILE, METRICS_FILE, TRAINING_CONFIG_FI
 from training.config import QATConfig, TrainConfig
 from training.distributed import barrier, init_if_launched, rank_and_world
 from training.finetune import load_splits
-from training.loop import evaluate_encoded, fit
+from training.loop import evaluate_logits, fit, predict_logits
 from training.modeling import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -161,8 +161,9 @@ def run_qat(cfg: QATConfig) -> dict:
     # Weight averaging (ema_decay) is chosen per stage, not inherited. It is consistent with the quantisers: weight
     # scales are recomputed from whichever weights are in the model (read_scales too), and the activation observers'
     # scales take no gradient, so they stay out of the average.
-    own = ("epochs", "batch_size", "eval_every", "patience", "max_steps", "seed", "progress", "ema_decay")
-    overrides: dict[str, Any] = {name: getattr(cfg, name) for name in own} | {"output": str(out), "warmup_ratio": 0.0}
+    own = "epochs batch_size eval_every patience max_steps seed progress ema_decay distill_alpha distill_temperature"
+    overrides: dict[str, Any] = {name: getattr(cfg, name) for name in own.split()}
+    overrides |= {"output": str(out), "warmup_ratio": 0.0, "teacher": None}
     if cfg.data:
         overrides |= {"data": cfg.data, "train_file": None}
     loop_cfg = TrainConfig(**(inherited | overrides))
@@ -176,10 +177,11 @@ def run_qat(cfg: QATConfig) -> dict:
     train_data, dev_data = encode(splits.train, tokenizer, label_map), encode(splits.dev, tokenizer, label_map)
     test_data = encode(splits.test, tokenizer, label_map) if splits.test else None
 
-    fp32 = {
-        "dev": evaluate_encoded(model, tokenizer, dev_data, label_map),
-        "test": evaluate_encoded(model, tokenizer, test_data, label_map) if test_data else None,
-    }
+    scored = {"dev": dev_data, "test": test_data} if test_data else {"dev": dev_data}
+    fp32_logits = {split: predict_logits(model, tokenizer, data.ids) for split, data in scored.items()}
+    fp32 = {split: evaluate_logits(fp32_logits[split], data, label_map) for split, data in scored.items()}
+    if cfg.distill_alpha > 0:  # the FP32 model is the teacher: QAT learns to keep its predictions, not new ones
+        train_data.teacher_logits = predict_logits(model, tokenizer, train_data.ids)
     paddle.seed(cfg.seed)
     qat_model = quantize_model(model, cfg.moving_rate)
     out.mkdir(parents=True, exist_ok=True)
@@ -197,14 +199,16 @@ def run_qat(cfg: QATConfig) -> dict:
     )
     barrier()  # rank 0 has written best/ before any rank reads it
     best_model = load_qat_checkpoint(out / "best")
-    int8 = {
-        "dev": evaluate_encoded(best_model, tokenizer, dev_data, label_map),
-        "test": evaluate_encoded(best_model, tokenizer, test_data, label_map) if test_data else None,
-    }
+    int8_logits = {split: predict_logits(best_model, tokenizer, data.ids) for split, data in scored.items()}
+    int8 = {split: evaluate_logits(int8_logits[split], data, label_map) for split, data in scored.items()}
     metrics = {
-        "fp32": {k: _summary(v) for k, v in fp32.items() if v},
-        "int8_simulated": {k: _summary(v) for k, v in int8.items() if v},
+        "fp32": {k: _summary(v) for k, v in fp32.items()},
+        "int8_simulated": {k: _summary(v) for k, v in int8.items()},
         "int8_simulated_full": int8,
+        # Share of texts where the simulated INT8 model predicts what the FP32 model predicts: QAT's own target.
+        "agreement_with_fp32": {
+            split: float((int8_logits[split].argmax(-1) == fp32_logits[split].argmax(-1)).mean()) for split in scored
+        },
         "steps": result.steps,
         "train_seconds": round(result.train_seconds, 1),
         "history": result.history,

@@ -1,14 +1,15 @@
 """Robustness and distillation terms of the training loss, kept out of the loop itself (training.finetune.fit).
 
     batch_ids(batch)      token ids of the batch; with noise_augment, some texts re-encoded from a noisy copy
-    loss(logits, ...)     cross-entropy (label smoothing; with --class-weights balanced, each example weighted by
-                          n / (K x its class's count), so small classes count as much as large ones)
+    loss(logits, ...)     label loss: cross-entropy (label smoothing; with --class-weights balanced, each example
+                          weighted by n / (K x its class's count), so small classes count as much as large ones)
+                          distillation mixes it: (1 - a) x label loss + a x T^2 x KL(teacher soft labels || student)
                           + R-Drop: a second dropout pass, alpha x symmetric KL between the two
                           + noise consistency: R-Drop whose second pass sees a noisy copy of every text, so the
                             model is taught to answer the same with and without typos (stability training)
-                          + distillation: (1 - a) x that + a x T^2 x KL(teacher soft labels || student)
+                          (the consistency terms are added after the mix: a = 1 does not switch them off)
     adversarial_step()    FGM: after backward, move the word embeddings by epsilon along their gradient's direction,
-                          add the loss there (its gradient accumulates), restore the embeddings
+                          add the label loss there x (1 - a) (its gradient accumulates), restore the embeddings
 
 Everything is off by default; with all options off the loss is plain cross-entropy and no extra pass runs.
 """
@@ -68,23 +69,28 @@ class RobustTraining:
         import paddle.nn.functional as F  # noqa: N812
 
         cfg = self.cfg
-        loss = self.cross_entropy(logits, labels)
+        task = self.cross_entropy(logits, labels)
+        consistency = 0.0
         alpha = cfg.rdrop_alpha or cfg.noise_consistency
         if alpha > 0:
             if cfg.noise_consistency > 0:
                 noisy_ids, noisy_types = self.tokenizer.pad(self.noisy_copy(batch))
                 ids, types = paddle.to_tensor(noisy_ids), paddle.to_tensor(noisy_types)
             logits2 = train_model(ids, token_type_ids=types)
-            loss = (loss + self.cross_entropy(logits2, labels)) / 2
+            task = (task + self.cross_entropy(logits2, labels)) / 2
             lp1, lp2 = F.log_softmax(logits, -1), F.log_softmax(logits2, -1)
             kl = F.kl_div(lp1, lp2.exp(), reduction="sum") + F.kl_div(lp2, lp1.exp(), reduction="sum")
-            loss = loss + alpha * kl / (2 * logits.shape[0])  # per example ("batchmean")
+            consistency = alpha * kl / (2 * logits.shape[0])  # per example ("batchmean")
         if self.data.teacher_logits is not None:
             t = cfg.distill_temperature
             soft = paddle.to_tensor(softmax(self.data.teacher_logits[batch], t).astype(np.float32))
             distill = F.kl_div(F.log_softmax(logits / t, -1), soft, reduction="sum") * t * t / logits.shape[0]
-            loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * distill
-        return loss
+            task = (1 - cfg.distill_alpha) * task + cfg.distill_alpha * distill
+        return task + consistency
+
+    def label_weight(self) -> float:
+        """How much the label loss counts: 1 - distill_alpha with a teacher, else 1."""
+        return 1.0 - self.cfg.distill_alpha if self.data.teacher_logits is not None else 1.0
 
     def cross_entropy(self, logits, labels):
         """Cross-entropy with label smoothing, each example weighted by its class's weight when there are weights."""
@@ -98,7 +104,7 @@ class RobustTraining:
         return (per_example.flatten() * weights).sum() / weights.sum()
 
     def adversarial_step(self, train_model, labels, ids, types) -> None:
-        if self.cfg.adversarial != "fgm":
+        if self.cfg.adversarial != "fgm" or self.label_weight() == 0:
             return
         import paddle
 
@@ -113,7 +119,7 @@ class RobustTraining:
         with paddle.no_grad():
             weight.set_value(weight + self.cfg.adv_epsilon * grad / norm)
         adv_logits = train_model(ids, token_type_ids=types)
-        self.cross_entropy(adv_logits, labels).backward()
+        (self.cross_entropy(adv_logits, labels) * self.label_weight()).backward()
         with paddle.no_grad():
             weight.set_value(backup)
 

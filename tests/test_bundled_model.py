@@ -1,0 +1,52 @@
+"""The bundled model's claims, recomputed from the shipped file: what the README and the manifest say it scores, and
+issue 18's targets for it (served INT8 >= 89.5 % on waimai_10k's held-out split, within 0.2 pt of FP32)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from ernie_cls.artifact import verify_artifact
+from ernie_cls.runtime import load_backend, load_tokenizer, logits_in_batches
+from release.config import VerifyConfig
+from release.verify import labelled_data
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLED = ROOT / "exported" / "waimai-sentiment"
+
+
+@pytest.fixture(scope="module")
+def served_test_accuracy() -> float:
+    artifact = verify_artifact(BUNDLED)
+    data_file = str(ROOT / "data/waimai_10k.csv")
+    cfg = VerifyConfig(artifact=str(BUNDLED), data=data_file, text_col="review", label_col="label")
+    data = labelled_data(cfg, artifact)
+    assert data is not None and data["split"].startswith("test") and len(data["texts"]) == 2398
+    tokenizer = load_tokenizer(artifact)
+    run = load_backend(artifact, artifact.spec.default_format, 2).infer
+    logits = logits_in_batches(run, tokenizer, tokenizer.encode_ids(data["texts"]))
+    return float((logits.argmax(1) == data["labels"]).mean())
+
+
+def test_the_served_int8_file_scores_what_the_manifest_records(served_test_accuracy):
+    manifest = verify_artifact(BUNDLED).manifest
+    assert manifest["default_format"] == "onnx-int8"
+    assert served_test_accuracy == pytest.approx(manifest["metrics"]["onnx-int8"]["test_accuracy"], abs=1e-9)
+
+
+def test_the_served_model_meets_issue_18s_targets(served_test_accuracy):
+    fp32 = verify_artifact(BUNDLED).manifest["metrics"]["onnx-fp32"]["test_accuracy"]
+    assert served_test_accuracy >= 0.895
+    assert served_test_accuracy >= fp32 - 0.002
+
+
+def test_the_readme_quotes_the_served_and_fp32_accuracy(served_test_accuracy):
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    fp32 = verify_artifact(BUNDLED).manifest["metrics"]["onnx-fp32"]["test_accuracy"]
+    quoted = re.search(r"([\d.]+) % FP32, \*\*([\d.]+) % INT8 \(served\)\*\*", readme)
+    assert quoted, "the README's bundled-model sentence changed shape; update this test with it"
+    assert quoted.groups() == (f"{fp32 * 100:.2f}", f"{served_test_accuracy * 100:.2f}")
+    row = re.search(r"\| waimai_10k, 2 classes \(bundled model.*?\| ([\d.]+) % \| ([\d.]+) % \|", readme)
+    assert row and row.groups() == quoted.groups()

@@ -4,7 +4,7 @@ compute from token ids (hashed 1-3-grams: Gather + ReduceSum), and with scikit-l
 run's dev and test split, for several averaging weights (choose the weight on dev, read test).
 
     python -m bench.ngram_blend --checkpoint runs/second-128/best --data runs/data/domain_sentiment.csv \\
-        --text-col review --label-col label [--seed 42 --test-size 0.2 --dev-size 0.1]
+        --text-col review --label-col label [--seed 42 --test-size 0.2 --dev-size 0.1] [--output F.json]
 
 Features of a text: its token ids without [CLS]/[SEP]/[PAD]; unigrams index the vocabulary, bigrams and trigrams
 are hashed into `--buckets` rows each with arithmetic exact in float32 (what an ONNX graph would compute); each
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+from pathlib import Path
 
 import numpy as np
 
@@ -56,6 +57,7 @@ def main() -> None:
     parser.add_argument("--dev-size", type=float, default=0.1)
     parser.add_argument("--buckets", type=int, default=1 << 17)
     parser.add_argument("--c", type=float, default=3.0, help="inverse regularisation of the n-gram model")
+    parser.add_argument("--output", default=None, help="also write the report here (JSON)")
     args = parser.parse_args()
     paddle_env.configure()
     from scipy import sparse
@@ -102,7 +104,10 @@ def main() -> None:
                     "accuracy": round(float((pred == truth).mean()), 4),
                     "macro_f1": round(float(f1_score(truth, pred, average="macro")), 4),
                 }
-    print(json.dumps(report, indent=2))
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.output:
+        Path(args.output).write_text(text + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

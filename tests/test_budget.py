@@ -14,8 +14,10 @@ from training.budget import (
     MAX_PRETRAIN_EPOCHS,
     MAX_SCRATCH_EPOCHS,
     RESERVED_SHARE,
+    SCRATCH_MAX_SEQ_LEN,
     apply_plan,
     choose_max_seq_len,
+    explain_max_seq_len,
     plan_budget,
     without_budget,
 )
@@ -29,7 +31,11 @@ def auto(**overrides) -> TrainConfig:
 def test_max_seq_len_follows_the_p99_length_rounded_up_and_bounded():
     assert choose_max_seq_len([10] * 99 + [20]) == 32  # p99 ~ 20 + 2 -> 32 (the floor)
     assert choose_max_seq_len(list(range(1, 101))) == 112  # p99 = 99.01 + 2 -> 112
-    assert choose_max_seq_len([5000] * 10) == 128  # the ceiling
+    assert choose_max_seq_len([5000] * 10) == 256  # the ceiling for pretrained models
+    assert choose_max_seq_len([5000] * 10, SCRATCH_MAX_SEQ_LEN) == 128  # scratch presets (measured, section 10)
+    line = explain_max_seq_len([10] * 90 + [500] * 10, 128)
+    assert "10.0% of them are cut at 128 tokens" in line and "--max-seq-len" in line
+    assert "cut" not in explain_max_seq_len([10] * 100, 32)
     assert choose_max_seq_len([]) == 32
 
 

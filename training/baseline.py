@@ -79,7 +79,10 @@ def out_of_fold_logits(train: list[Example], labels: list[str], folds: int = 5, 
     uniform = np.full((len(train), len(labels)), -np.log(len(labels)), dtype=np.float32)
     largest = max(np.unique(gold, return_counts=True)[1])
     if largest < 2:
-        log.warning("distillation: no class has 2 training rows, so the baseline teacher has nothing to say")
+        log.warning(
+            "distillation: no class has 2 training rows, so the baseline teacher is uniform. "
+            "Drop --teacher tfidf, or add training rows."
+        )
         return uniform
     logits = uniform.copy()
     splitter = StratifiedKFold(min(folds, largest), shuffle=True, random_state=seed)

@@ -1,6 +1,7 @@
 """`--time-budget`: the stage sizes that fit in N minutes on the machine the run is on, and the choices left "auto".
 
-    training texts -> max_seq_len (their p99 length + [CLS]/[SEP], rounded up to 16, within 32..256) unless given
+    training texts -> max_seq_len (their p99 length + [CLS]/[SEP], rounded up to 16, within 32..128 for scratch
+      presets, 32..256 for pretrained models) unless given
     probe: forward+backward passes of the classifier on training batches from the shortest to the longest (no
       optimiser step, so the weights do not move) -> seconds per padded token -> an average step of the epoch;
       the same for a throwaway masked-LM model (scratch presets)
@@ -39,10 +40,11 @@ MAX_SCRATCH_EPOCHS = 6
 MAX_PRETRAINED_EPOCHS = 4
 RESERVED_SHARE = 0.08  # tokenising, the baseline, the final test evaluation, saving
 EVAL_FORWARD_SHARE = 1 / 3  # a dev batch (forward only) against a training step (forward + backward + update)
-# The ceiling: on the second dataset (hotel reviews, p99 522 characters) 128 against 256 gave the same dev accuracy
-# and +0.006 dev macro-F1 in a 20-minute budget, with 1.46x faster steps (docs/benchmarks.md section 10). Longer
-# documents: pass --max-seq-len.
-SEQ_LEN_RANGE = (32, 128)
+SEQ_LEN_RANGE = (32, 256)
+# The ceiling for scratch presets: on the second dataset (hotel reviews, p99 522 characters) 128 against 256 gave the
+# same dev accuracy and +0.006 dev macro-F1 in a 20-minute budget, with 1.46x faster steps (docs/benchmarks.md
+# section 10). Not measured for pretrained models, which keep 256. Longer documents: pass --max-seq-len.
+SCRATCH_MAX_SEQ_LEN = 128
 OVERRUN_ALLOWED = 1.15  # fine-tuning stops (best checkpoint kept) once the run has taken this much of its budget
 
 
@@ -69,12 +71,25 @@ class BudgetPlan:
         )
 
 
-def choose_max_seq_len(lengths: list[int]) -> int:
-    """p99 of the training texts' lengths (characters ~ pieces for Chinese) + [CLS]/[SEP], rounded up to 16."""
+def choose_max_seq_len(lengths: list[int], ceiling: int = SEQ_LEN_RANGE[1]) -> int:
+    """p99 of the training texts' lengths (characters ~ pieces for Chinese) + [CLS]/[SEP], rounded up to 16, within
+    SEQ_LEN_RANGE[0]..ceiling."""
     if not lengths:
         return SEQ_LEN_RANGE[0]
     p99 = float(np.percentile(lengths, 99)) + 2
-    return int(min(max(math.ceil(p99 / 16) * 16, SEQ_LEN_RANGE[0]), SEQ_LEN_RANGE[1]))
+    return int(min(max(math.ceil(p99 / 16) * 16, SEQ_LEN_RANGE[0]), ceiling))
+
+
+def explain_max_seq_len(lengths: list[int], chosen: int) -> str:
+    """The log line for an automatic max_seq_len: the p99 it came from and what it cuts."""
+    if not lengths:
+        return f"max_seq_len {chosen}"
+    p99 = float(np.percentile(lengths, 99))
+    cut = float(np.mean(np.array(lengths) + 2 > chosen))
+    text = f"max_seq_len {chosen} (the training texts' p99 length is {p99:.0f} characters"
+    if cut:
+        return text + f"; {cut:.1%} of them are cut at {chosen} tokens: pass --max-seq-len N to keep more)"
+    return text + ")"
 
 
 @dataclass(frozen=True)

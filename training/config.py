@@ -40,7 +40,7 @@ class TrainConfig:
         "or scratch:pico|nano|micro|mini (random init, corpus vocabulary)",
     )
     max_seq_len: int | None = opt(
-        None, "default: the training texts' p99 length + 2, rounded up to 16, within 32..128 (training/budget.py)"
+        None, "default: the training texts' p99 length + 2, rounded up to 16, within 32..128 (scratch) or 32..256"
     )
     batch_size: int = opt(32)
     epochs: int | None = opt(None, "default: as many as --time-budget allows (at most 6 from scratch, 4 pretrained)")

@@ -27,9 +27,12 @@ from training.batching import Encoded, encode, length_bucketed_batches
 from training.budget import (
     EVAL_FORWARD_SHARE,
     OVERRUN_ALLOWED,
+    SCRATCH_MAX_SEQ_LEN,
+    SEQ_LEN_RANGE,
     BudgetPlan,
     apply_plan,
     choose_max_seq_len,
+    explain_max_seq_len,
     mlm_deadline,
     plan_budget,
     probe_seconds_per_step,
@@ -101,8 +104,11 @@ def train(cfg: TrainConfig) -> dict:
     t_wall = time.perf_counter()
     source = parse_base_model(cfg.base_model)
     if cfg.max_seq_len is None:
-        cfg = replace(cfg, max_seq_len=choose_max_seq_len([len(normalize_text(e.text)) for e in splits.train]))
-        log.info("max_seq_len %d (the training texts' p99 length)", cfg.max_seq_len)
+        lengths = [len(normalize_text(e.text)) for e in splits.train]
+        ceiling = SCRATCH_MAX_SEQ_LEN if source.kind == "scratch" else SEQ_LEN_RANGE[1]
+        chosen = choose_max_seq_len(lengths, ceiling)
+        cfg = replace(cfg, max_seq_len=chosen)
+        log.info(explain_max_seq_len(lengths, chosen))
     model, tokenizer = _build(cfg, source, label_map, splits)
     train_data = encode(splits.train, tokenizer, label_map)
     if cfg.teacher and cfg.teacher.lower() == BASELINE_TEACHER:

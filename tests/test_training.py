@@ -151,26 +151,6 @@ def test_config_errors_say_how_to_fix(tmp_path):
         TrainConfig(output=str(tmp_path), train_file="a.csv").validate()
 
 
-def test_a_token_budget_batches_more_short_texts_and_fewer_long_ones_and_covers_every_text_once():
-    rng = np.random.default_rng(0)
-    lengths = rng.integers(3, 130, size=1000).tolist()
-    batches = length_bucketed_batches(lengths, 32, random.Random(0), max_tokens=1024)
-    assert sorted(i for b in batches for i in b) == list(range(1000))
-    assert all(len(b) * max(lengths[i] for i in b) <= 1024 for b in batches)
-    sizes = {max(lengths[i] for i in b): len(b) for b in batches}
-    assert max(sizes.values()) > 32 > min(sizes.values())  # short batches grow, long ones shrink
-    assert length_bucketed_batches([5000, 3], 32, random.Random(0), max_tokens=1024) != []  # a text over the budget
-
-
-def test_training_runs_with_a_token_budget(small_csv, tmp_path):
-    from training.finetune import train
-
-    metrics = train(tiny_train_config(tmp_path / "run", small_csv, batch_tokens=256, max_steps=3))
-    assert metrics["steps"] == 3
-    with pytest.raises(ConfigError, match="batch-tokens"):
-        tiny_train_config(tmp_path / "bad", small_csv, batch_tokens=-1).validate()
-
-
 def test_length_buckets_cover_every_example_once_and_pad_little():
     rng = np.random.default_rng(0)
     lengths = rng.integers(3, 130, size=1000).tolist()

@@ -103,9 +103,9 @@ class ProbeBatches:
     batch_tokens: list[int]
 
 
-def probe_batches(ids: list[list[int]], batch_size: int, max_tokens: int = 0) -> ProbeBatches:
+def probe_batches(ids: list[list[int]], batch_size: int) -> ProbeBatches:
     lengths = [len(x) for x in ids]
-    batches = length_bucketed_batches(lengths, batch_size, random.Random(0), max_tokens=max_tokens)
+    batches = length_bucketed_batches(lengths, batch_size, random.Random(0))
     by_length = sorted(batches, key=lambda b: max(lengths[i] for i in b))
     picks = sorted({round(q * (len(by_length) - 1)) for q in np.linspace(0, 1, PROBE_STEPS)})
     middle = by_length[len(by_length) // 2]
@@ -124,13 +124,13 @@ def average_step_seconds(probe: ProbeBatches, timings: list[tuple[float, int]]) 
     return epoch / len(probe.batch_tokens) * UPDATE_OVERHEAD
 
 
-def probe_seconds_per_step(model, tokenizer, data: Encoded, batch_size: int, max_tokens: int = 0) -> float:
+def probe_seconds_per_step(model, tokenizer, data: Encoded, batch_size: int) -> float:
     """An average training step's seconds: forward+backward passes timed on batches across the length
     distribution (gradients cleared, not applied: the weights do not move)."""
     import paddle
     from paddle.nn.functional import cross_entropy
 
-    probe = probe_batches(data.ids, batch_size, max_tokens)
+    probe = probe_batches(data.ids, batch_size)
     model.train()
     timings = []
     for k, batch in enumerate(probe.warmup + probe.timed):

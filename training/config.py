@@ -43,9 +43,6 @@ class TrainConfig:
         None, "default: the training texts' p99 length + 2, rounded up to 16, within 32..128 (scratch) or 32..256"
     )
     batch_size: int = opt(32)
-    batch_tokens: int = opt(
-        0, "fine-tuning batches of this many padded tokens instead of --batch-size texts, e.g. 2048 (0: off)"
-    )
     epochs: int | None = opt(None, "default: as many as --time-budget allows (at most 6 from scratch, 4 pretrained)")
     time_budget: float = opt(
         20.0,
@@ -136,11 +133,6 @@ class TrainConfig:
             raise ConfigError("--time-budget must be >= 0 minutes.", "E.g. 20, or 0 to size stages by epochs only.")
         if self.pretrain_epochs is not None and self.pretrain_epochs < 0:
             raise ConfigError("--pretrain-epochs must be >= 0.", "E.g. 4, or 0 for no masked-LM stage.")
-        if self.batch_tokens < 0 or 0 < self.batch_tokens < (self.max_seq_len or 0):
-            raise ConfigError(
-                f"--batch-tokens {self.batch_tokens} is below one text of --max-seq-len {self.max_seq_len}.",
-                "Use 0 (off) or at least --max-seq-len, e.g. 2048.",
-            )
         if self.max_seq_len is not None and self.max_seq_len < 8:
             raise ConfigError("--max-seq-len must be >= 8.", "128 suits short customer messages.")
         if self.class_weights not in ("none", "balanced"):

@@ -189,15 +189,14 @@ def _size_stages(
         return without_budget(cfg), None
     if cfg.time_budget <= 0 or not auto:
         return (without_budget(cfg) if cfg.time_budget <= 0 else with_recipe(cfg, scratch)), None
-    step_s = probe_seconds_per_step(model, tokenizer, train_data, cfg.batch_size, cfg.batch_tokens)
-    step_s *= robustness_passes(cfg)
+    step_s = probe_seconds_per_step(model, tokenizer, train_data, cfg.batch_size) * robustness_passes(cfg)
     mlm_step_s = (
         probe_mlm_seconds_per_step(model.config, tokenizer, train_data.ids, cfg.batch_size)
         if scratch and cfg.pretrain_epochs is None
         else step_s
     )
     lengths = [len(x) for x in train_data.ids]
-    steps = len(length_bucketed_batches(lengths, cfg.batch_size, random.Random(0), max_tokens=cfg.batch_tokens))
+    steps = len(length_bucketed_batches(lengths, cfg.batch_size, random.Random(0)))
     plan = plan_budget(cfg, scratch, steps, -(-dev_size // 64), step_s, mlm_step_s)
     log.info("%s", plan.describe())
     return apply_plan(cfg, plan, scratch), plan

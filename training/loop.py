@@ -172,8 +172,7 @@ def fit(
     epochs, patience, ema_decay = cfg.stages()
     lengths = [len(x) for x in train_data.ids]
     # The batch count does not depend on the shuffle; each rank runs the same share of it (training/distributed.py).
-    first = length_bucketed_batches(lengths, cfg.batch_size, random.Random(0), max_tokens=cfg.batch_tokens)
-    steps_per_epoch = len(rank_share(first, 0, world))  # with --batch-tokens the count varies by a few per shuffle
+    steps_per_epoch = len(rank_share(length_bucketed_batches(lengths, cfg.batch_size, random.Random(0)), 0, world))
     total_steps = min(steps_per_epoch * epochs, cfg.max_steps or steps_per_epoch * epochs)
     schedule = warmup_then_linear_decay(learning_rate, total_steps, int(cfg.warmup_ratio * total_steps))
     optimizer = _optimizer(model, cfg, schedule)
@@ -189,8 +188,7 @@ def fit(
     progress = _Progress(total_steps, cfg.eval_every or steps_per_epoch, patience)
     rng = random.Random(cfg.seed)
     for epoch in range(epochs):
-        shuffled = length_bucketed_batches(lengths, cfg.batch_size, rng, max_tokens=cfg.batch_tokens)
-        batches = rank_share(shuffled, rank, world)
+        batches = rank_share(length_bucketed_batches(lengths, cfg.batch_size, rng), rank, world)
         desc_epoch = f"{desc} {epoch + 1}/{epochs}"
         bar = tqdm(batches, desc=desc_epoch, disable=not cfg.progress or rank != 0, mininterval=1.0, dynamic_ncols=True)
         step_parts.model.train()

@@ -268,17 +268,22 @@ def test_several_workers_run_batches_at_once_on_their_own_instance():
     assert peak[0] == 2 and seen == {0, 1}
 
 
+async def _occupy_the_worker(batcher) -> list:
+    """Two single-text batches: one running on the one worker, one formed ahead of it."""
+    blockers = []
+    for k in (1, 2):
+        blockers.append(asyncio.ensure_future(batcher.submit([[9, k]], far())))
+        await asyncio.sleep(0.01)
+    return blockers
+
+
 def test_background_texts_wait_for_the_others_but_not_for_ever():
     import service.batching.batcher as batcher_module
 
     backend = FakeBackend(delay=0.05)
 
     async def run(batcher):
-        # two single-text batches: one running on the one worker, one formed ahead of it
-        blockers = []
-        for k in (1, 2):
-            blockers.append(asyncio.ensure_future(batcher.submit([[9, k]], far())))
-            await asyncio.sleep(0.01)
+        blockers = await _occupy_the_worker(batcher)
         blockers.append(asyncio.ensure_future(batcher.submit([[7] * 3 for _ in range(4)], far(), background=True)))
         await asyncio.sleep(0.005)
         blockers.append(asyncio.ensure_future(batcher.submit([[1, 2], [3, 4]], far())))
@@ -300,10 +305,7 @@ def test_background_texts_wait_for_the_others_but_not_for_ever():
         backend2 = FakeBackend(delay=0.05)
 
         async def run2(batcher):
-            blockers = []
-            for k in (1, 2):
-                blockers.append(asyncio.ensure_future(batcher.submit([[9, k]], far())))
-                await asyncio.sleep(0.01)
+            blockers = await _occupy_the_worker(batcher)
             queued_behind = asyncio.ensure_future(batcher.submit([[7, 7, 7]], far(), background=True))
             await asyncio.sleep(0.005)
             foreground = asyncio.ensure_future(batcher.submit([[1, 2, 3]], far()))

@@ -18,6 +18,11 @@ BUNDLED = ROOT / "exported" / "waimai-sentiment"
 
 
 @pytest.fixture(scope="module")
+def manifest() -> dict:
+    return verify_artifact(BUNDLED).manifest
+
+
+@pytest.fixture(scope="module")
 def served_test_accuracy() -> float:
     artifact = verify_artifact(BUNDLED)
     data_file = str(ROOT / "data/waimai_10k.csv")
@@ -30,21 +35,20 @@ def served_test_accuracy() -> float:
     return float((logits.argmax(1) == data["labels"]).mean())
 
 
-def test_the_served_int8_file_scores_what_the_manifest_records(served_test_accuracy):
-    manifest = verify_artifact(BUNDLED).manifest
+def test_the_served_int8_file_scores_what_the_manifest_records(served_test_accuracy, manifest):
     assert manifest["default_format"] == "onnx-int8"
     assert served_test_accuracy == pytest.approx(manifest["metrics"]["onnx-int8"]["test_accuracy"], abs=1e-9)
 
 
-def test_the_served_model_meets_issue_18s_targets(served_test_accuracy):
-    fp32 = verify_artifact(BUNDLED).manifest["metrics"]["onnx-fp32"]["test_accuracy"]
+def test_the_served_model_meets_issue_18s_targets(served_test_accuracy, manifest):
+    fp32 = manifest["metrics"]["onnx-fp32"]["test_accuracy"]
     assert served_test_accuracy >= 0.895
     assert served_test_accuracy >= fp32 - 0.002
 
 
-def test_the_readme_quotes_the_served_and_fp32_accuracy(served_test_accuracy):
+def test_the_readme_quotes_the_served_and_fp32_accuracy(served_test_accuracy, manifest):
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    fp32 = verify_artifact(BUNDLED).manifest["metrics"]["onnx-fp32"]["test_accuracy"]
+    fp32 = manifest["metrics"]["onnx-fp32"]["test_accuracy"]
     quoted = re.search(r"([\d.]+) % FP32, \*\*([\d.]+) % INT8 \(served\)\*\*", readme)
     assert quoted, "the README's bundled-model sentence changed shape; update this test with it"
     assert quoted.groups() == (f"{fp32 * 100:.2f}", f"{served_test_accuracy * 100:.2f}")

@@ -20,7 +20,9 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -130,19 +132,29 @@ def probe_seconds_per_step(model, tokenizer, data: Encoded, batch_size: int) -> 
     import paddle
     from paddle.nn.functional import cross_entropy
 
-    probe = probe_batches(data.ids, batch_size)
+    def loss_of(batch: list[int]):
+        ids, types = tokenizer.pad([data.ids[i] for i in batch])
+        logits = model(paddle.to_tensor(ids), token_type_ids=paddle.to_tensor(types))
+        return cross_entropy(logits, paddle.to_tensor(data.labels[batch])), ids.size
+
+    return time_probe(probe_batches(data.ids, batch_size), model, loss_of)
+
+
+def time_probe(probe: ProbeBatches, model, loss_of: Callable[[list[int]], tuple[Any, int]]) -> float:
+    """Times each probe batch's `loss_of(batch) -> (loss or None, padded tokens)` and backward pass (gradients
+    cleared, never applied: the weights do not move) -> the epoch's average step (average_step_seconds)."""
     model.train()
     timings = []
     for k, batch in enumerate(probe.warmup + probe.timed):
         t0 = time.perf_counter()
-        ids, types = tokenizer.pad([data.ids[i] for i in batch])
-        logits = model(paddle.to_tensor(ids), token_type_ids=paddle.to_tensor(types))
-        loss = cross_entropy(logits, paddle.to_tensor(data.labels[batch]))
+        loss, tokens = loss_of(batch)
+        if loss is None:
+            continue
         loss.backward()
         float(loss)  # syncs
         model.clear_gradients()
         if k >= len(probe.warmup):
-            timings.append((time.perf_counter() - t0, ids.size))
+            timings.append((time.perf_counter() - t0, tokens))
     return average_step_seconds(probe, timings)
 
 

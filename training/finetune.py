@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 
 from ernie_cls.errors import ConfigError
-from ernie_cls.tokenization import normalize_text
 from training import baseline
 from training.batching import Encoded, encode, length_bucketed_batches
 from training.budget import (
@@ -104,7 +103,7 @@ def train(cfg: TrainConfig) -> dict:
     t_wall = time.perf_counter()
     source = parse_base_model(cfg.base_model)
     if cfg.max_seq_len is None:
-        lengths = [len(normalize_text(e.text)) for e in splits.train]
+        lengths = [len(e.text) for e in splits.train]  # Example.text is normalised
         ceiling = SCRATCH_MAX_SEQ_LEN if source.kind == "scratch" else SEQ_LEN_RANGE[1]
         chosen = choose_max_seq_len(lengths, ceiling)
         cfg = replace(cfg, max_seq_len=chosen)

@@ -25,7 +25,7 @@ import numpy as np
 
 from ernie_cls.tokenization import ErnieTokenizerFast
 from training.batching import length_bucketed_batches
-from training.budget import average_step_seconds, probe_batches
+from training.budget import probe_batches, time_probe
 from training.loop import warmup_then_linear_decay
 
 log = logging.getLogger(__name__)
@@ -115,22 +115,14 @@ def probe_seconds_per_step(config, tokenizer: ErnieTokenizerFast, ids: list[list
     1.9x a classification step in the runs measured, too uncertain to derive from the classifier's probe."""
     from paddlenlp.transformers import ErnieForMaskedLM
 
-    probe = probe_batches(ids, batch_size)
     model = ErnieForMaskedLM(config)
-    model.train()
     rng = np.random.default_rng(0)
-    timings = []
-    for k, batch in enumerate(probe.warmup + probe.timed):
-        t0 = time.perf_counter()
+
+    def loss_of(batch: list[int]):
         tokens, loss = _mlm_loss(model, [ids[i] for i in batch], tokenizer, rng, 0.15)
-        if loss is None:
-            continue
-        loss.backward()
-        float(loss)
-        model.clear_gradients()
-        if k >= len(probe.warmup):
-            timings.append((time.perf_counter() - t0, tokens))
-    return average_step_seconds(probe, timings)
+        return loss, tokens
+
+    return time_probe(probe_batches(ids, batch_size), model, loss_of)
 
 
 def pretrain_mlm(

@@ -6,15 +6,13 @@ run's dev and test split, for several averaging weights (choose the weight on de
     python -m bench.ngram_blend --checkpoint runs/second-128/best --data runs/data/domain_sentiment.csv \\
         --text-col review --label-col label [--seed 42 --test-size 0.2 --dev-size 0.1] [--output F.json]
 
-Features of a text: its token ids without [CLS]/[SEP]/[PAD]; unigrams index the vocabulary, bigrams and trigrams
-are hashed into `--buckets` rows each with arithmetic exact in float32 (what an ONNX graph would compute); each
-occurrence counts idf / sqrt(number of n-grams), so the weights can fold the idf in.
+Features and fit: training/ngrams.py (the branch `train` now builds, whose defaults came from this and a privacy
+bound); `--c 3 --min-texts 1 --unbalanced` is the setting of the first analysis (docs/bench/ngram-blend.json).
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 from pathlib import Path
 
@@ -23,27 +21,6 @@ import numpy as np
 from training import paddle_env
 
 WEIGHTS = (0.0, 0.3, 0.5, 0.7, 1.0)  # share of the checkpoint's log-probabilities
-
-
-def hashed_ngrams(ids: list[list[int]], special: set[int], vocab: int, buckets: int):
-    from scipy import sparse
-
-    rows, cols, values = [], [], []
-    for r, seq in enumerate(ids):
-        s = [t for t in seq if t not in special]
-        grams = list(s)
-        grams += [vocab + (a * vocab + b) % buckets for a, b in itertools.pairwise(s)]
-        grams += [
-            vocab + buckets + (((a * vocab + b) % buckets) * 31 + c) % buckets
-            for a, b, c in zip(s, s[1:], s[2:], strict=False)
-        ]
-        weight = 1 / np.sqrt(max(len(grams), 1))
-        rows += [r] * len(grams)
-        cols += grams
-        values += [weight] * len(grams)
-    matrix = sparse.csr_matrix((values, (rows, cols)), shape=(len(ids), vocab + 2 * buckets))
-    matrix.sum_duplicates()
-    return matrix
 
 
 def main() -> None:
@@ -55,26 +32,26 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--test-size", type=float, default=0.2)
     parser.add_argument("--dev-size", type=float, default=0.1)
-    parser.add_argument("--buckets", type=int, default=1 << 17)
     parser.add_argument("--c", type=float, default=3.0, help="inverse regularisation of the n-gram model")
+    parser.add_argument("--min-texts", type=int, default=1, help="n-grams seen in fewer training texts get no weight")
+    parser.add_argument("--unbalanced", action="store_true", help="no class weights in the n-gram model")
     parser.add_argument("--output", default=None, help="also write the report here (JSON)")
     args = parser.parse_args()
     paddle_env.configure()
-    from scipy import sparse
     from scipy.special import log_softmax
-    from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import f1_score
 
     from training.baseline import _classifier
     from training.data import load_examples, stratified_split
     from training.loop import predict_logits
     from training.modeling import load_checkpoint
+    from training.ngrams import fit_head
 
     examples, _ = load_examples(args.data, args.text_col, args.label_col)
     splits = stratified_split(examples, args.test_size, args.dev_size, args.seed)
     model, tokenizer, label_map = load_checkpoint(args.checkpoint)
     labels = list(label_map.labels)
-    special = {tokenizer.pad_id, tokenizer.cls_id, tokenizer.sep_id}
+    special = (tokenizer.pad_id, tokenizer.cls_id, tokenizer.sep_id)
 
     def encode(rows):
         return tokenizer.encode_ids([e.text for e in rows], normalized=True)
@@ -82,19 +59,19 @@ def main() -> None:
     def gold(rows) -> np.ndarray:
         return np.array([labels.index(e.label) for e in rows])
 
-    train_x = hashed_ngrams(encode(splits.train), special, tokenizer.vocab_size, args.buckets)
-    df = np.asarray((train_x > 0).sum(0)).ravel()
-    idf = sparse.diags(np.log((1 + train_x.shape[0]) / (1 + df)) + 1)
-    ngram = LogisticRegression(max_iter=3000, C=args.c).fit(train_x @ idf, gold(splits.train))
+    ngram = fit_head(
+        encode(splits.train), gold(splits.train), len(labels), tokenizer.vocab_size, special,
+        c=args.c, min_texts=args.min_texts, balanced=not args.unbalanced,
+    )  # fmt: skip
+    assert ngram is not None
     tfidf = _classifier().fit([e.text for e in splits.train], [e.label for e in splits.train])
     tfidf_columns = [list(tfidf.classes_).index(label) for label in labels]
     report: dict = {}
     for name, rows in (("dev", splits.dev), ("test", splits.test)):
         ids, truth = encode(rows), gold(rows)
         ours = log_softmax(predict_logits(model, tokenizer, ids), -1)
-        features = hashed_ngrams(ids, special, tokenizer.vocab_size, args.buckets) @ idf
         partners = {
-            "hashed_ngrams": ngram.predict_log_proba(features),
+            "hashed_ngrams": log_softmax(ngram.logits(ids), -1),
             "sklearn_tfidf": tfidf.predict_log_proba([e.text for e in rows])[:, tfidf_columns],
         }
         for partner, theirs in partners.items():

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ernie_cls.options import opt
+from ernie_cls.privacy import MAX_ADVANTAGE
 
 
 @dataclass
@@ -52,7 +53,7 @@ class VerifyConfig:
     threads: int = opt(1)
     explain: int = opt(5, "texts to explain with occlusion attributions")
     max_membership_advantage: float = opt(
-        0.15,
+        MAX_ADVANTAGE,
         "fail when a loss-threshold membership-inference attack tells training rows from held-out ones with a "
         "larger advantage (TPR - FPR; needs --data = the training file)",
     )

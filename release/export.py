@@ -405,6 +405,16 @@ def _int8_accuracy_check(cfg: ExportConfig, metrics: dict) -> dict:
     return check
 
 
+def _ngram_line(branch: dict | None) -> str:
+    if branch is None:
+        return "none (the transformer alone)."
+    w = branch["transformer_weight"]
+    return (
+        f"logits = {w} x log_softmax(transformer) + {round(1 - w, 4)} x log_softmax(linear model on hashed token "
+        f"1-3-grams, {branch['table_rows']} table rows), weight chosen on dev."
+    )
+
+
 def model_card(manifest: dict) -> str:
     """A human summary of the artifact, generated from its manifest so the two cannot disagree."""
     prov, metrics, checks = manifest["provenance"], manifest["metrics"], manifest["checks"]
@@ -428,6 +438,7 @@ Written by `ernie-cls export` on {prov.get("created")} (git {str(prov.get("git_c
 - Base model: `{prov.get("base_model")}`; data: `{prov.get("data_path")}` (sha256 {prov.get("training_data_sha256")}).
 - Recipe: {", ".join(f"{k}={v}" for k, v in train.items())}.
 - QAT: {prov.get("qat")}.
+- n-gram branch: {_ngram_line(manifest.get("ngram_branch"))}
 - Tokenizer: ERNIE WordPiece, {manifest["tokenizer"]["vocab_size"]} tokens, max_seq_len {manifest["max_seq_len"]},
   normalisation v{manifest["tokenizer"]["normalization_version"]} (see tokenizers/README.md of ernie-cls).
 
@@ -588,7 +599,24 @@ def _describe(cfg, tmp: Path, tokenizer, label_map: LabelMap, training_config: d
         "default_format": "onnx-int8" if int8 is not None else "onnx-fp32",
         "metrics": {**metrics, "training": _training_metrics(training_metrics)},
         "checks": checks,
+        "ngram_branch": _ngram_branch(Path(cfg.checkpoint), training_metrics),
         "provenance": _provenance(training_config, training_metrics, int8),
+    }
+
+
+def _ngram_branch(checkpoint: Path, training_metrics: dict) -> dict | None:
+    """The n-gram branch in the graph (training/ngram_model.py), from the checkpoint's config.json; None without."""
+    config = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
+    if "ngram_weight" not in config:
+        return None
+    chosen = str(config["ngram_weight"])
+    by_weight = (training_metrics.get("ngrams") or {}).get("dev_by_weight", {})
+    return {
+        "transformer_weight": config["ngram_weight"],
+        "buckets": config["ngram_buckets"],
+        "table_rows": config["vocab_size"] + 2 * config["ngram_buckets"],
+        "dev_membership_advantage": (by_weight.get(chosen) or {}).get("membership_advantage"),
+        "graph": "int32 Mul/Add/Mod hashing of token-id 1-3-grams, Gather of a float table, ReduceSum",
     }
 
 
@@ -602,7 +630,7 @@ _RECIPE_KEYS = (
     "epochs", "batch_size", "learning_rate", "max_seq_len", "seed", "dropout", "test_size", "dev_size",
     "pretrain_epochs", "vocab_size", "base_model", "class_weights", "label_smoothing", "adversarial", "noise_augment",
     "noise_rate", "rdrop_alpha", "noise_consistency", "distill_alpha", "time_budget", "max_steps", "ema_decay",
-    "eval_every", "patience",
+    "eval_every", "patience", "ngrams",
 )  # fmt: skip
 
 

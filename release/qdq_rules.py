@@ -3,7 +3,8 @@
 TensorRT 10's explicit quantisation (docs: "Explicit Quantization", onnx-tensorrt's operator matrix) takes Q/DQ
 pairs with zero point 0, per-tensor activation scales, per-channel weight scales on the output-channel axis, and a
 DequantizeLinear directly on the weight input of the GEMM; its Gather and CumSum take no quantised or integer data
-(CumSum: FP32/FP16/BF16). Ours add: the pairs are the QAT network (one pair per Linear input, nothing else reading
+(CumSum: FP32/FP16/BF16); integer arithmetic stays integer (no Cast -> Div -> Floor, inexact above 2**24). Ours
+add: the pairs are the QAT network (one pair per Linear input, nothing else reading
 it, so the residual path stays float; no quantised outputs) and every scale is the QAT checkpoint's, never a
 calibrated one. `qdq_problems` returns one line per broken rule; export refuses to write an artifact with any, and
 tests/test_quantize_onnx.py breaks each rule on purpose to show the check sees it.
@@ -156,7 +157,19 @@ def _float_only_problems(model, g: _Graph) -> list[str]:
         for n in g.nodes
         if n.op_type == "CumSum" and types.get(n.input[0]) in INTEGER_TYPES
     ]
+    problems += [
+        f"{n.name}: integer division computed in float32 (Cast -> Div -> Floor), inexact above 2**24"
+        for n in g.nodes
+        if n.op_type == "Floor" and _divides_cast_integers(g, n, types)
+    ]
     return problems
+
+
+def _divides_cast_integers(g: _Graph, floor, types: dict) -> bool:
+    """paddle2onnx's integer floor_divide (so the n-gram branch hashes with Mod: training/ngram_model.py)."""
+    div = g.producer.get(floor.input[0])
+    cast = g.producer.get(div.input[0]) if div is not None and div.op_type == "Div" else None
+    return cast is not None and cast.op_type == "Cast" and types.get(cast.input[0]) in INTEGER_TYPES
 
 
 def ort_integer_gemms(model_bytes: bytes) -> int:

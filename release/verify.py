@@ -38,11 +38,11 @@ from ernie_cls.artifact import Artifact, ArtifactError, inside, sha256_file, ver
 from ernie_cls.calibration import expected_calibration_error, softmax
 from ernie_cls.errors import ErnieClsError, UserInputError
 from ernie_cls.explain import occlusion_attributions, occlusion_inputs
+from ernie_cls.privacy import membership_advantage
 from ernie_cls.runtime import RUNTIME_FORMATS, load_backend, load_tokenizer, logits_in_batches
 from ernie_cls.runtime.paddle_inference import PaddleNotInstalledError
 from ernie_cls.tokenization import ErnieTokenizerFast
 from release.config import VerifyConfig
-from release.privacy import membership_advantage
 from release.qdq_rules import ort_integer_gemms, qdq_problems
 from release.triton import repository_problems
 from training.data import LabelMap, check_known_labels, load_examples, stratified_split
@@ -431,7 +431,7 @@ def _check_safety(artifact: Artifact) -> Check:
 def _check_memorisation(
     cfg: VerifyConfig, check: Check, served: tuple, tokenizer: ErnieTokenizerFast, data: dict | None, held_out_logits
 ) -> None:
-    """Part of the safety check: a loss-threshold membership-inference attack on the served format (release/
+    """Part of the safety check: a loss-threshold membership-inference attack on the served format (ernie_cls/
     privacy.py) with training rows against held-out rows; fails above --max-membership-advantage."""
     run, temperature = served
     if run is None or data is None or held_out_logits is None or not data["member_texts"]:

@@ -169,6 +169,18 @@ def integer_cumsum(model):
     cast_back.attribute[0].i = onnx.TensorProto.INT64  # keep types consistent: int64 -> int64
 
 
+def integer_division_in_float(model):
+    """What paddle2onnx writes for an integer floor_divide (the n-gram hashing once did)."""
+    model.graph.initializer.append(numpy_helper.from_array(np.array(131072.0, dtype=np.float32), "buckets"))
+    model.graph.node.extend(
+        [
+            helper.make_node("Cast", ["input_ids"], ["ids_float"], "ids_to_float", to=onnx.TensorProto.FLOAT),
+            helper.make_node("Div", ["ids_float", "buckets"], ["ids_div"], "ids_div"),
+            helper.make_node("Floor", ["ids_div"], ["ids_floor"], "ids_floor"),
+        ]
+    )
+
+
 def qoperator_matmul(model):
     model.graph.node.append(helper.make_node("QLinearMatMul", ["a", "b", "c", "d", "e", "f", "g", "h"], ["y"]))
 
@@ -235,6 +247,7 @@ BREAKS = [
     (weight_left_float, "are not the QAT layers"),
     (int8_embedding_table, "Gather reads a DequantizeLinear"),
     (integer_cumsum, "CumSum on an integer tensor"),
+    (integer_division_in_float, "integer division computed in float32"),
     (qoperator_matmul, "implicit quantisation"),
     (quantize_scale_differs, "other scales than"),
     (pair_before_a_float_matmul, "not a QAT layer"),

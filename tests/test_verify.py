@@ -178,7 +178,7 @@ def test_without_the_training_file_the_membership_check_says_it_was_skipped(int8
 def test_the_attack_advantage_is_near_zero_for_one_distribution_and_near_one_for_memorised_rows():
     import numpy as np
 
-    from release.privacy import membership_advantage
+    from ernie_cls.privacy import membership_advantage
 
     rng = np.random.default_rng(0)
     same = membership_advantage(rng.beta(8, 2, 2000), rng.beta(8, 2, 2000))

@@ -84,6 +84,11 @@ class TrainConfig:
         "also fit a character n-gram TF-IDF + logistic regression on the same split (seconds), report both and warn "
         "when the model does not beat it",
     )
+    ngrams: bool = opt(
+        True,
+        "fit a linear model on hashed token 1-3-grams (seconds) and average it into the model's graph at the weight "
+        "that scores best on dev (training/ngrams.py; weight 1 = left out)",
+    )
     class_weights: str = opt(
         "none",
         "balanced: weight each example's loss by n / (K x its class's count), for imbalanced classes",

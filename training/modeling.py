@@ -10,6 +10,7 @@ the vocabulary built from the training corpus for scratch presets.
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from ernie_cls.tokenization import ErnieTokenizerFast, build_vocab
 from training.data import LabelMap
 
 log = logging.getLogger(__name__)
+
+NGRAM_CONFIG_KEYS = ("ngram_weight", "ngram_buckets", "ngram_special_ids")  # training/ngram_model.py
 
 # ERNIE 3.0 architectures as published by PaddleNLP (configuration.py of paddlenlp 2.8.1); "pico" is a toy
 # size for tests and smoke runs. vocab_size is replaced by the corpus vocabulary for scratch training.
@@ -146,13 +149,26 @@ def build_model(
         hidden_dropout_prob=dropout,
         attention_probs_dropout_prob=attention_dropout,
     )
+    for key in NGRAM_CONFIG_KEYS:  # the base's n-gram branch is not loaded: its keys must not follow to the new run
+        if hasattr(model.config, key):
+            delattr(model.config, key)
     return model, tokenizer
+
+
+def classifier_class(config: dict):
+    """The model class a saved config.json describes: ERNIE with the n-gram branch (training/ngram_model.py) or
+    plain paddlenlp ERNIE."""
+    if "ngram_weight" in config:
+        from training.ngram_model import ErnieWithNgrams
+
+        return ErnieWithNgrams
+    from paddlenlp.transformers import ErnieForSequenceClassification
+
+    return ErnieForSequenceClassification
 
 
 def load_checkpoint(directory: str | Path):
     """A trained checkpoint for inference -> (model in eval mode, tokenizer, label map)."""
-    from paddlenlp.transformers import ErnieForSequenceClassification
-
     d = Path(directory)
     if not d.is_dir():
         raise ModelLoadError(f"Checkpoint {d} does not exist.", "Pass the `best/` directory written by train.")
@@ -163,6 +179,8 @@ def load_checkpoint(directory: str | Path):
             "Pass a checkpoint written by `ernie-cls train` (its best/ directory).",
         )
     tokenizer = ErnieTokenizerFast.load(d)
-    model = ErnieForSequenceClassification.from_pretrained(str(d))
+    config_file = d / "config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+    model = classifier_class(config).from_pretrained(str(d))
     model.eval()
     return model, tokenizer, LabelMap.load(label_file)

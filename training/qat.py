@@ -34,7 +34,7 @@ from training.config import QATConfig, TrainConfig
 from training.distributed import barrier, init_if_launched, rank_and_world
 from training.finetune import load_splits
 from training.loop import evaluate_logits, fit, predict_logits
-from training.modeling import load_checkpoint
+from training.modeling import classifier_class, load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -232,9 +232,7 @@ def _summary(m: dict) -> dict:
 
 def _save_qat_checkpoint(qat_model, tokenizer, label_map, train_cfg, qat_record, dev_metrics, target: Path) -> None:
     """Float weights after QAT (a plain paddlenlp checkpoint) + scales + markers, written atomically."""
-    from paddlenlp.transformers import ErnieForSequenceClassification
-
-    plain = ErnieForSequenceClassification(qat_model.config)
+    plain = classifier_class(qat_model.config.to_dict())(qat_model.config)
     state = {k: v for k, v in qat_model.state_dict().items() if "quanter" not in k}
     missing, unexpected = plain.set_state_dict(state)
     assert not missing and not unexpected, (missing, unexpected)

@@ -1,0 +1,212 @@
+"""The n-gram branch (training/ngrams.py, training/ngram_model.py): the graph hashes exactly what training fitted,
+at the vocabulary's limit and through ONNX; the fit, the weight choice and its privacy bound; and a checkpoint with
+the branch through QAT and export."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from training import ngrams
+
+PAD, CLS, SEP = 0, 1, 2
+SPECIAL = (PAD, CLS, SEP)
+
+
+def random_ids(rng: np.random.Generator, vocab: int, rows: int, width: int) -> list[list[int]]:
+    """Texts as ids with [CLS]/[SEP] around, ids biased to the top of the vocabulary (where int32 overflow would
+    bite), and a stray special token inside some texts."""
+    out = []
+    for _ in range(rows):
+        body = rng.integers(max(3, vocab - 50), vocab, size=rng.integers(0, width)).tolist()
+        if body and rng.random() < 0.3:
+            body[rng.integers(len(body))] = SEP
+        out.append([CLS, *body, SEP])
+    return out
+
+
+def pico_with_ngrams(vocab: int, classes: int, rng: np.random.Generator, weight: float = 0.5):
+    from paddlenlp.transformers import ErnieConfig, ErnieForSequenceClassification
+
+    from training.modeling import _ERNIE3_COMMON, SCRATCH_PRESETS
+    from training.ngram_model import with_ngrams
+
+    config = ErnieConfig(**_ERNIE3_COMMON, **SCRATCH_PRESETS["pico"], vocab_size=vocab, num_labels=classes)
+    base = ErnieForSequenceClassification(config)
+    base.eval()
+    rows = vocab + 2 * ngrams.BUCKETS
+    head = ngrams.NgramHead(
+        rng.normal(size=(rows, classes)).astype(np.float32),
+        rng.normal(size=classes).astype(np.float32),
+        vocab,
+        ngrams.BUCKETS,
+        SPECIAL,
+        0.0,
+    )
+    return base, with_ngrams(base, head, weight), head
+
+
+def padded(ids: list[list[int]]) -> np.ndarray:
+    width = max(map(len, ids))
+    return np.array([x + [PAD] * (width - len(x)) for x in ids], dtype=np.int64)
+
+
+def test_graph_hashes_exactly_like_training_at_the_vocabulary_limit(tmp_path):
+    """With the largest vocabulary the branch allows, token ids near its top, pads and stray [SEP]s: Paddle's graph
+    and its ONNX export give the n-gram logits the numpy featuriser (what the linear model was fitted on) gives."""
+    import onnx
+    import paddle
+
+    from release.export import export_onnx, export_paddle_inference, onnx_backend
+
+    rng = np.random.default_rng(0)
+    base, model, head = pico_with_ngrams(ngrams.MAX_VOCAB, 3, rng)
+    ids = [*random_ids(rng, ngrams.MAX_VOCAB, 24, 40), [CLS, SEP], [CLS, ngrams.MAX_VOCAB - 1, SEP]]
+    expected = head.logits(ids)
+    x = padded(ids)
+    got = model.ngram_logits(paddle.to_tensor(x)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+
+    export_paddle_inference(model, tmp_path / "model")
+    export_onnx(tmp_path / "model", tmp_path / "model.onnx")
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "model.onnx")).graph.node}
+    assert "Mod" in ops and "Floor" not in ops  # integer hashing, not float division (inexact above 2**24)
+    served = onnx_backend(tmp_path / "model.onnx").infer(x, np.zeros_like(x))
+    types = paddle.to_tensor(np.zeros_like(x))
+    transformer = base(paddle.to_tensor(x), token_type_ids=types).numpy()
+    np.testing.assert_allclose(served, ngrams.blend(transformer, expected, 0.5), rtol=1e-4, atol=1e-4)
+    empty = padded([[CLS, SEP]])  # a batch two tokens wide: no n-gram at all, the bias alone
+    np.testing.assert_allclose(model.ngram_logits(paddle.to_tensor(empty)).numpy()[0], head.bias, atol=1e-6)
+    assert np.isfinite(onnx_backend(tmp_path / "model.onnx").infer(empty, np.zeros_like(empty))).all()
+
+
+def test_vocabularies_beyond_int32_hashing_and_single_class_rows_get_no_branch():
+    ids = [[CLS, 5, 6, SEP]] * 4
+    assert ngrams.fit_head(ids, np.array([0, 1, 0, 1]), 2, ngrams.MAX_VOCAB + 1, SPECIAL) is None
+    assert ngrams.fit_head(ids, np.array([0, 0, 0, 0]), 2, 100, SPECIAL) is None
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_the_fitted_branch_learns_ngrams_seen_often_and_ignores_rare_ones(classes):
+    """Class k's texts hold the bigram (10+k, 20+k) among noise; a held-out text with it alone is classified k, both
+    for the binary form (one decision folded into two columns) and the multi-class one. An n-gram seen in fewer than
+    MIN_TEXTS training texts gets an all-zero table row."""
+    rng = np.random.default_rng(1)
+    ids, labels = [], []
+    for i in range(60 * classes):
+        k = i % classes
+        noise = rng.integers(40, 90, size=4).tolist()
+        ids.append([CLS, *noise[:2], 10 + k, 20 + k, *noise[2:], SEP])
+        labels.append(k)
+    ids.append([CLS, 95, 96, 97, SEP])  # a trigram in one text only
+    labels.append(0)
+    head = ngrams.fit_head(ids, np.array(labels), classes, 100, SPECIAL)
+    assert head is not None
+    probe = [[CLS, 10 + k, 20 + k, SEP] for k in range(classes)]
+    assert head.logits(probe).argmax(-1).tolist() == list(range(classes))
+    rows, _ = ngrams.ngram_positions([[CLS, 95, 96, 97, SEP]], 100, ngrams.BUCKETS, SPECIAL)
+    assert not head.table[rows[0][:3]].any()  # the unigrams 95, 96, 97 appear in one text only
+
+
+def scored(rng, n: int, confidence: float, classes: int = 3) -> ngrams.Scored:
+    """Rows whose n-gram logits favour the gold class by `confidence` (plus noise) and a transformer that is right
+    on 80 % of them."""
+    gold = rng.integers(0, classes, size=n)
+    ngram = rng.normal(size=(n, classes))
+    ngram[np.arange(n), gold] += confidence
+    transformer = rng.normal(size=(n, classes))
+    right = rng.random(n) < 0.8
+    transformer[np.arange(n)[right], gold[right]] += 3
+    return ngrams.Scored(transformer, ngram, gold)
+
+
+def test_the_weight_is_chosen_on_dev_within_the_membership_bound():
+    rng = np.random.default_rng(2)
+    dev = scored(rng, 400, confidence=4.0)
+    honest = scored(rng, 400, confidence=4.0)  # training rows scored like dev: nothing memorised
+    weight, report = ngrams.choose_weight(dev, honest)
+    assert weight < 1.0 and report[str(weight)]["macro_f1"] >= report["1.0"]["macro_f1"]
+    memorised = scored(rng, 400, confidence=12.0)  # the branch is far surer on its training rows
+    weight, report = ngrams.choose_weight(dev, memorised)
+    assert all(report[str(w)]["membership_advantage"] > ngrams.ADVANTAGE_BOUND for w in ngrams.WEIGHTS if w < 1)
+    assert weight == 1.0
+
+
+def test_a_branch_that_does_not_raise_a_memorising_transformers_advantage_is_allowed():
+    """When the transformer alone is past the bound (it memorised), the branch may stay as long as the attack does
+    not get stronger than against the transformer alone."""
+    rng = np.random.default_rng(3)
+    dev = scored(rng, 400, confidence=4.0)
+    members = scored(rng, 400, confidence=4.0)
+    members.transformer[np.arange(400), members.gold] += 6  # the transformer is far surer on its training rows
+    weight, report = ngrams.choose_weight(dev, members)
+    assert report["1.0"]["membership_advantage"] > ngrams.ADVANTAGE_BOUND
+    assert weight < 1.0
+    assert report[str(weight)]["membership_advantage"] <= report["1.0"]["membership_advantage"]
+
+
+@pytest.fixture(scope="module")
+def ngram_checkpoint(trained_run, tmp_path_factory):
+    """The tiny trained model with a branch fitted on its own training split, at weight 0.5."""
+    from training.checkpoint import BEST_DIR, save_checkpoint
+    from training.data import load_examples, stratified_split
+    from training.modeling import load_checkpoint
+    from training.ngram_model import with_ngrams
+
+    best = trained_run / BEST_DIR
+    model, tokenizer, label_map = load_checkpoint(best)
+    config = json.loads((best / "training_config.json").read_text(encoding="utf-8"))
+    examples, _ = load_examples(config["data"], None, None)
+    train = stratified_split(examples, config["test_size"], config["dev_size"], config["seed"]).train
+    ids = tokenizer.encode_ids([e.text for e in train], normalized=True)
+    labels = np.array([label_map.labels.index(e.label) for e in train])
+    special = (tokenizer.pad_id, tokenizer.cls_id, tokenizer.sep_id)
+    head = ngrams.fit_head(ids, labels, len(label_map), int(model.config.vocab_size), special)
+    assert head is not None
+    out = tmp_path_factory.mktemp("ngram") / BEST_DIR
+    extra = {name: json.loads((best / name).read_text(encoding="utf-8")) for name in ("training_config.json",)}
+    save_checkpoint(with_ngrams(model, head, 0.5), tokenizer, label_map, extra, out)
+    shutil.copy(best / "metrics.json", out / "metrics.json")
+    return out
+
+
+def test_a_checkpoint_with_the_branch_goes_through_qat_and_export(ngram_checkpoint, tmp_path):
+    """QAT keeps the branch (frozen, unquantised), export's parity and INT8 rules pass, and the manifest says what
+    the graph holds: the table's rows are an initializer of the served ONNX file."""
+    import onnx
+
+    from release.export import ExportConfig, export
+    from training.modeling import load_checkpoint
+    from training.qat import QATConfig, run_qat
+
+    run_qat(QATConfig(checkpoint=str(ngram_checkpoint), output=str(tmp_path / "qat"), max_steps=3, progress=False))
+    qat_model, _, _ = load_checkpoint(tmp_path / "qat" / "best")
+    fp32_model, _, _ = load_checkpoint(ngram_checkpoint)
+    np.testing.assert_array_equal(qat_model.ngram_table.numpy(), fp32_model.ngram_table.numpy())
+    out = tmp_path / "artifact"
+    manifest = export(
+        ExportConfig(checkpoint=str(ngram_checkpoint), qat=str(tmp_path / "qat" / "best"), output=str(out))
+    )
+    assert all(c["passed"] for c in manifest["checks"].values())
+    branch = manifest["ngram_branch"]
+    assert branch["transformer_weight"] == 0.5
+    graph = onnx.load(str(out / manifest["formats"]["onnx-int8"]["path"])).graph
+    shapes = [list(t.dims) for t in graph.initializer]
+    assert [branch["table_rows"], len(manifest["labels"])] in shapes
+    assert "n-gram branch: logits = 0.5 x" in (out / "MODEL_CARD.md").read_text(encoding="utf-8")
+
+
+def test_a_base_checkpoint_with_a_branch_starts_a_run_without_it(ngram_checkpoint):
+    """--base-model <checkpoint with a branch>: the new run fine-tunes the transformer; the old branch's config keys
+    do not follow (they would make its saved checkpoint load a table it never wrote)."""
+    from paddlenlp.transformers import ErnieForSequenceClassification
+
+    from training.modeling import ModelSource, build_model
+    from training.ngram_model import ErnieWithNgrams
+
+    model, _ = build_model(ModelSource("directory", str(ngram_checkpoint)), 2, [], 32)
+    assert type(model) is ErnieForSequenceClassification and not isinstance(model, ErnieWithNgrams)
+    assert not hasattr(model.config, "ngram_weight")

@@ -1,0 +1,84 @@
+"""ERNIE with the n-gram branch in its graph (training/ngrams.py fits it): one model, one ONNX file, the same
+inputs; its output is w x log_softmax(transformer) + (1 - w) x log_softmax(n-gram), so softmax of it is the
+normalised geometric mean of the two distributions. The branch's table and bias are frozen (never trained).
+
+The config carries the branch (saved in config.json by save_pretrained): ngram_weight, ngram_buckets,
+ngram_special_ids ([PAD], [CLS], [SEP]); modeling.classifier_class picks this class when they are there.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import paddle
+import paddle.nn.functional as functional
+from paddlenlp.transformers import ErnieForSequenceClassification
+
+from training.ngrams import TRIGRAM_MULTIPLIER, NgramHead
+
+
+class ErnieWithNgrams(ErnieForSequenceClassification):
+    def __init__(self, config):
+        super().__init__(config)
+        rows = config.vocab_size + 2 * config.ngram_buckets
+        zero = paddle.nn.initializer.Constant(0.0)
+        self.ngram_table = self.create_parameter([rows, config.num_labels], default_initializer=zero)
+        self.ngram_bias = self.create_parameter([config.num_labels], is_bias=True, default_initializer=zero)
+        self.ngram_table.stop_gradient = True
+        self.ngram_bias.stop_gradient = True
+
+    def forward(self, input_ids, token_type_ids=None, **kwargs):
+        if kwargs.get("labels") is not None or kwargs.get("return_dict"):
+            raise ValueError("ErnieWithNgrams returns logits only; compute the loss outside (training/robust.py).")
+        logits = super().forward(input_ids, token_type_ids=token_type_ids, **kwargs)
+        w = float(self.config.ngram_weight)
+        ngram = self.ngram_logits(input_ids)
+        return w * functional.log_softmax(logits, -1) + (1 - w) * functional.log_softmax(ngram, -1)
+
+    def ngram_logits(self, input_ids):
+        """training/ngrams.py's ngram_positions in graph ops (int32 Mul/Add/Mod, Gather, ReduceSum)."""
+        vocab, buckets = int(self.config.vocab_size), int(self.config.ngram_buckets)
+        specials = [int(s) for s in self.config.ngram_special_ids]
+        tail = paddle.full_like(input_ids[:, :2], specials[0])  # two [PAD]s: trigram slices are never empty
+        ids = paddle.concat([input_ids, tail], axis=1).astype("int32")
+        valid = paddle.ones_like(ids, dtype="float32")
+        for special in specials:
+            valid = valid * (ids != special).astype("float32")
+        a, b, c = ids[:, :-2], ids[:, 1:-1], ids[:, 2:]
+        va, vb, vc = valid[:, :-2], valid[:, 1:-1], valid[:, 2:]
+        bigram = _remainder(_int(a, "*", vocab) + b, buckets)
+        trigram = _remainder(_int(bigram, "*", TRIGRAM_MULTIPLIER) + c, buckets)
+        rows = paddle.concat([a, _int(bigram, "+", vocab), _int(trigram, "+", vocab + buckets)], axis=1)
+        mask = paddle.concat([va, va * vb, va * vb * vc], axis=1)
+        weights = mask / paddle.sqrt(paddle.clip(mask.sum(1, keepdim=True), min=1.0))
+        return (functional.embedding(rows, self.ngram_table) * weights.unsqueeze(-1)).sum(1) + self.ngram_bias
+
+
+def _int(x, op: str, value: int):
+    """x * value or x + value as int32 tensor ops. Not `x * value`: with a Python number Paddle records a `scale`
+    op, which paddle2onnx computes in float32 (inexact above 2**24)."""
+    other = paddle.full_like(x, value)
+    return paddle.multiply(x, other) if op == "*" else paddle.add(x, other)
+
+
+def _remainder(x, divisor: int):
+    """x mod divisor on int32 -> ONNX Mod (TensorRT >= 8.5 takes it on INT32). Not `x // divisor`: paddle2onnx
+    computes an integer floor_divide in float32, inexact above 2**24."""
+    return paddle.remainder(x, paddle.full_like(x, divisor))
+
+
+def with_ngrams(model, head: NgramHead, weight: float) -> ErnieWithNgrams:
+    """A copy of the fine-tuned `model` with the fitted branch at the transformer share `weight`."""
+    import copy
+
+    config = copy.deepcopy(model.config)
+    config.ngram_weight = float(weight)
+    config.ngram_buckets = int(head.buckets)
+    config.ngram_special_ids = [int(s) for s in head.special_ids]
+    if head.vocab != config.vocab_size:
+        raise ValueError(f"the branch was fitted on a vocabulary of {head.vocab}, the model has {config.vocab_size}")
+    blended = ErnieWithNgrams(config)
+    state = {**model.state_dict(), "ngram_table": head.table.astype(np.float32), "ngram_bias": head.bias}
+    missing, unexpected = blended.set_state_dict(state)
+    assert not missing and not unexpected, (missing, unexpected)
+    blended.eval()
+    return blended

@@ -50,6 +50,11 @@ def main() -> None:
     examples, _ = load_examples(args.data, args.text_col, args.label_col)
     splits = stratified_split(examples, args.test_size, args.dev_size, args.seed)
     model, tokenizer, label_map = load_checkpoint(args.checkpoint)
+    if hasattr(model.config, "ngram_weight"):
+        raise SystemExit(
+            f"{args.checkpoint} already has the n-gram branch in its graph; this analysis blends it again. "
+            "Hint: pass a checkpoint trained with --no-ngrams."
+        )
     labels = list(label_map.labels)
     special = (tokenizer.pad_id, tokenizer.cls_id, tokenizer.sep_id)
 
@@ -60,7 +65,7 @@ def main() -> None:
         return np.array([labels.index(e.label) for e in rows])
 
     ngram = fit_head(
-        encode(splits.train), gold(splits.train), len(labels), tokenizer.vocab_size, special,
+        encode(splits.train), gold(splits.train), len(labels), int(model.config.vocab_size), special,
         c=args.c, min_texts=args.min_texts, balanced=not args.unbalanced,
     )  # fmt: skip
     assert ngram is not None

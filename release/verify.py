@@ -196,12 +196,30 @@ def _check_graphs(artifact: Artifact) -> Check:
             "weights": len(graph.initializer),
             "opset": model.opset_import[0].version,
         }
+        _check_ngram_branch(check, fmt, graph, artifact.manifest)
         if artifact.spec.formats[fmt].scales:
             _check_int8_graph(check, artifact, fmt, model, data)
     paddle_formats = [f for f in artifact.spec.formats if f.startswith("paddle")]
     if paddle_formats:
         check.details["paddle"] = "program and parameters load together (check 1)"
     return check
+
+
+def _check_ngram_branch(check: Check, fmt: str, graph, manifest: dict) -> None:
+    """The manifest's `ngram_branch` is what the graph holds: a [table_rows, labels] float table and integer Mod
+    hashing when it claims the branch, neither when it does not."""
+    from onnx import TensorProto
+
+    branch = manifest.get("ngram_branch")
+    rows = branch["table_rows"] if branch else None
+    tables = [i for i in graph.initializer if len(i.dims) == 2 and i.dims[1] == len(manifest["labels"])]
+    has_table = any(i.dims[0] == rows and i.data_type == TensorProto.FLOAT for i in tables) if rows else False
+    has_mod = any(n.op_type == "Mod" for n in graph.node)
+    check.details[fmt]["ngram_branch"] = {"claimed": branch is not None, "table": has_table, "mod_hashing": has_mod}
+    if branch is not None and not (has_table and has_mod):
+        check.fail(f"{fmt}: the manifest claims an n-gram branch ({rows} table rows) that the graph does not hold")
+    if branch is None and has_mod:
+        check.fail(f"{fmt}: the graph hashes n-grams (Mod nodes) but the manifest claims no n-gram branch")
 
 
 def _check_int8_graph(check: Check, artifact: Artifact, fmt: str, model, data: bytes) -> None:

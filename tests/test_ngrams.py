@@ -16,14 +16,17 @@ PAD, CLS, SEP = 0, 1, 2
 SPECIAL = (PAD, CLS, SEP)
 
 
+UNK = 3
+
+
 def random_ids(rng: np.random.Generator, vocab: int, rows: int, width: int) -> list[list[int]]:
     """Texts as ids with [CLS]/[SEP] around, ids biased to the top of the vocabulary (where int32 overflow would
-    bite), and a stray special token inside some texts."""
+    bite), and a stray special token ([PAD], [CLS], [SEP]) or [UNK] inside some texts."""
     out = []
     for _ in range(rows):
-        body = rng.integers(max(3, vocab - 50), vocab, size=rng.integers(0, width)).tolist()
-        if body and rng.random() < 0.3:
-            body[rng.integers(len(body))] = SEP
+        body = rng.integers(max(4, vocab - 50), vocab, size=rng.integers(0, width)).tolist()
+        if body and rng.random() < 0.5:
+            body[rng.integers(len(body))] = int(rng.choice([PAD, CLS, SEP, UNK]))
         out.append([CLS, *body, SEP])
     return out
 
@@ -90,10 +93,12 @@ def test_vocabularies_beyond_int32_hashing_and_single_class_rows_get_no_branch()
 
 
 @pytest.mark.parametrize("classes", [2, 3])
-def test_the_fitted_branch_learns_ngrams_seen_often_and_ignores_rare_ones(classes):
-    """Class k's texts hold the bigram (10+k, 20+k) among noise; a held-out text with it alone is classified k, both
-    for the binary form (one decision folded into two columns) and the multi-class one. An n-gram seen in fewer than
-    MIN_TEXTS training texts gets an all-zero table row."""
+def test_the_fitted_branch_is_the_logistic_regression_it_folds(classes):
+    """The table and bias give the log-probabilities scikit-learn's model gives on held-out texts (the binary form's
+    one decision folded into two columns, the idf folded into the rows), the branch learns n-grams seen often, and
+    n-grams seen in fewer than MIN_TEXTS training texts get all-zero rows."""
+    from scipy.special import log_softmax
+
     rng = np.random.default_rng(1)
     ids, labels = [], []
     for i in range(60 * classes):
@@ -101,14 +106,21 @@ def test_the_fitted_branch_learns_ngrams_seen_often_and_ignores_rare_ones(classe
         noise = rng.integers(40, 90, size=4).tolist()
         ids.append([CLS, *noise[:2], 10 + k, 20 + k, *noise[2:], SEP])
         labels.append(k)
-    ids.append([CLS, 95, 96, 97, SEP])  # a trigram in one text only
+    ids.append([CLS, 95, 96, 97, SEP])  # n-grams in one text only
     labels.append(0)
     head = ngrams.fit_head(ids, np.array(labels), classes, 100, SPECIAL)
     assert head is not None
-    probe = [[CLS, 10 + k, 20 + k, SEP] for k in range(classes)]
-    assert head.logits(probe).argmax(-1).tolist() == list(range(classes))
-    rows, _ = ngrams.ngram_positions([[CLS, 95, 96, 97, SEP]], 100, ngrams.BUCKETS, SPECIAL)
-    assert not head.table[rows[0][:3]].any()  # the unigrams 95, 96, 97 appear in one text only
+    held_out = [[CLS, 10 + k, 20 + k, int(rng.integers(40, 90)), SEP] for k in range(classes)]
+    x, column_weights = ngrams.training_matrix(ids, 100, SPECIAL)
+    oracle = ngrams.linear_model().fit(x, np.array(labels))
+    features = ngrams.ngram_features(held_out, 100, ngrams.BUCKETS, SPECIAL).multiply(column_weights).tocsr()
+    expected = oracle.predict_log_proba(features)
+    np.testing.assert_allclose(log_softmax(head.logits(held_out), -1), expected, atol=1e-4)
+    assert head.logits(held_out).argmax(-1).tolist() == list(range(classes))
+    rows, weights = ngrams.ngram_positions([[CLS, 95, 96, 97, SEP]], 100, ngrams.BUCKETS, SPECIAL)
+    counted = rows[0][weights[0] > 0]
+    assert len(counted) == 6  # 95, 96, 97, two bigrams, one trigram
+    assert not head.table[counted].any()
 
 
 def scored(rng, n: int, confidence: float, classes: int = 3) -> ngrams.Scored:
@@ -127,12 +139,15 @@ def test_the_weight_is_chosen_on_dev_within_the_membership_bound():
     rng = np.random.default_rng(2)
     dev = scored(rng, 400, confidence=4.0)
     honest = scored(rng, 400, confidence=4.0)  # training rows scored like dev: nothing memorised
-    weight, report = ngrams.choose_weight(dev, honest)
-    assert weight < 1.0 and report[str(weight)]["macro_f1"] >= report["1.0"]["macro_f1"]
+    weight, choice = ngrams.choose_weight(dev, honest)
+    assert weight < 1.0  # the n-gram model is the better one on dev, and nothing is memorised
     memorised = scored(rng, 400, confidence=12.0)  # the branch is far surer on its training rows
-    weight, report = ngrams.choose_weight(dev, memorised)
+    weight, choice = ngrams.choose_weight(dev, memorised)
+    report = choice["by_weight"]
     assert all(report[str(w)]["membership_advantage"] > ngrams.ADVANTAGE_BOUND for w in ngrams.WEIGHTS if w < 1)
     assert weight == 1.0
+    weight, choice = ngrams.choose_weight(scored(rng, 20, confidence=4.0), scored(rng, 20, confidence=4.0))
+    assert choice["attack_noise_level"] > ngrams.ADVANTAGE_BOUND and weight == 1.0  # too few rows to show the bound
 
 
 def test_a_branch_that_does_not_raise_a_memorising_transformers_advantage_is_allowed():
@@ -142,7 +157,8 @@ def test_a_branch_that_does_not_raise_a_memorising_transformers_advantage_is_all
     dev = scored(rng, 400, confidence=4.0)
     members = scored(rng, 400, confidence=4.0)
     members.transformer[np.arange(400), members.gold] += 6  # the transformer is far surer on its training rows
-    weight, report = ngrams.choose_weight(dev, members)
+    weight, choice = ngrams.choose_weight(dev, members)
+    report = choice["by_weight"]
     assert report["1.0"]["membership_advantage"] > ngrams.ADVANTAGE_BOUND
     assert weight < 1.0
     assert report[str(weight)]["membership_advantage"] <= report["1.0"]["membership_advantage"]
@@ -173,9 +189,11 @@ def ngram_checkpoint(trained_run, tmp_path_factory):
     return out
 
 
-def test_a_checkpoint_with_the_branch_goes_through_qat_and_export(ngram_checkpoint, tmp_path):
-    """QAT keeps the branch (frozen, unquantised), export's parity and INT8 rules pass, and the manifest says what
-    the graph holds: the table's rows are an initializer of the served ONNX file."""
+def test_a_checkpoint_with_the_branch_goes_through_qat_export_and_verify(ngram_checkpoint, small_csv, tmp_path):
+    """QAT keeps the branch (frozen, unquantised), export's parity and INT8 rules pass, the manifest says what the
+    graph holds (the table's rows are an initializer of the served ONNX file), and `verify` passes its checks on
+    the artifact (every format loaded and run as served, explanations included; the privacy bound is lifted: this
+    fixture forces a share on 120 texts, where the branch memorises)."""
     import onnx
 
     from release.export import ExportConfig, export
@@ -197,6 +215,14 @@ def test_a_checkpoint_with_the_branch_goes_through_qat_and_export(ngram_checkpoi
     shapes = [list(t.dims) for t in graph.initializer]
     assert [branch["table_rows"], len(manifest["labels"])] in shapes
     assert "n-gram branch: logits = 0.5 x" in (out / "MODEL_CARD.md").read_text(encoding="utf-8")
+    from release.verify import VerifyConfig, run_verify
+
+    report = run_verify(
+        VerifyConfig(str(out), data=str(small_csv), output=str(tmp_path / "v"), explain=1, max_membership_advantage=1)
+    )
+    assert report["passed"], [c["problems"] for c in report["checks"]]
+    graph_check = next(c for c in report["checks"] if c["name"].startswith("2 "))
+    assert graph_check["details"]["onnx-int8"]["ngram_branch"] == {"claimed": True, "table": True, "mod_hashing": True}
 
 
 def test_a_base_checkpoint_with_a_branch_starts_a_run_without_it(ngram_checkpoint):
@@ -210,3 +236,63 @@ def test_a_base_checkpoint_with_a_branch_starts_a_run_without_it(ngram_checkpoin
     model, _ = build_model(ModelSource("directory", str(ngram_checkpoint)), 2, [], 32)
     assert type(model) is ErnieForSequenceClassification and not isinstance(model, ErnieWithNgrams)
     assert not hasattr(model.config, "ngram_weight")
+
+
+def test_train_writes_the_branch_into_best_when_dev_chooses_it(small_csv, tmp_path, monkeypatch):
+    """The production path: `train` fits the branch, dev chooses a share (fixed here: the tiny dev split decides by
+    noise), best/ is rewritten with it, and metrics.json's figures are the blended model's."""
+    from tests.conftest import tiny_train_config
+    from training.batching import encode
+    from training.data import load_examples, stratified_split
+    from training.finetune import train
+    from training.loop import evaluate_encoded
+    from training.modeling import load_checkpoint
+    from training.ngram_model import ErnieWithNgrams
+
+    real = ngrams.choose_weight
+    monkeypatch.setattr(ngrams, "choose_weight", lambda dev, members: (0.5, real(dev, members)[1]))
+    metrics = train(tiny_train_config(tmp_path / "run", small_csv))
+    assert metrics["ngrams"]["in_model"] and metrics["ngrams"]["transformer_weight"] == 0.5
+    model, tokenizer, label_map = load_checkpoint(tmp_path / "run" / "best")
+    assert isinstance(model, ErnieWithNgrams) and model.config.ngram_weight == 0.5
+    examples, _ = load_examples(str(small_csv), None, None)
+    test = stratified_split(examples, 0.2, 0.1, 42).test
+    recomputed = evaluate_encoded(model, tokenizer, encode(test, tokenizer, label_map), label_map)
+    assert recomputed["accuracy"] == metrics["test"]["accuracy"]
+
+
+def test_verify_checks_the_manifests_branch_against_the_graph(ngram_checkpoint, trained_run, tmp_path):
+    """verify's graph check: a branch claimed but absent, or present but not claimed, fails."""
+    import onnx
+
+    from release.export import export_onnx, export_paddle_inference
+    from release.verify import Check, _check_ngram_branch
+    from training.modeling import load_checkpoint
+
+    graphs = {}
+    for name, ckpt in (("branch", ngram_checkpoint), ("plain", trained_run / "best")):
+        model, _, _ = load_checkpoint(ckpt)
+        export_paddle_inference(model, tmp_path / name)
+        export_onnx(tmp_path / name, tmp_path / f"{name}.onnx")
+        graphs[name] = onnx.load(str(tmp_path / f"{name}.onnx")).graph
+    rows = json.loads((ngram_checkpoint / "config.json").read_text())["vocab_size"] + 2 * ngrams.BUCKETS
+    claimed = {"labels": {"0": "a", "1": "b"}, "ngram_branch": {"table_rows": rows}}
+    unclaimed = {"labels": {"0": "a", "1": "b"}, "ngram_branch": None}
+    for graph, manifest, ok in [
+        (graphs["branch"], claimed, True),
+        (graphs["plain"], unclaimed, True),
+        (graphs["plain"], claimed, False),
+        (graphs["branch"], unclaimed, False),
+    ]:
+        check = Check("2 weights/graph consistency")
+        check.details["onnx"] = {}
+        _check_ngram_branch(check, "onnx", graph, manifest)
+        assert (check.status == "passed") == ok, (manifest, check.problems)
+
+
+def test_export_refuses_a_qat_checkpoint_with_another_branch(ngram_checkpoint, trained_run, qat_run, tmp_path):
+    from ernie_cls.errors import ConfigError
+    from release.export import ExportConfig, export
+
+    with pytest.raises(ConfigError, match="n-gram branch"):
+        export(ExportConfig(checkpoint=str(ngram_checkpoint), qat=str(qat_run[0] / "best"), output=str(tmp_path / "x")))

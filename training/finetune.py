@@ -117,7 +117,8 @@ def train(cfg: TrainConfig) -> dict:
         train_data.teacher_logits = teacher_logits(cfg.teacher, label_map, train_data.texts)
     dev_data = encode(splits.dev, tokenizer, label_map)
     test_data = encode(splits.test, tokenizer, label_map) if splits.test else None
-    head = _fit_ngrams(model, tokenizer, train_data, len(label_map)) if cfg.ngrams else None
+    rank0 = rank_and_world()[0] == 0  # fits and attaches the n-gram branch; the others would read best/ mid-swap
+    head = _fit_ngrams(model, tokenizer, train_data, len(label_map)) if cfg.ngrams and rank0 else None
     cfg, plan, pretrain_record, stop_at = _stages(cfg, source, model, tokenizer, train_data, len(dev_data.ids), t_wall)
     lr = cfg.learning_rate or (3e-4 if source.kind == "scratch" else 5e-5)
     config_record = {**asdict(cfg), "learning_rate": lr, "base_model_kind": source.kind}
@@ -128,7 +129,6 @@ def train(cfg: TrainConfig) -> dict:
 
     result = fit(model, tokenizer, label_map, train_data, dev_data, cfg, lr, save_best, use_amp, stop_at=stop_at)
     barrier()  # rank 0 has written best/ before any rank reads it
-    rank0 = rank_and_world()[0] == 0  # one reader-writer: the others would read best/ while it is swapped
     ngram_record = _attach_ngrams(out / BEST_DIR, head, train_data, dev_data) if head and rank0 else None
     barrier()
     wall = time.perf_counter() - t_wall
@@ -211,35 +211,40 @@ def _fit_ngrams(model, tokenizer, train_data: Encoded, classes: int) -> ngrams.N
     return ngrams.fit_head(train_data.ids, train_data.labels, classes, int(model.config.vocab_size), special)
 
 
-def _attach_ngrams(best: Path, head: ngrams.NgramHead, train: Encoded, dev: Encoded) -> dict:
+def _attach_ngrams(best: Path, head: ngrams.NgramHead, train: Encoded, dev: Encoded) -> dict | None:
     """Choose the n-gram branch's weight on dev for the saved best checkpoint (a membership-inference check on
     training rows bounds it) and, unless the transformer alone is chosen, rewrite the checkpoint with the branch in
-    its graph. Returns the record."""
+    its graph. Returns the record; a failure costs the branch (logged), never the trained model."""
     from training.ngram_model import with_ngrams
 
-    model, tokenizer, label_map = load_checkpoint(best)
+    try:
+        model, tokenizer, label_map = load_checkpoint(best)
 
-    def scored(ids: list[list[int]], gold: np.ndarray) -> ngrams.Scored:
-        return ngrams.Scored(predict_logits(model, tokenizer, ids), head.logits(ids), gold)
+        def scored(ids: list[list[int]], gold: np.ndarray) -> ngrams.Scored:
+            return ngrams.Scored(predict_logits(model, tokenizer, ids), head.logits(ids), gold)
 
-    rows = random.Random(0).sample(range(len(train.ids)), min(len(train.ids), ngrams.MEMBERSHIP_ROWS))
-    members = scored([train.ids[i] for i in rows], train.labels[rows])
-    weight, by_weight = ngrams.choose_weight(scored(dev.ids, dev.labels), members)
-    record = {
+        rows = random.Random(0).sample(range(len(train.ids)), min(len(train.ids), ngrams.MEMBERSHIP_ROWS))
+        members = scored([train.ids[i] for i in rows], train.labels[rows])
+        weight, choice = ngrams.choose_weight(scored(dev.ids, dev.labels), members)
+        if weight < 1:
+            extra = {
+                n: json.loads((best / n).read_text(encoding="utf-8")) for n in (TRAINING_CONFIG_FILE, METRICS_FILE)
+            }
+            save_checkpoint(with_ngrams(model, head, weight), tokenizer, label_map, extra, best)
+    except Exception as err:  # e.g. MemoryError on a huge dev split: the checkpoint as trained stays in place
+        log.warning("n-gram branch left out (%s: %s); best/ is the transformer alone", type(err).__name__, err)
+        return None
+    log.info("n-gram branch: transformer weight %.1f chosen on dev (%s)", weight, choice["by_weight"][str(weight)])
+    return {
         "transformer_weight": weight,
         "in_model": weight < 1,
-        "dev_by_weight": by_weight,
+        "dev_by_weight": choice["by_weight"],
         "membership_bound": ngrams.ADVANTAGE_BOUND,
+        "membership_ceiling": choice["ceiling"],
+        "attack_noise_level": choice["attack_noise_level"],
         "buckets": head.buckets,
         "fit_seconds": head.fit_seconds,
     }
-    log.info("n-gram branch: transformer weight %.1f chosen on dev (%s)", weight, by_weight[str(weight)])
-    if weight < 1:
-        extra = {
-            name: json.loads((best / name).read_text(encoding="utf-8")) for name in (TRAINING_CONFIG_FILE, METRICS_FILE)
-        }
-        save_checkpoint(with_ngrams(model, head, weight), tokenizer, label_map, extra, best)
-    return record
 
 
 def _compare_with_baseline(metrics: dict, splits: Splits) -> None:

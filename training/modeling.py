@@ -20,10 +20,10 @@ from urllib.parse import urlparse
 from ernie_cls.errors import ConfigError, ModelLoadError
 from ernie_cls.tokenization import ErnieTokenizerFast, build_vocab
 from training.data import LabelMap
+from training.ngrams import NGRAM_CONFIG_KEYS
 
 log = logging.getLogger(__name__)
 
-NGRAM_CONFIG_KEYS = ("ngram_weight", "ngram_buckets", "ngram_special_ids")  # training/ngram_model.py
 
 # ERNIE 3.0 architectures as published by PaddleNLP (configuration.py of paddlenlp 2.8.1); "pico" is a toy
 # size for tests and smoke runs. vocab_size is replaced by the corpus vocabulary for scratch training.

@@ -3,7 +3,8 @@ inputs; its output is w x log_softmax(transformer) + (1 - w) x log_softmax(n-gra
 normalised geometric mean of the two distributions. The branch's table and bias are frozen (never trained).
 
 The config carries the branch (saved in config.json by save_pretrained): ngram_weight, ngram_buckets,
-ngram_special_ids ([PAD], [CLS], [SEP]); modeling.classifier_class picks this class when they are there.
+ngram_special_ids ([PAD], [CLS], [SEP]) and ngram_multipliers (the hash's, so a checkpoint keeps hashing as it was
+fitted); modeling.classifier_class picks this class when they are there.
 """
 
 from __future__ import annotations
@@ -13,11 +14,18 @@ import paddle
 import paddle.nn.functional as functional
 from paddlenlp.transformers import ErnieForSequenceClassification
 
-from training.ngrams import TRIGRAM_MULTIPLIER, NgramHead
+from ernie_cls.errors import ModelLoadError
+from training.ngrams import NGRAM_CONFIG_KEYS, NgramHead
 
 
 class ErnieWithNgrams(ErnieForSequenceClassification):
     def __init__(self, config):
+        missing = [k for k in NGRAM_CONFIG_KEYS if getattr(config, k, None) is None]
+        if missing:
+            raise ModelLoadError(
+                f"The model config describes an n-gram branch without {missing}.",
+                "Use a checkpoint written by this version of `ernie-cls train`, or retrain it.",
+            )
         super().__init__(config)
         rows = config.vocab_size + 2 * config.ngram_buckets
         zero = paddle.nn.initializer.Constant(0.0)
@@ -27,7 +35,7 @@ class ErnieWithNgrams(ErnieForSequenceClassification):
         self.ngram_bias.stop_gradient = True
 
     def forward(self, input_ids, token_type_ids=None, **kwargs):
-        if kwargs.get("labels") is not None or kwargs.get("return_dict"):
+        if any(kwargs.get(k) for k in ("labels", "return_dict", "output_hidden_states", "output_attentions")):
             raise ValueError("ErnieWithNgrams returns logits only; compute the loss outside (training/robust.py).")
         logits = super().forward(input_ids, token_type_ids=token_type_ids, **kwargs)
         w = float(self.config.ngram_weight)
@@ -38,15 +46,17 @@ class ErnieWithNgrams(ErnieForSequenceClassification):
         """training/ngrams.py's ngram_positions in graph ops (int32 Mul/Add/Mod, Gather, ReduceSum)."""
         vocab, buckets = int(self.config.vocab_size), int(self.config.ngram_buckets)
         specials = [int(s) for s in self.config.ngram_special_ids]
-        tail = paddle.full_like(input_ids[:, :2], specials[0])  # two [PAD]s: trigram slices are never empty
+        bigram_multiplier, trigram_multiplier = (int(m) for m in self.config.ngram_multipliers)
+        tail = paddle.full_like(input_ids[:, :1], specials[0])
+        tail = paddle.concat([tail, tail], axis=1)  # two [PAD]s, whatever the width: trigram slices are never empty
         ids = paddle.concat([input_ids, tail], axis=1).astype("int32")
         valid = paddle.ones_like(ids, dtype="float32")
         for special in specials:
             valid = valid * (ids != special).astype("float32")
         a, b, c = ids[:, :-2], ids[:, 1:-1], ids[:, 2:]
         va, vb, vc = valid[:, :-2], valid[:, 1:-1], valid[:, 2:]
-        bigram = _remainder(_int(a, "*", vocab) + b, buckets)
-        trigram = _remainder(_int(bigram, "*", TRIGRAM_MULTIPLIER) + c, buckets)
+        bigram = _remainder(_int(a, "*", bigram_multiplier) + b, buckets)
+        trigram = _remainder(_int(bigram, "*", trigram_multiplier) + c, buckets)
         rows = paddle.concat([a, _int(bigram, "+", vocab), _int(trigram, "+", vocab + buckets)], axis=1)
         mask = paddle.concat([va, va * vb, va * vb * vc], axis=1)
         weights = mask / paddle.sqrt(paddle.clip(mask.sum(1, keepdim=True), min=1.0))
@@ -74,6 +84,7 @@ def with_ngrams(model, head: NgramHead, weight: float) -> ErnieWithNgrams:
     config.ngram_weight = float(weight)
     config.ngram_buckets = int(head.buckets)
     config.ngram_special_ids = [int(s) for s in head.special_ids]
+    config.ngram_multipliers = list(head.multipliers)
     if head.vocab != config.vocab_size:
         raise ValueError(f"the branch was fitted on a vocabulary of {head.vocab}, the model has {config.vocab_size}")
     blended = ErnieWithNgrams(config)

@@ -231,7 +231,8 @@ def _summary(m: dict) -> dict:
 
 
 def _save_qat_checkpoint(qat_model, tokenizer, label_map, train_cfg, qat_record, dev_metrics, target: Path) -> None:
-    """Float weights after QAT (a plain paddlenlp checkpoint) + scales + markers, written atomically."""
+    """Float weights after QAT (the FP32 checkpoint's class: paddlenlp ERNIE, or ERNIE with the n-gram branch) +
+    scales + markers, written atomically."""
     plain = classifier_class(qat_model.config.to_dict())(qat_model.config)
     state = {k: v for k, v in qat_model.state_dict().items() if "quanter" not in k}
     missing, unexpected = plain.set_state_dict(state)

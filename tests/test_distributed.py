@@ -20,8 +20,11 @@ import json, sys
 from training.distributed import rank_and_world
 stage = sys.argv[1]
 if stage == "train":
+    from training import ngrams
     from training.config import TrainConfig
     from training.finetune import train
+    real = ngrams.choose_weight  # 20 dev rows cannot resolve the privacy bound: force the branch in, so that
+    ngrams.choose_weight = lambda dev, members: (0.5, real(dev, members)[1])  # rank 0 rewrites best/ mid-run
     metrics = train(TrainConfig(output=sys.argv[2], train_file=sys.argv[3], dev_file=sys.argv[4],
         base_model="scratch:pico", max_seq_len=32, batch_size=16, epochs=3, eval_every=2, patience=10,
         learning_rate=2e-3, vocab_size=800, progress=False, overwrite=True, label_names={"0": "neg", "1": "pos"}))
@@ -62,7 +65,10 @@ def test_two_cpu_processes_train_and_qat_with_an_uneven_batch_count_and_finish_t
     assert sorted(r["rank"] for r in ranks) == [0, 1] and {r["world"] for r in ranks} == {2}
     assert len({r["steps"] for r in ranks}) == 1  # the same steps on both ranks: they stopped together
     assert (out / "best" / "model_state.pdparams").is_file() and (out / "metrics.json").is_file()
-    assert json.loads((out / "metrics.json").read_text())["steps"] == ranks[0]["steps"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == ranks[0]["steps"]
+    assert metrics["ngrams"]["in_model"]  # rank 0 attached the branch; rank 1 then scored the rewritten best/
+    assert "ngram_weight" in json.loads((out / "best" / "config.json").read_text())
 
     qat_out = tmp_path / "qat"
     ranks = launch(tmp_path, "qat", "qat", str(out / "best"), str(qat_out))

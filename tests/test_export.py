@@ -92,7 +92,7 @@ def test_parity_check_catches_a_corrupted_weight(trained_run, tmp_path, monkeypa
     def corrupting_export_onnx(prefix, onnx_path):
         real_export_onnx(prefix, onnx_path)
         model = onnx.load(str(onnx_path))
-        # a GEMM weight: row 0 of the largest table, the n-gram branch's, is [PAD]'s and never read
+        # a GEMM weight: with an n-gram branch the largest table is its own, whose row 0 ([PAD]'s) is never read
         matmul_weights = {n.input[1] for n in model.graph.node if n.op_type == "MatMul"}
         init = max((t for t in model.graph.initializer if t.name in matmul_weights), key=lambda t: np.prod(t.dims))
         arr = numpy_helper.to_array(init).copy()

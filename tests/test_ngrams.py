@@ -81,9 +81,13 @@ def test_graph_hashes_exactly_like_training_at_the_vocabulary_limit(tmp_path):
     types = paddle.to_tensor(np.zeros_like(x))
     transformer = base(paddle.to_tensor(x), token_type_ids=types).numpy()
     np.testing.assert_allclose(served, ngrams.blend(transformer, expected, 0.5), rtol=1e-4, atol=1e-4)
-    empty = padded([[CLS, SEP]])  # a batch two tokens wide: no n-gram at all, the bias alone
-    np.testing.assert_allclose(model.ngram_logits(paddle.to_tensor(empty)).numpy()[0], head.bias, atol=1e-6)
-    assert np.isfinite(onnx_backend(tmp_path / "model.onnx").infer(empty, np.zeros_like(empty))).all()
+    session = onnx_backend(tmp_path / "model.onnx")
+    for narrow in ([[CLS, SEP]], [[CLS]]):  # batches two and one token wide: no n-gram at all, the bias alone
+        x = padded(narrow)
+        np.testing.assert_allclose(model.ngram_logits(paddle.to_tensor(x)).numpy()[0], head.bias, atol=1e-6)
+        transformer = base(paddle.to_tensor(x), token_type_ids=paddle.to_tensor(np.zeros_like(x))).numpy()
+        blended = ngrams.blend(transformer, head.logits(narrow), 0.5)
+        np.testing.assert_allclose(session.infer(x, np.zeros_like(x)), blended, rtol=1e-4, atol=1e-4)
 
 
 def test_vocabularies_beyond_int32_hashing_and_single_class_rows_get_no_branch():
@@ -296,3 +300,28 @@ def test_export_refuses_a_qat_checkpoint_with_another_branch(ngram_checkpoint, t
 
     with pytest.raises(ConfigError, match="n-gram branch"):
         export(ExportConfig(checkpoint=str(ngram_checkpoint), qat=str(qat_run[0] / "best"), output=str(tmp_path / "x")))
+
+
+def test_parity_catches_a_corrupted_transformer_weight_behind_the_branch(ngram_checkpoint, tmp_path, monkeypatch):
+    """With the branch taking half the output, a corrupted GEMM weight of the transformer in the ONNX file still
+    fails export's Paddle-vs-ONNX check (its tolerance shrinks with the transformer's share)."""
+    import onnx
+    from onnx import numpy_helper
+
+    import release.export as ex
+
+    real_export_onnx = ex.export_onnx
+
+    def corrupting_export_onnx(prefix, onnx_path):
+        real_export_onnx(prefix, onnx_path)
+        model = onnx.load(str(onnx_path))
+        matmul_weights = {n.input[1] for n in model.graph.node if n.op_type == "MatMul"}
+        init = max((t for t in model.graph.initializer if t.name in matmul_weights), key=lambda t: np.prod(t.dims))
+        arr = numpy_helper.to_array(init).copy()
+        arr.flat[0] += 5.0
+        init.CopyFrom(numpy_helper.from_array(arr, init.name))
+        onnx.save(model, str(onnx_path))
+
+    monkeypatch.setattr(ex, "export_onnx", corrupting_export_onnx)
+    with pytest.raises(ex.ExportCheckError, match="paddle_fp32_vs_onnx_fp32"):
+        ex.export(ex.ExportConfig(checkpoint=str(ngram_checkpoint), output=str(tmp_path / "bad")))

@@ -207,17 +207,22 @@ def _size_stages(
 
 
 def _fit_ngrams(model, tokenizer, train_data: Encoded, classes: int) -> ngrams.NgramHead | None:
+    """The branch fitted on the training rows, or None; a failure (e.g. MemoryError) costs the branch, not the run."""
     special = (tokenizer.pad_id, tokenizer.cls_id, tokenizer.sep_id)
-    return ngrams.fit_head(train_data.ids, train_data.labels, classes, int(model.config.vocab_size), special)
+    try:
+        return ngrams.fit_head(train_data.ids, train_data.labels, classes, int(model.config.vocab_size), special)
+    except Exception as err:
+        log.warning("n-gram branch left out: its fit failed (%s: %s)", type(err).__name__, err)
+        return None
 
 
 def _attach_ngrams(best: Path, head: ngrams.NgramHead, train: Encoded, dev: Encoded) -> dict | None:
     """Choose the n-gram branch's weight on dev for the saved best checkpoint (a membership-inference check on
     training rows bounds it) and, unless the transformer alone is chosen, rewrite the checkpoint with the branch in
     its graph. Returns the record; a failure costs the branch (logged), never the trained model."""
-    from training.ngram_model import with_ngrams
-
     try:
+        from training.ngram_model import with_ngrams
+
         model, tokenizer, label_map = load_checkpoint(best)
 
         def scored(ids: list[list[int]], gold: np.ndarray) -> ngrams.Scored:

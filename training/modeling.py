@@ -182,5 +182,10 @@ def load_checkpoint(directory: str | Path):
     config_file = d / "config.json"
     config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
     model = classifier_class(config).from_pretrained(str(d))
+    if hasattr(model, "ngram_table") and not model.ngram_table.numpy().any():  # paddlenlp only warns on a missing key
+        raise ModelLoadError(
+            f"{d}'s config describes an n-gram branch but its weights hold no n-gram table.",
+            "Pass a checkpoint written whole by `ernie-cls train`, or retrain it.",
+        )
     model.eval()
     return model, tokenizer, LabelMap.load(label_file)

@@ -2,7 +2,8 @@
 the service loads it.
 
     artifact ─┬─ 1 integrity       every file present with its manifest sha256; every runtime format loads
-              ├─ 2 weights/graph   ONNX checker (full); every initializer used, every node input defined
+              ├─ 2 weights/graph   ONNX checker (full); every initializer used, every node input defined; the
+              │                    n-gram branch in the graph iff the manifest says so; INT8 QDQ rules
               ├─ 3 interface       input/output names, dtypes, dynamic axes as the manifest says
               ├─ 4 accuracy        accuracy, macro-F1 and calibration error (raw / as served) per format
               ├─ 5 agreement       Paddle FP32 vs ONNX FP32 logits; INT8 vs FP32 argmax agreement, accuracy delta

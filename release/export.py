@@ -41,6 +41,7 @@ from release.config import ExportConfig
 from release.qdq_rules import ort_integer_gemms, qdq_problems
 from release.quantize_onnx import write_int8_qdq
 from release.triton import write_triton_repository
+from training import ngrams
 from training.baseline import rows_sha256
 from training.batching import Encoded, encode
 from training.checkpoint import LABEL_MAP_FILE, METRICS_FILE, TRAINING_CONFIG_FILE
@@ -372,6 +373,8 @@ def _parity_checks(cfg: ExportConfig, tmp: Path, model, tokenizer, data: _Splits
             "n": len(ids),
             "passed": agreement >= cfg.min_int8_agreement,
         }
+        if hasattr(model, "ngram_table"):
+            checks["qat_vs_onnx_int8_transformer"] = _transformer_agreement(model, ids, qat_dev, int8_dev, cfg)
     failed = [name for name, c in checks.items() if not c["passed"]]
     if failed:
         raise ExportCheckError(
@@ -379,6 +382,23 @@ def _parity_checks(cfg: ExportConfig, tmp: Path, model, tokenizer, data: _Splits
             "A corrupted or non-exportable checkpoint: retrain, or report the versions in `pip freeze`.",
         )
     return checks, runners, dev_logits
+
+
+def _transformer_agreement(model, ids: list[list[int]], qat_dev: np.ndarray, int8_dev: np.ndarray, cfg) -> dict:
+    """With an n-gram branch the blended outputs also agree through the float branch both sides share: compare the
+    transformer parts alone, recovered from each output with the FP32 checkpoint's branch (training/ngrams.unblend)."""
+    from training.ngram_model import head_of
+
+    ngram, w = head_of(model).logits(ids), float(model.config.ngram_weight)
+    qat, int8 = ngrams.unblend(qat_dev, ngram, w), ngrams.unblend(int8_dev, ngram, w)
+    agreement = float((qat.argmax(-1) == int8.argmax(-1)).mean())
+    return {
+        "argmax_agreement": agreement,
+        "max_abs_logit_diff": float(np.abs(qat - int8).max()),
+        "min_agreement": cfg.min_int8_agreement,
+        "n": len(ids),
+        "passed": agreement >= cfg.min_int8_agreement,
+    }
 
 
 def _measure(runners: dict[str, Any], dev_logits: dict[str, np.ndarray], tokenizer, data: _Splits) -> dict:

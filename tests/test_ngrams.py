@@ -90,6 +90,14 @@ def test_graph_hashes_exactly_like_training_at_the_vocabulary_limit(tmp_path):
         np.testing.assert_allclose(session.infer(x, np.zeros_like(x)), blended, rtol=1e-4, atol=1e-4)
 
 
+def test_unblend_recovers_the_transformers_log_probabilities():
+    rng = np.random.default_rng(4)
+    transformer, ngram = rng.normal(size=(5, 3)) * 3, rng.normal(size=(5, 3)) * 3
+    for w in (0.1, 0.5, 0.9):
+        recovered = ngrams.unblend(ngrams.blend(transformer, ngram, w), ngram, w)
+        np.testing.assert_allclose(recovered, ngrams.log_softmax(transformer), atol=1e-9)
+
+
 def test_vocabularies_beyond_int32_hashing_and_single_class_rows_get_no_branch():
     ids = [[CLS, 5, 6, SEP]] * 4
     assert ngrams.fit_head(ids, np.array([0, 1, 0, 1]), 2, ngrams.MAX_VOCAB + 1, SPECIAL) is None
@@ -213,6 +221,8 @@ def test_a_checkpoint_with_the_branch_goes_through_qat_export_and_verify(ngram_c
         ExportConfig(checkpoint=str(ngram_checkpoint), qat=str(tmp_path / "qat" / "best"), output=str(out))
     )
     assert all(c["passed"] for c in manifest["checks"].values())
+    transformer_only = manifest["checks"]["qat_vs_onnx_int8_transformer"]  # the transformer parts alone agree too
+    assert transformer_only["argmax_agreement"] >= 0.99 and transformer_only["max_abs_logit_diff"] < 1.0
     branch = manifest["ngram_branch"]
     assert branch["transformer_weight"] == 0.5
     graph = onnx.load(str(out / manifest["formats"]["onnx-int8"]["path"])).graph
@@ -325,3 +335,23 @@ def test_parity_catches_a_corrupted_transformer_weight_behind_the_branch(ngram_c
     monkeypatch.setattr(ex, "export_onnx", corrupting_export_onnx)
     with pytest.raises(ex.ExportCheckError, match="paddle_fp32_vs_onnx_fp32"):
         ex.export(ex.ExportConfig(checkpoint=str(ngram_checkpoint), output=str(tmp_path / "bad")))
+
+
+def test_the_transformer_only_int8_check_fails_when_the_transformer_parts_disagree(ngram_checkpoint):
+    """export's qat_vs_onnx_int8_transformer: an INT8 output whose transformer part predicts the other class on every
+    text (the branch unchanged) fails it, whatever the blended outputs do."""
+    from release.config import ExportConfig
+    from release.export import _transformer_agreement
+    from training.modeling import load_checkpoint
+    from training.ngram_model import head_of
+
+    model, tokenizer, _ = load_checkpoint(ngram_checkpoint)
+    ids = tokenizer.encode_ids(["味道很好，送餐很快", "太难吃了，再也不点", "一般般吧", "服务态度差"])
+    ngram, w = head_of(model).logits(ids), 0.5
+    transformer = np.array([[2.0, -2.0], [-2.0, 2.0], [1.0, -1.0], [-1.0, 1.0]])
+    qat = ngrams.blend(transformer, ngram, w)
+    int8 = ngrams.blend(-transformer, ngram, w)
+    cfg = ExportConfig(checkpoint=str(ngram_checkpoint), output="unused")
+    assert _transformer_agreement(model, ids, qat, qat, cfg)["passed"]
+    check = _transformer_agreement(model, ids, qat, int8, cfg)
+    assert check["argmax_agreement"] == 0.0 and not check["passed"]

@@ -93,3 +93,23 @@ def with_ngrams(model, head: NgramHead, weight: float) -> ErnieWithNgrams:
     assert not missing and not unexpected, (missing, unexpected)
     blended.eval()
     return blended
+
+
+def head_of(model: ErnieWithNgrams) -> NgramHead:
+    """The branch a model carries, as the numpy head (for checks that compute it outside the graph)."""
+    config = model.config
+    head = NgramHead(
+        model.ngram_table.numpy(),
+        model.ngram_bias.numpy(),
+        int(config.vocab_size),
+        int(config.ngram_buckets),
+        tuple(int(s) for s in config.ngram_special_ids),
+        0.0,
+    )
+    if list(head.multipliers) != [int(m) for m in config.ngram_multipliers]:
+        raise ModelLoadError(
+            f"The checkpoint hashes n-grams with multipliers {config.ngram_multipliers}, this version with "
+            f"{list(head.multipliers)}.",
+            "Export it with the ernie-cls version that trained it, or retrain it.",
+        )
+    return head

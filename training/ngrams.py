@@ -159,6 +159,11 @@ def blend(transformer_logits: np.ndarray, ngram_logits: np.ndarray, weight: floa
     return weight * log_softmax(transformer_logits) + (1 - weight) * log_softmax(ngram_logits)
 
 
+def unblend(blended: np.ndarray, ngram_logits: np.ndarray, weight: float) -> np.ndarray:
+    """The transformer's log-probabilities inside a blended output (exact: the output is not renormalised)."""
+    return (blended - (1 - weight) * log_softmax(ngram_logits)) / weight
+
+
 @dataclass
 class Scored:
     """Both branches' logits on some rows, and their gold labels."""

@@ -373,8 +373,9 @@ def _parity_checks(cfg: ExportConfig, tmp: Path, model, tokenizer, data: _Splits
             "n": len(ids),
             "passed": agreement >= cfg.min_int8_agreement,
         }
-        if hasattr(model, "ngram_table"):
-            checks["qat_vs_onnx_int8_transformer"] = _transformer_agreement(model, ids, qat_dev, int8_dev, cfg)
+        if hasattr(model, "ngram_table"):  # both outputs carry the QAT checkpoint's branch: unblend with that one
+            qat_model = int8["qat_model"]
+            checks["qat_vs_onnx_int8_transformer"] = _transformer_agreement(qat_model, ids, qat_dev, int8_dev, cfg)
     failed = [name for name, c in checks.items() if not c["passed"]]
     if failed:
         raise ExportCheckError(
@@ -386,7 +387,7 @@ def _parity_checks(cfg: ExportConfig, tmp: Path, model, tokenizer, data: _Splits
 
 def _transformer_agreement(model, ids: list[list[int]], qat_dev: np.ndarray, int8_dev: np.ndarray, cfg) -> dict:
     """With an n-gram branch the blended outputs also agree through the float branch both sides share: compare the
-    transformer parts alone, recovered from each output with the FP32 checkpoint's branch (training/ngrams.unblend)."""
+    transformer parts alone, recovered from each output with `model`'s branch (training/ngrams.unblend)."""
     from training.ngram_model import head_of
 
     ngram, w = head_of(model).logits(ids), float(model.config.ngram_weight)

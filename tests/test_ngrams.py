@@ -337,21 +337,27 @@ def test_parity_catches_a_corrupted_transformer_weight_behind_the_branch(ngram_c
         ex.export(ex.ExportConfig(checkpoint=str(ngram_checkpoint), output=str(tmp_path / "bad")))
 
 
-def test_the_transformer_only_int8_check_fails_when_the_transformer_parts_disagree(ngram_checkpoint):
-    """export's qat_vs_onnx_int8_transformer: an INT8 output whose transformer part predicts the other class on every
-    text (the branch unchanged) fails it, whatever the blended outputs do."""
+def test_the_transformer_only_int8_check_fails_when_the_transformer_parts_disagree(ngram_checkpoint, monkeypatch):
+    """export's qat_vs_onnx_int8_transformer: with a confident branch the blended outputs still agree everywhere while
+    the INT8 side's transformer part predicts the other class on every text; the blended check cannot see it, this
+    one fails."""
+    import training.ngram_model
     from release.config import ExportConfig
     from release.export import _transformer_agreement
     from training.modeling import load_checkpoint
-    from training.ngram_model import head_of
 
     model, tokenizer, _ = load_checkpoint(ngram_checkpoint)
     ids = tokenizer.encode_ids(["味道很好，送餐很快", "太难吃了，再也不点", "一般般吧", "服务态度差"])
-    ngram, w = head_of(model).logits(ids), 0.5
-    transformer = np.array([[2.0, -2.0], [-2.0, 2.0], [1.0, -1.0], [-1.0, 1.0]])
-    qat = ngrams.blend(transformer, ngram, w)
-    int8 = ngrams.blend(-transformer, ngram, w)
+    ngram = np.array([[8.0, -8.0], [-8.0, 8.0], [8.0, -8.0], [-8.0, 8.0]])  # a confident branch
+
+    class ConfidentHead:
+        def logits(self, _ids):
+            return ngram
+
+    monkeypatch.setattr(training.ngram_model, "head_of", lambda _model: ConfidentHead())
+    transformer, w = np.array([[1.0, -1.0], [-1.0, 1.0], [-1.0, 1.0], [1.0, -1.0]]), 0.5
+    qat, int8 = ngrams.blend(transformer, ngram, w), ngrams.blend(-transformer, ngram, w)
+    assert (qat.argmax(-1) == int8.argmax(-1)).all()  # what the blended check compares: full agreement
     cfg = ExportConfig(checkpoint=str(ngram_checkpoint), output="unused")
-    assert _transformer_agreement(model, ids, qat, qat, cfg)["passed"]
     check = _transformer_agreement(model, ids, qat, int8, cfg)
     assert check["argmax_agreement"] == 0.0 and not check["passed"]

@@ -33,6 +33,11 @@ class MembershipReport:
     non_member_mean_confidence: float
 
 
+def noise_level(members: int, non_members: int) -> float:
+    """The advantage two samples of these sizes from one distribution exceed only 5 % of the time (KS, 5 %)."""
+    return 1.358 * math.sqrt((members + non_members) / (members * non_members))
+
+
 def membership_advantage(members: np.ndarray, non_members: np.ndarray) -> MembershipReport:
     """members / non_members: each row's probability of its true label."""
     import numpy as np
@@ -51,7 +56,7 @@ def membership_advantage(members: np.ndarray, non_members: np.ndarray) -> Member
         threshold=float(thresholds[best]),
         members=len(m),
         non_members=len(n),
-        noise_level=1.358 * math.sqrt((len(m) + len(n)) / (len(m) * len(n))),
+        noise_level=noise_level(len(m), len(n)),
         member_mean_confidence=float(members.mean()),
         non_member_mean_confidence=float(non_members.mean()),
     )

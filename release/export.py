@@ -118,9 +118,11 @@ def _check_qat(d: Path, fp32_dir: Path) -> None:
 
 
 def ngram_config(checkpoint: Path) -> dict | None:
-    """The n-gram branch's keys in a checkpoint's config.json (training/ngram_model.py), or None without one."""
+    """The n-gram branch's keys in a checkpoint's config.json (training/ngram_model.py) with its vocab_size, or None
+    without a branch."""
     config = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
-    return {k: config[k] for k in NGRAM_CONFIG_KEYS if k in config} or None
+    branch = {k: config[k] for k in NGRAM_CONFIG_KEYS if k in config}
+    return {**branch, "vocab_size": config["vocab_size"]} if branch else None
 
 
 def _check_examples(cfg: ExportConfig, training_config: dict) -> tuple[list[Example], list[Example], str]:
@@ -349,7 +351,8 @@ def _parity_checks(cfg: ExportConfig, tmp: Path, model, tokenizer, data: _Splits
     dev_logits = {fmt: logits_in_batches(runner.infer, tokenizer, ids) for fmt, runner in runners.items()}
     dygraph = predict_logits(model, tokenizer, ids)
     # the transformer's error reaches a blended output times its share: the tolerance shrinks with it
-    tolerance = cfg.parity_tolerance * float(getattr(model.config, "ngram_weight", 1.0))
+    weight = getattr(model.config, "ngram_weight", None)  # the n-gram branch's transformer share, if any
+    tolerance = cfg.parity_tolerance * (1.0 if weight is None else float(weight))
     for name, a, b in [
         ("paddle_fp32_vs_onnx_fp32", dev_logits["paddle-fp32"], dev_logits["onnx-fp32"]),
         ("checkpoint_vs_paddle_fp32", dev_logits["paddle-fp32"], dygraph),
@@ -365,17 +368,10 @@ def _parity_checks(cfg: ExportConfig, tmp: Path, model, tokenizer, data: _Splits
         checks.update(int8["checks"])
         qat_dev = predict_logits(int8["qat_model"], tokenizer, ids)
         int8_dev = dev_logits["onnx-int8"] = logits_in_batches(runners["onnx-int8"].infer, tokenizer, ids)
-        agreement = float((qat_dev.argmax(-1) == int8_dev.argmax(-1)).mean())
-        checks["qat_vs_onnx_int8"] = {
-            "argmax_agreement": agreement,
-            "max_abs_logit_diff": float(np.abs(qat_dev - int8_dev).max()),
-            "min_agreement": cfg.min_int8_agreement,
-            "n": len(ids),
-            "passed": agreement >= cfg.min_int8_agreement,
-        }
-        if hasattr(model, "ngram_table"):  # both outputs carry the QAT checkpoint's branch: unblend with that one
-            qat_model = int8["qat_model"]
-            checks["qat_vs_onnx_int8_transformer"] = _transformer_agreement(qat_model, ids, qat_dev, int8_dev, cfg)
+        checks["qat_vs_onnx_int8"] = _agreement_check(qat_dev, int8_dev, cfg.min_int8_agreement)
+        if weight is not None:  # both outputs carry the QAT checkpoint's branch: unblend with that one
+            qat, int8_part = _transformer_parts(int8["qat_model"], ids, qat_dev, int8_dev)
+            checks["qat_vs_onnx_int8_transformer"] = _agreement_check(qat, int8_part, cfg.min_int8_agreement)
     failed = [name for name, c in checks.items() if not c["passed"]]
     if failed:
         raise ExportCheckError(
@@ -385,21 +381,24 @@ def _parity_checks(cfg: ExportConfig, tmp: Path, model, tokenizer, data: _Splits
     return checks, runners, dev_logits
 
 
-def _transformer_agreement(model, ids: list[list[int]], qat_dev: np.ndarray, int8_dev: np.ndarray, cfg) -> dict:
-    """With an n-gram branch the blended outputs also agree through the float branch both sides share: compare the
-    transformer parts alone, recovered from each output with `model`'s branch (training/ngrams.unblend)."""
+def _agreement_check(a: np.ndarray, b: np.ndarray, min_agreement: float) -> dict:
+    agreement = float((a.argmax(-1) == b.argmax(-1)).mean())
+    return {
+        "argmax_agreement": agreement,
+        "max_abs_logit_diff": float(np.abs(a - b).max()),
+        "min_agreement": min_agreement,
+        "n": len(a),
+        "passed": agreement >= min_agreement,
+    }
+
+
+def _transformer_parts(model, ids: list[list[int]], *outputs: np.ndarray) -> list[np.ndarray]:
+    """With an n-gram branch, blended outputs also agree through the float branch both sides share: the transformer
+    parts alone, recovered from each output with `model`'s branch (training/ngrams.unblend)."""
     from training.ngram_model import head_of
 
     ngram, w = head_of(model).logits(ids), float(model.config.ngram_weight)
-    qat, int8 = ngrams.unblend(qat_dev, ngram, w), ngrams.unblend(int8_dev, ngram, w)
-    agreement = float((qat.argmax(-1) == int8.argmax(-1)).mean())
-    return {
-        "argmax_agreement": agreement,
-        "max_abs_logit_diff": float(np.abs(qat - int8).max()),
-        "min_agreement": cfg.min_int8_agreement,
-        "n": len(ids),
-        "passed": agreement >= cfg.min_int8_agreement,
-    }
+    return [ngrams.unblend(output, ngram, w) for output in outputs]
 
 
 def _measure(runners: dict[str, Any], dev_logits: dict[str, np.ndarray], tokenizer, data: _Splits) -> dict:
@@ -647,13 +646,12 @@ def _ngram_branch(checkpoint: Path, training_metrics: dict) -> dict | None:
     branch = ngram_config(checkpoint)
     if branch is None:
         return None
-    vocab = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))["vocab_size"]
     chosen = (training_metrics.get("ngrams") or {}).get("dev_by_weight", {}).get(str(branch["ngram_weight"])) or {}
     return {
         "transformer_weight": branch["ngram_weight"],
         "buckets": branch["ngram_buckets"],
         "multipliers": branch["ngram_multipliers"],
-        "table_rows": vocab + 2 * branch["ngram_buckets"],
+        "table_rows": branch["vocab_size"] + 2 * branch["ngram_buckets"],
         "dev_membership_advantage": chosen.get("membership_advantage"),
         "graph": "int32 Mul/Add/Mod hashing of token-id 1-3-grams, Gather of a float table, ReduceSum",
     }

@@ -94,3 +94,28 @@ def int8_artifact(trained_run, qat_run, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("exported") / "tiny-int8"
     export(ExportConfig(checkpoint=str(trained_run / "best"), qat=str(qat_run[0] / "best"), output=str(out)))
     return out
+
+
+def corrupt_onnx_exports(monkeypatch) -> None:
+    """Make release.export's ONNX step add 5.0 to one element of its largest GEMM weight (the Paddle model stays
+    right), so that the Paddle-vs-ONNX parity check has something to catch. A GEMM weight, not the largest table:
+    with an n-gram branch that is the branch's, whose row 0 ([PAD]'s) is never read."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    import release.export as ex
+
+    real_export_onnx = ex.export_onnx
+
+    def corrupting_export_onnx(prefix, onnx_path):
+        real_export_onnx(prefix, onnx_path)
+        model = onnx.load(str(onnx_path))
+        matmul_weights = {n.input[1] for n in model.graph.node if n.op_type == "MatMul"}
+        init = max((t for t in model.graph.initializer if t.name in matmul_weights), key=lambda t: np.prod(t.dims))
+        arr = numpy_helper.to_array(init).copy()
+        arr.flat[0] += 5.0
+        init.CopyFrom(numpy_helper.from_array(arr, init.name))
+        onnx.save(model, str(onnx_path))
+
+    monkeypatch.setattr(ex, "export_onnx", corrupting_export_onnx)

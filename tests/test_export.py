@@ -11,6 +11,7 @@ import pytest
 from ernie_cls.artifact import ArtifactError, read_manifest, verify_artifact
 from ernie_cls.errors import ConfigError, ModelLoadError, OutputExistsError
 from release.export import ExportCheckError, ExportConfig, export, onnx_backend
+from tests.conftest import corrupt_onnx_exports
 
 
 @pytest.fixture(scope="module")
@@ -82,25 +83,7 @@ def test_tampered_missing_or_newer_artifacts_fail_verification(artifact, tmp_pat
 
 def test_parity_check_catches_a_corrupted_weight(trained_run, tmp_path, monkeypatch):
     """Corrupt one weight of the ONNX export only: the Paddle-vs-ONNX check must fail and write nothing."""
-    import onnx
-    from onnx import numpy_helper
-
-    import release.export as ex
-
-    real_export_onnx = ex.export_onnx
-
-    def corrupting_export_onnx(prefix, onnx_path):
-        real_export_onnx(prefix, onnx_path)
-        model = onnx.load(str(onnx_path))
-        # a GEMM weight: with an n-gram branch the largest table is its own, whose row 0 ([PAD]'s) is never read
-        matmul_weights = {n.input[1] for n in model.graph.node if n.op_type == "MatMul"}
-        init = max((t for t in model.graph.initializer if t.name in matmul_weights), key=lambda t: np.prod(t.dims))
-        arr = numpy_helper.to_array(init).copy()
-        arr.flat[0] += 5.0
-        init.CopyFrom(numpy_helper.from_array(arr, init.name))
-        onnx.save(model, str(onnx_path))
-
-    monkeypatch.setattr(ex, "export_onnx", corrupting_export_onnx)
+    corrupt_onnx_exports(monkeypatch)
     out = tmp_path / "bad"
     with pytest.raises(ExportCheckError, match="paddle_fp32_vs_onnx_fp32"):
         export(ExportConfig(checkpoint=str(trained_run / "best"), output=str(out)))

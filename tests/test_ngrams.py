@@ -5,11 +5,11 @@ the branch through QAT and export."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
 
+from tests.conftest import corrupt_onnx_exports
 from training import ngrams
 
 PAD, CLS, SEP = 0, 1, 2
@@ -179,7 +179,7 @@ def test_a_branch_that_does_not_raise_a_memorising_transformers_advantage_is_all
 @pytest.fixture(scope="module")
 def ngram_checkpoint(trained_run, tmp_path_factory):
     """The tiny trained model with a branch fitted on its own training split, at weight 0.5."""
-    from training.checkpoint import BEST_DIR, save_checkpoint
+    from training.checkpoint import BEST_DIR, save_checkpoint, saved_records
     from training.data import load_examples, stratified_split
     from training.modeling import load_checkpoint
     from training.ngram_model import with_ngrams
@@ -195,9 +195,7 @@ def ngram_checkpoint(trained_run, tmp_path_factory):
     head = ngrams.fit_head(ids, labels, len(label_map), int(model.config.vocab_size), special)
     assert head is not None
     out = tmp_path_factory.mktemp("ngram") / BEST_DIR
-    extra = {name: json.loads((best / name).read_text(encoding="utf-8")) for name in ("training_config.json",)}
-    save_checkpoint(with_ngrams(model, head, 0.5), tokenizer, label_map, extra, out)
-    shutil.copy(best / "metrics.json", out / "metrics.json")
+    save_checkpoint(with_ngrams(model, head, 0.5), tokenizer, label_map, saved_records(best), out)
     return out
 
 
@@ -315,24 +313,9 @@ def test_export_refuses_a_qat_checkpoint_with_another_branch(ngram_checkpoint, t
 def test_parity_catches_a_corrupted_transformer_weight_behind_the_branch(ngram_checkpoint, tmp_path, monkeypatch):
     """With the branch taking half the output, a corrupted GEMM weight of the transformer in the ONNX file still
     fails export's Paddle-vs-ONNX check (its tolerance shrinks with the transformer's share)."""
-    import onnx
-    from onnx import numpy_helper
-
     import release.export as ex
 
-    real_export_onnx = ex.export_onnx
-
-    def corrupting_export_onnx(prefix, onnx_path):
-        real_export_onnx(prefix, onnx_path)
-        model = onnx.load(str(onnx_path))
-        matmul_weights = {n.input[1] for n in model.graph.node if n.op_type == "MatMul"}
-        init = max((t for t in model.graph.initializer if t.name in matmul_weights), key=lambda t: np.prod(t.dims))
-        arr = numpy_helper.to_array(init).copy()
-        arr.flat[0] += 5.0
-        init.CopyFrom(numpy_helper.from_array(arr, init.name))
-        onnx.save(model, str(onnx_path))
-
-    monkeypatch.setattr(ex, "export_onnx", corrupting_export_onnx)
+    corrupt_onnx_exports(monkeypatch)
     with pytest.raises(ex.ExportCheckError, match="paddle_fp32_vs_onnx_fp32"):
         ex.export(ex.ExportConfig(checkpoint=str(ngram_checkpoint), output=str(tmp_path / "bad")))
 
@@ -343,7 +326,7 @@ def test_the_transformer_only_int8_check_fails_when_the_transformer_parts_disagr
     one fails."""
     import training.ngram_model
     from release.config import ExportConfig
-    from release.export import _transformer_agreement
+    from release.export import _agreement_check, _transformer_parts
     from training.modeling import load_checkpoint
 
     model, tokenizer, _ = load_checkpoint(ngram_checkpoint)
@@ -359,5 +342,5 @@ def test_the_transformer_only_int8_check_fails_when_the_transformer_parts_disagr
     qat, int8 = ngrams.blend(transformer, ngram, w), ngrams.blend(-transformer, ngram, w)
     assert (qat.argmax(-1) == int8.argmax(-1)).all()  # what the blended check compares: full agreement
     cfg = ExportConfig(checkpoint=str(ngram_checkpoint), output="unused")
-    check = _transformer_agreement(model, ids, qat, int8, cfg)
+    check = _agreement_check(*_transformer_parts(model, ids, qat, int8), cfg.min_int8_agreement)
     assert check["argmax_agreement"] == 0.0 and not check["passed"]

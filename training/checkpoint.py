@@ -44,6 +44,15 @@ def save_checkpoint(model, tokenizer: ErnieTokenizerFast, label_map: LabelMap, e
     shutil.rmtree(prev, ignore_errors=True)
 
 
+def saved_records(target: Path) -> dict:
+    """The JSON records (training config, metrics) a checkpoint holds, to write them again with a new model."""
+    return {
+        name: json.loads((target / name).read_text(encoding="utf-8"))
+        for name in (TRAINING_CONFIG_FILE, METRICS_FILE)
+        if (target / name).is_file()
+    }
+
+
 def prepare_output(cfg: TrainConfig) -> Path:
     out = Path(cfg.output)
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:

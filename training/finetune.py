@@ -40,7 +40,14 @@ from training.budget import (
     with_recipe,
     without_budget,
 )
-from training.checkpoint import BEST_DIR, METRICS_FILE, TRAINING_CONFIG_FILE, prepare_output, save_checkpoint
+from training.checkpoint import (
+    BEST_DIR,
+    METRICS_FILE,
+    TRAINING_CONFIG_FILE,
+    prepare_output,
+    save_checkpoint,
+    saved_records,
+)
 from training.config import TrainConfig
 from training.data import (
     LabelMap,
@@ -232,10 +239,7 @@ def _attach_ngrams(best: Path, head: ngrams.NgramHead, train: Encoded, dev: Enco
         members = scored([train.ids[i] for i in rows], train.labels[rows])
         weight, choice = ngrams.choose_weight(scored(dev.ids, dev.labels), members)
         if weight < 1:
-            extra = {
-                n: json.loads((best / n).read_text(encoding="utf-8")) for n in (TRAINING_CONFIG_FILE, METRICS_FILE)
-            }
-            save_checkpoint(with_ngrams(model, head, weight), tokenizer, label_map, extra, best)
+            save_checkpoint(with_ngrams(model, head, weight), tokenizer, label_map, saved_records(best), best)
     except Exception as err:  # e.g. MemoryError on a huge dev split: the checkpoint as trained stays in place
         log.warning("n-gram branch left out (%s: %s); best/ is the transformer alone", type(err).__name__, err)
         return None

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ernie_cls.privacy import MAX_ADVANTAGE, membership_advantage
+from ernie_cls.privacy import MAX_ADVANTAGE, membership_advantage, noise_level
 
 log = logging.getLogger(__name__)
 
@@ -185,12 +185,11 @@ def choose_weight(dev: Scored, members: Scored) -> tuple[float, dict]:
     from sklearn.metrics import f1_score
 
     classes = list(range(dev.transformer.shape[1]))
+    noise = noise_level(len(members.gold), len(dev.gold))
     report: dict = {}
-    noise = 0.0
     for w in WEIGHTS:
         pred = blend(dev.transformer, dev.ngram, w).argmax(-1)
         attack = membership_advantage(members.true_label_probability(w), dev.true_label_probability(w))
-        noise = attack.noise_level
         report[str(w)] = {
             "accuracy": round(float((pred == dev.gold).mean()), 4),
             "macro_f1": round(float(f1_score(dev.gold, pred, labels=classes, average="macro", zero_division=0)), 4),

@@ -5,6 +5,7 @@ the branch through QAT and export."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -344,3 +345,29 @@ def test_the_transformer_only_int8_check_fails_when_the_transformer_parts_disagr
     cfg = ExportConfig(checkpoint=str(ngram_checkpoint), output="unused")
     check = _agreement_check(*_transformer_parts(model, ids, qat, int8), cfg.min_int8_agreement)
     assert check["argmax_agreement"] == 0.0 and not check["passed"]
+
+
+def test_a_checkpoint_naming_a_branch_it_does_not_hold_is_refused(ngram_checkpoint, tmp_path):
+    """Two ways a branch checkpoint can be incomplete, both refused with a fix instead of loading a model whose
+    branch adds nothing (paddlenlp only warns on a missing weight): the table missing from the weights, and a
+    config from before the hash was recorded (no ngram_multipliers)."""
+    import paddle
+
+    from ernie_cls.errors import ModelLoadError
+    from training.modeling import load_checkpoint
+
+    no_table = tmp_path / "no-table"
+    shutil.copytree(ngram_checkpoint, no_table)
+    state = paddle.load(str(no_table / "model_state.pdparams"))
+    paddle.save({k: v for k, v in state.items() if not k.startswith("ngram_")}, str(no_table / "model_state.pdparams"))
+    with pytest.raises(ModelLoadError, match="no n-gram table") as err:
+        load_checkpoint(no_table)
+    assert err.value.hint
+
+    old_config = tmp_path / "old-config"
+    shutil.copytree(ngram_checkpoint, old_config)
+    config = json.loads((old_config / "config.json").read_text(encoding="utf-8"))
+    del config["ngram_multipliers"]
+    (old_config / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    with pytest.raises(ModelLoadError, match="ngram_multipliers"):
+        load_checkpoint(old_config)

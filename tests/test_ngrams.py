@@ -260,7 +260,7 @@ def test_train_writes_the_branch_into_best_when_dev_chooses_it(small_csv, tmp_pa
     from training.finetune import train
     from training.loop import evaluate_encoded
     from training.modeling import load_checkpoint
-    from training.ngram_model import ErnieWithNgrams
+    from training.ngram_model import ErnieWithNgrams, head_of
 
     real = ngrams.choose_weight
     monkeypatch.setattr(ngrams, "choose_weight", lambda dev, members: (0.5, real(dev, members)[1]))
@@ -269,9 +269,31 @@ def test_train_writes_the_branch_into_best_when_dev_chooses_it(small_csv, tmp_pa
     model, tokenizer, label_map = load_checkpoint(tmp_path / "run" / "best")
     assert isinstance(model, ErnieWithNgrams) and model.config.ngram_weight == 0.5
     examples, _ = load_examples(str(small_csv), None, None)
-    test = stratified_split(examples, 0.2, 0.1, 42).test
-    recomputed = evaluate_encoded(model, tokenizer, encode(test, tokenizer, label_map), label_map)
+    splits = stratified_split(examples, 0.2, 0.1, 42)
+    recomputed = evaluate_encoded(model, tokenizer, encode(splits.test, tokenizer, label_map), label_map)
     assert recomputed["accuracy"] == metrics["test"]["accuracy"]
+    # dev chose the share; the branch in best/ was then refitted on train+dev (there are test rows to judge it)
+    train_rows, dev_rows = encode(splits.train, tokenizer, label_map), encode(splits.dev, tokenizer, label_map)
+    special, vocab = (tokenizer.pad_id, tokenizer.cls_id, tokenizer.sep_id), int(model.config.vocab_size)
+    both = ngrams.fit_head(
+        train_rows.ids + dev_rows.ids, np.r_[train_rows.labels, dev_rows.labels], len(label_map), vocab, special
+    )
+    train_only = ngrams.fit_head(train_rows.ids, train_rows.labels, len(label_map), vocab, special)
+    saved = head_of(model).table
+    assert metrics["ngrams"]["fitted_on"] == "train+dev"
+    assert np.array_equal(saved, both.table) and not np.array_equal(saved, train_only.table)
+
+
+def test_without_test_rows_the_branch_stays_fitted_on_train(small_csv, tmp_path, monkeypatch):
+    """With only train and dev, dev's figures are the only judge: the branch must not have seen dev."""
+    from tests.conftest import tiny_train_config
+    from training.finetune import train
+
+    real = ngrams.choose_weight
+    monkeypatch.setattr(ngrams, "choose_weight", lambda dev, members: (0.5, real(dev, members)[1]))
+    cfg = tiny_train_config(tmp_path / "run", None, train_file=str(small_csv), dev_file=str(small_csv))
+    metrics = train(cfg)
+    assert metrics["test"] is None and metrics["ngrams"]["fitted_on"] == "train"
 
 
 def test_verify_checks_the_manifests_branch_against_the_graph(ngram_checkpoint, trained_run, tmp_path):

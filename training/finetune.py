@@ -136,7 +136,8 @@ def train(cfg: TrainConfig) -> dict:
 
     result = fit(model, tokenizer, label_map, train_data, dev_data, cfg, lr, save_best, use_amp, stop_at=stop_at)
     barrier()  # rank 0 has written best/ before any rank reads it
-    ngram_record = _attach_ngrams(out / BEST_DIR, head, train_data, dev_data) if head and rank0 else None
+    refit = test_data is not None  # like the baseline: on train+dev once dev has chosen, when test rows judge both
+    ngram_record = _attach_ngrams(out / BEST_DIR, head, train_data, dev_data, refit) if head and rank0 else None
     barrier()
     wall = time.perf_counter() - t_wall
     metrics = _final_metrics(out, tokenizer, label_map, dev_data, test_data, result)
@@ -223,10 +224,11 @@ def _fit_ngrams(model, tokenizer, train_data: Encoded, classes: int) -> ngrams.N
         return None
 
 
-def _attach_ngrams(best: Path, head: ngrams.NgramHead, train: Encoded, dev: Encoded) -> dict | None:
+def _attach_ngrams(best: Path, head: ngrams.NgramHead, train: Encoded, dev: Encoded, refit: bool) -> dict | None:
     """Choose the n-gram branch's weight on dev for the saved best checkpoint (a membership-inference check on
     training rows bounds it) and, unless the transformer alone is chosen, rewrite the checkpoint with the branch in
-    its graph. Returns the record; a failure costs the branch (logged), never the trained model."""
+    its graph, refitted on train+dev first when `refit`. Returns the record; a failure costs the branch (logged),
+    never the trained model."""
     try:
         from training.ngram_model import with_ngrams
 
@@ -238,6 +240,10 @@ def _attach_ngrams(best: Path, head: ngrams.NgramHead, train: Encoded, dev: Enco
         rows = random.Random(0).sample(range(len(train.ids)), min(len(train.ids), ngrams.MEMBERSHIP_ROWS))
         members = scored([train.ids[i] for i in rows], train.labels[rows])
         weight, choice = ngrams.choose_weight(scored(dev.ids, dev.labels), members)
+        refitted = (
+            ngrams.refit(head, train.ids + dev.ids, np.r_[train.labels, dev.labels]) if refit and weight < 1 else None
+        )
+        head = refitted or head
         if weight < 1:
             save_checkpoint(with_ngrams(model, head, weight), tokenizer, label_map, saved_records(best), best)
     except Exception as err:  # e.g. MemoryError on a huge dev split: the checkpoint as trained stays in place
@@ -251,6 +257,8 @@ def _attach_ngrams(best: Path, head: ngrams.NgramHead, train: Encoded, dev: Enco
         "membership_bound": ngrams.ADVANTAGE_BOUND,
         "membership_ceiling": choice["ceiling"],
         "attack_noise_level": choice["attack_noise_level"],
+        # dev chose the share with the branch fitted on train; refitted on train+dev, the dev figures are optimistic
+        "fitted_on": ("train+dev" if refitted else "train") if weight < 1 else None,
         "buckets": head.buckets,
         "fit_seconds": head.fit_seconds,
     }

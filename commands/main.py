@@ -104,7 +104,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = config_from(TrainConfig, args)
     metrics = train(cfg)
     summary: dict[str, object] = {
-        split: {k: metrics[split][k] for k in ("accuracy", "macro_f1")}
+        split: {k: metrics[split][k] for k in ("accuracy", "macro_f1", "note") if k in metrics[split]}
         for split in ("dev", "test")
         if metrics.get(split)
     }

@@ -280,8 +280,40 @@ def test_train_writes_the_branch_into_best_when_dev_chooses_it(small_csv, tmp_pa
     )
     train_only = ngrams.fit_head(train_rows.ids, train_rows.labels, len(label_map), vocab, special)
     saved = head_of(model).table
-    assert metrics["ngrams"]["fitted_on"] == "train+dev"
+    assert metrics["ngrams"]["fitted_on"] == "train+dev" and metrics["dev"]["note"].startswith("optimistic")
     assert np.array_equal(saved, both.table) and not np.array_equal(saved, train_only.table)
+
+
+def test_export_fits_the_temperature_with_a_branch_that_never_saw_dev(small_csv, tmp_path, monkeypatch):
+    """A branch refitted on train+dev has seen dev: export refits it on train alone for the temperature (the served
+    model keeps the refitted one), and says so in the model card."""
+    import release.export
+    from ernie_cls.calibration import fit_temperature
+    from release.export import ExportConfig, export
+    from tests.conftest import tiny_train_config
+    from training.batching import encode
+    from training.data import load_examples, stratified_split
+    from training.finetune import train
+    from training.loop import predict_logits
+    from training.modeling import load_checkpoint
+    from training.ngram_model import head_of
+
+    real = ngrams.choose_weight
+    monkeypatch.setattr(ngrams, "choose_weight", lambda dev, members: (0.5, real(dev, members)[1]))
+    train(tiny_train_config(tmp_path / "run", small_csv))
+    fitted_on: list[np.ndarray] = []  # what each format's temperature is fitted on
+    monkeypatch.setattr(release.export, "fit_temperature", lambda x, y: fitted_on.append(x) or fit_temperature(x, y))
+    manifest = export(ExportConfig(checkpoint=str(tmp_path / "run" / "best"), output=str(tmp_path / "artifact")))
+    model, tokenizer, label_map = load_checkpoint(tmp_path / "run" / "best")
+    splits = stratified_split(load_examples(str(small_csv), None, None)[0], 0.2, 0.1, 42)
+    train_rows, dev = encode(splits.train, tokenizer, label_map), encode(splits.dev, tokenizer, label_map)
+    served, outputs = head_of(model), predict_logits(model, tokenizer, dev.ids)
+    held_out = ngrams.fit_head(train_rows.ids, train_rows.labels, len(label_map), served.vocab, served.special_ids)
+    swapped = ngrams.swap_branch(outputs, served.logits(dev.ids), held_out.logits(dev.ids), 0.5)
+    assert np.abs(swapped - outputs).max() > 0.01  # the branch refitted with dev differs on dev from the held-out one
+    assert fitted_on and all(np.abs(x - swapped).max() < 1e-3 for x in fitted_on)
+    assert manifest["ngram_branch"]["fitted_on"] == "train+dev"
+    assert "fitted on train+dev" in (tmp_path / "artifact" / "MODEL_CARD.md").read_text(encoding="utf-8")
 
 
 def test_without_test_rows_the_branch_stays_fitted_on_train(small_csv, tmp_path, monkeypatch):
@@ -291,9 +323,35 @@ def test_without_test_rows_the_branch_stays_fitted_on_train(small_csv, tmp_path,
 
     real = ngrams.choose_weight
     monkeypatch.setattr(ngrams, "choose_weight", lambda dev, members: (0.5, real(dev, members)[1]))
+    from training.batching import encode
+    from training.data import load_examples
+    from training.modeling import load_checkpoint
+    from training.ngram_model import head_of
+
     cfg = tiny_train_config(tmp_path / "run", None, train_file=str(small_csv), dev_file=str(small_csv))
     metrics = train(cfg)
-    assert metrics["test"] is None and metrics["ngrams"]["fitted_on"] == "train"
+    assert metrics["ngrams"]["fitted_on"] == "train" and "note" not in metrics["dev"]
+    model, tokenizer, label_map = load_checkpoint(tmp_path / "run" / "best")
+    rows = encode(load_examples(str(small_csv), None, None)[0], tokenizer, label_map)
+    special = (tokenizer.pad_id, tokenizer.cls_id, tokenizer.sep_id)
+    train_only = ngrams.fit_head(rows.ids, rows.labels, len(label_map), int(model.config.vocab_size), special)
+    # dev = train here, so a refit would have doubled every row: a different table
+    assert np.array_equal(head_of(model).table, train_only.table)
+
+
+def test_a_failed_refit_keeps_the_branch_dev_chose(small_csv, tmp_path, monkeypatch):
+    from tests.conftest import tiny_train_config
+    from training.finetune import train
+
+    real = ngrams.choose_weight
+    monkeypatch.setattr(ngrams, "choose_weight", lambda dev, members: (0.5, real(dev, members)[1]))
+
+    def out_of_memory(*_args):
+        raise MemoryError("refit")
+
+    monkeypatch.setattr(ngrams, "refit", out_of_memory)
+    metrics = train(tiny_train_config(tmp_path / "run", small_csv))
+    assert metrics["ngrams"]["in_model"] and metrics["ngrams"]["fitted_on"] == "train"
 
 
 def test_verify_checks_the_manifests_branch_against_the_graph(ngram_checkpoint, trained_run, tmp_path):

@@ -4,7 +4,8 @@ the transformer inside the model's own graph (docs/benchmarks.md section 10).
     training ids -> ngram_features (numpy; the same arithmetic as the graph) -> logistic regression (scikit-learn)
     -> NgramHead(table [vocab + 2 x buckets, classes], bias): idf folded into the table
     -> after fine-tuning: the weight w chosen on dev among those whose membership-inference advantage (training rows
-       against dev rows) stays below ADVANTAGE_BOUND or the transformer's own (w = 1: the branch is left out)
+       against dev rows) stays below ADVANTAGE_BOUND or the transformer's own (w = 1: the branch is left out);
+       then, when the run has test rows, `refit` on train+dev with the same settings
     -> modeling.ErnieWithNgrams: logits = w x log_softmax(transformer) + (1 - w) x log_softmax(n-gram)
 
 Positions of an n-gram: unigrams index the vocabulary; a bigram (a, b) is row V + (a*M + b) mod B, a trigram
@@ -169,6 +170,11 @@ def blend(transformer_logits: np.ndarray, ngram_logits: np.ndarray, weight: floa
 def unblend(blended: np.ndarray, ngram_logits: np.ndarray, weight: float) -> np.ndarray:
     """The transformer's log-probabilities inside a blended output (exact: the output is not renormalised)."""
     return (blended - (1 - weight) * log_softmax(ngram_logits)) / weight
+
+
+def swap_branch(outputs: np.ndarray, served: np.ndarray, other: np.ndarray, weight: float) -> np.ndarray:
+    """Blended outputs with the n-gram part `served` replaced by `other` (n-gram logits on the same rows)."""
+    return blend(unblend(outputs, served, weight), other, weight)
 
 
 @dataclass

@@ -45,12 +45,11 @@ format: $(STAMP)
 serve: $(STAMP)
 	ERNIE_CLS_LOG_JSON=false $(BIN)/python -m service
 
-# The recipe of the bundled model and of docs/benchmarks.md. RECIPE is shared so both stay the same. --no-ngrams: the
-# bundled model was built before the n-gram branch existed (rebuilding it with the branch is open work).
+# The recipe of the bundled model and of docs/benchmarks.md. RECIPE is shared so both stay the same.
 DATA := --data data/waimai_10k.csv --text-col review --label-col label --label-names 0=negative,1=positive \
 	--seed 42 --dev-size 0.05
 RECIPE := $(DATA) --base-model scratch:nano --epochs 3 --eval-every 100 --patience 8 --pretrain-epochs 4 --ema-decay 0.99 \
-	--max-seq-len 128 --no-ngrams
+	--max-seq-len 128
 
 # Training benchmark (about 20 minutes on 2 cores): writes runs/bench-nano/metrics.json.
 bench-train: $(STAMP)

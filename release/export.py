@@ -115,6 +115,22 @@ def _check_qat(d: Path, fp32_dir: Path) -> None:
             "manifest would describe another model than the INT8 one served.",
             "Pass the QAT checkpoint made from this FP32 checkpoint (`ernie-cls qat --checkpoint <fp32 best/>`).",
         )
+    if branches[0] is not None and not _same_branch_weights(fp32_dir, d):
+        raise ConfigError(
+            f"The n-gram branch of {fp32_dir} has the same settings as the QAT checkpoint's but another table (QAT "
+            "keeps it frozen), so the manifest would describe another model than the INT8 one served.",
+            "Pass the QAT checkpoint made from this FP32 checkpoint (`ernie-cls qat --checkpoint <fp32 best/>`).",
+        )
+
+
+def _same_branch_weights(fp32_dir: Path, qat_dir: Path) -> bool:
+    import paddle
+
+    fp32, qat = (paddle.load(str(c / "model_state.pdparams")) for c in (fp32_dir, qat_dir))
+    return all(
+        key in fp32 and key in qat and np.array_equal(np.asarray(fp32[key]), np.asarray(qat[key]))
+        for key in ("ngram_table", "ngram_bias")
+    )
 
 
 def ngram_config(checkpoint: Path) -> dict | None:

@@ -391,6 +391,27 @@ def test_export_refuses_a_qat_checkpoint_with_another_branch(ngram_checkpoint, t
         export(ExportConfig(checkpoint=str(ngram_checkpoint), qat=str(qat_run[0] / "best"), output=str(tmp_path / "x")))
 
 
+def test_export_refuses_a_qat_checkpoint_whose_table_differs(ngram_checkpoint, tmp_path):
+    """Same branch settings, another table (e.g. QAT of a checkpoint whose branch was refitted since)."""
+    import paddle
+
+    from ernie_cls.errors import ConfigError
+    from release.export import ExportConfig, export
+    from training.qat import QATConfig, run_qat
+
+    run_qat(QATConfig(checkpoint=str(ngram_checkpoint), output=str(tmp_path / "qat"), max_steps=1, progress=False))
+    weights_file = tmp_path / "qat" / "best" / "model_state.pdparams"
+    state = paddle.load(str(weights_file))
+    state["ngram_table"] = paddle.to_tensor(np.asarray(state["ngram_table"]) * 1.01)
+    paddle.save(state, str(weights_file))
+    with pytest.raises(ConfigError, match="another table"):
+        export(
+            ExportConfig(
+                checkpoint=str(ngram_checkpoint), qat=str(tmp_path / "qat" / "best"), output=str(tmp_path / "x")
+            )
+        )
+
+
 def test_parity_catches_a_corrupted_transformer_weight_behind_the_branch(ngram_checkpoint, tmp_path, monkeypatch):
     """With the branch taking half the output, a corrupted GEMM weight of the transformer in the ONNX file still
     fails export's Paddle-vs-ONNX check (its tolerance shrinks with the transformer's share)."""

@@ -23,11 +23,13 @@ def _plain_copy(model):
     """The same transformer without the branch."""
     from paddlenlp.transformers import ErnieForSequenceClassification
 
-    from training.ngrams import NGRAM_CONFIG_KEYS
+    from training.ngrams import FITTED_ON_KEY, NGRAM_CONFIG_KEYS
 
     config = copy.deepcopy(model.config)
     for key in NGRAM_CONFIG_KEYS:
         delattr(config, key)
+    if hasattr(config, FITTED_ON_KEY):
+        delattr(config, FITTED_ON_KEY)
     plain = ErnieForSequenceClassification(config)
     plain.set_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("ngram_")})
     plain.eval()

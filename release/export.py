@@ -37,6 +37,7 @@ from ernie_cls.artifact import TOKENIZER_DIR, write_manifest
 from ernie_cls.calibration import expected_calibration_error, fit_temperature, softmax
 from ernie_cls.errors import ConfigError, ErnieClsError, ModelLoadError, OutputExistsError
 from ernie_cls.runtime import logits_in_batches
+from release import held_out_branch
 from release.config import ExportConfig
 from release.qdq_rules import ort_integer_gemms, qdq_problems
 from release.quantize_onnx import write_int8_qdq
@@ -126,7 +127,7 @@ def _check_qat(d: Path, fp32_dir: Path) -> None:
 def _same_branch_weights(fp32_dir: Path, qat_dir: Path) -> bool:
     import paddle
 
-    fp32, qat = (paddle.load(str(c / "model_state.pdparams")) for c in (fp32_dir, qat_dir))
+    fp32, qat = (paddle.load(str(c / "model_state.pdparams"), return_numpy=True) for c in (fp32_dir, qat_dir))
     return all(
         key in fp32 and key in qat and np.array_equal(np.asarray(fp32[key]), np.asarray(qat[key]))
         for key in ("ngram_table", "ngram_bias")
@@ -141,7 +142,9 @@ def ngram_config(checkpoint: Path) -> dict | None:
     return {**branch, "vocab_size": config["vocab_size"]} if branch else None
 
 
-def _check_examples(cfg: ExportConfig, training_config: dict) -> tuple[list[Example], list[Example], str]:
+def _check_examples(
+    cfg: ExportConfig, training_config: dict, branch_saw_dev: bool
+) -> tuple[list[Example], list[Example], str]:
     """(dev, test, data path) for the checks: the training split by default, or the given labelled file."""
     if cfg.data:
         examples, _ = load_examples(cfg.data, cfg.text_col, cfg.label_col)
@@ -156,6 +159,12 @@ def _check_examples(cfg: ExportConfig, training_config: dict) -> tuple[list[Exam
         return splits.dev, splits.test, data
     dev_file, test_file = training_config.get("dev_file"), training_config.get("test_file")
     if dev_file and Path(dev_file).is_file():
+        if branch_saw_dev and not (test_file and Path(test_file).is_file()):
+            raise ConfigError(
+                f"The test file {test_file!r} (training_config.json) is not there, and dev cannot stand in for it: "
+                "the n-gram branch was refitted on the dev rows.",
+                f"Put the test file back at {test_file!r}, or pass --data <a labelled file the model never saw>.",
+            )
         dev, _ = load_examples(dev_file, training_config.get("text_col"), training_config.get("label_col"))
         test = (
             load_examples(test_file, training_config.get("text_col"), training_config.get("label_col"))[0]
@@ -263,8 +272,14 @@ def export(cfg: ExportConfig) -> dict:
     if cfg.qat:
         _check_qat(Path(cfg.qat), ckpt)
     model, tokenizer, label_map = load_checkpoint(ckpt)
-    dev, test, data_path = _check_examples(cfg, training_config)
+    branch_saw_dev = held_out_branch.fitted_on(model, ckpt) == held_out_branch.SAW_DEV and not cfg.data
+    dev, test, data_path = _check_examples(cfg, training_config, branch_saw_dev)
     check_known_labels(dev + test, label_map, data_path)
+    data = _Splits(encode(dev, tokenizer, label_map), encode(test, tokenizer, label_map), label_map)
+    if branch_saw_dev:  # before any file is written: this can refuse
+        data.held_out_branch = held_out_branch.logits_on_dev(
+            model, ckpt, training_config, tokenizer, label_map, data.dev
+        )
 
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -277,14 +292,19 @@ def export(cfg: ExportConfig) -> dict:
         export_paddle_inference(model, tmp / PADDLE_FP32)
         export_onnx(tmp / PADDLE_FP32, tmp / ONNX_FP32)
         int8 = _export_int8(cfg, tmp) if cfg.qat else None
-        data = _Splits(encode(dev, tokenizer, label_map), encode(test, tokenizer, label_map), label_map)
-        data.held_out_branch = _held_out_branch(cfg, training_config, model, tokenizer, label_map, data.dev)
         checks, runners, dev_logits = _parity_checks(cfg, tmp, model, tokenizer, data, int8)
         metrics = _measure(runners, dev_logits, tokenizer, data)
         if int8 is not None:
             checks["int8_accuracy_drop"] = _int8_accuracy_check(cfg, metrics)
             _write_triton(tmp, label_map, metrics["onnx-int8"]["temperature"], tokenizer.max_seq_len)
         manifest = _describe(cfg, tmp, tokenizer, label_map, training_config, metrics, checks, int8)
+        if manifest["ngram_branch"] is not None:
+            manifest["ngram_branch"].update(
+                fitted_on=held_out_branch.fitted_on(model, ckpt),
+                temperature_fitted_with=TEMPERATURE_WITH_HELD_OUT_BRANCH
+                if data.held_out_branch
+                else "the served model",
+            )
         manifest["provenance"]["data_path"] = os.path.basename(data_path)
         manifest["metrics"]["test_rows_sha256"] = rows_sha256(test)  # which rows the formats were scored on
         if cfg.keep_formats is not None:
@@ -309,45 +329,6 @@ class _Splits:
     # (the served branch's logits on dev, a branch fitted on train alone's, the transformer's share): set when the
     # served branch saw dev
     held_out_branch: tuple[np.ndarray, np.ndarray, float] | None = None
-
-
-def _held_out_branch(cfg: ExportConfig, training_config: dict, model, tokenizer, label_map, dev: Encoded):
-    """When `train` refitted the n-gram branch on train+dev, dev is no longer held out for it (on the second dataset
-    the served model scored 91.8 % on dev against 88.2 % with the branch fitted on train; the temperature fitted on
-    it made test ECE 0.035 instead of 0.013). The temperature is then fitted with the branch dev chose from, refitted
-    here on the training rows alone (the same rows and settings: the same table). -> _Splits.held_out_branch."""
-    from training.ngram_model import head_of
-
-    recorded = Path(cfg.checkpoint) / METRICS_FILE
-    record = (json.loads(recorded.read_text(encoding="utf-8")) if recorded.is_file() else {}).get("ngrams") or {}
-    if cfg.data or not hasattr(model, "ngram_table") or record.get("fitted_on") != "train+dev":
-        return None
-    train = encode(_training_rows(training_config), tokenizer, label_map)
-    served = head_of(model)
-    held_out = ngrams.fit_head(train.ids, train.labels, len(label_map), served.vocab, served.special_ids)
-    if held_out is None:
-        raise ModelLoadError(
-            "The n-gram branch cannot be refitted on the training rows to fit the temperature on held-out dev rows.",
-            "Export with --data <labelled file the model never saw>, or retrain with --no-ngrams.",
-        )
-    return served.logits(dev.ids), held_out.logits(dev.ids), float(model.config.ngram_weight)
-
-
-def _training_rows(training_config: dict) -> list[Example]:
-    data, train_file = training_config.get("data"), training_config.get("train_file")
-    if data and Path(data).is_file():
-        examples, _ = load_examples(data, training_config.get("text_col"), training_config.get("label_col"))
-        split = stratified_split(
-            examples, training_config["test_size"], training_config["dev_size"], training_config["seed"]
-        )
-        return split.train
-    if train_file and Path(train_file).is_file():
-        return load_examples(train_file, training_config.get("text_col"), training_config.get("label_col"))[0]
-    raise ConfigError(
-        "The training rows are not where training_config.json says, and the n-gram branch was refitted on dev, so "
-        "the temperature has no held-out rows to be fitted on.",
-        "Pass --data <labelled file the model never saw>.",
-    )
 
 
 def _export_int8(cfg: ExportConfig, tmp: Path) -> dict:
@@ -503,6 +484,9 @@ def _int8_accuracy_check(cfg: ExportConfig, metrics: dict) -> dict:
     return check
 
 
+TEMPERATURE_WITH_HELD_OUT_BRANCH = "the branch refitted on train alone (the served one saw dev)"
+
+
 def _ngram_line(branch: dict | None) -> str:
     if branch is None:
         return "none (the transformer alone)."
@@ -510,12 +494,7 @@ def _ngram_line(branch: dict | None) -> str:
     return (
         f"logits = {w} x log_softmax(transformer) + {round(1 - w, 4)} x log_softmax(linear model on hashed token "
         f"1-3-grams, {branch['table_rows']} table rows), weight chosen on dev; the linear model fitted on "
-        f"{branch.get('fitted_on') or 'train'}"
-        + (
-            " (after dev chose the weight; the temperature is fitted on dev with it refitted on train alone)."
-            if branch.get("fitted_on") == "train+dev"
-            else "."
-        )
+        f"{branch.get('fitted_on')}; the temperature fitted on dev with {branch.get('temperature_fitted_with')}."
     )
 
 
@@ -723,7 +702,6 @@ def _ngram_branch(checkpoint: Path, training_metrics: dict) -> dict | None:
         "table_rows": branch["vocab_size"] + 2 * branch["ngram_buckets"],
         # measured when dev chose the share, with the linear model fitted on train (before any refit on train+dev)
         "dev_membership_advantage": chosen.get("membership_advantage"),
-        "fitted_on": record.get("fitted_on"),
         "graph": "int32 Mul/Add/Mod hashing of token-id 1-3-grams, Gather of a float table, ReduceSum",
     }
 

@@ -284,36 +284,95 @@ def test_train_writes_the_branch_into_best_when_dev_chooses_it(small_csv, tmp_pa
     assert np.array_equal(saved, both.table) and not np.array_equal(saved, train_only.table)
 
 
-def test_export_fits_the_temperature_with_a_branch_that_never_saw_dev(small_csv, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def refit_run(small_csv, tmp_path_factory):
+    """`train` on a copy of the small CSV with the share forced to 0.5: the branch refitted on train+dev."""
+    from tests.conftest import tiny_train_config
+    from training.finetune import train
+
+    root = tmp_path_factory.mktemp("refit")
+    data = root / "data.csv"
+    shutil.copy(small_csv, data)
+    real = ngrams.choose_weight
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ngrams, "choose_weight", lambda dev, members: (0.5, real(dev, members)[1]))
+        train(tiny_train_config(root / "run", data))
+    return root / "run" / "best", data
+
+
+def test_export_fits_the_temperature_with_a_branch_that_never_saw_dev(refit_run, tmp_path, monkeypatch):
     """A branch refitted on train+dev has seen dev: export refits it on train alone for the temperature (the served
-    model keeps the refitted one), and says so in the model card."""
+    model keeps the refitted one), and the manifest and model card say so."""
     import release.export
     from ernie_cls.calibration import fit_temperature
     from release.export import ExportConfig, export
-    from tests.conftest import tiny_train_config
     from training.batching import encode
     from training.data import load_examples, stratified_split
-    from training.finetune import train
     from training.loop import predict_logits
     from training.modeling import load_checkpoint
     from training.ngram_model import head_of
 
-    real = ngrams.choose_weight
-    monkeypatch.setattr(ngrams, "choose_weight", lambda dev, members: (0.5, real(dev, members)[1]))
-    train(tiny_train_config(tmp_path / "run", small_csv))
+    best, data = refit_run
     fitted_on: list[np.ndarray] = []  # what each format's temperature is fitted on
     monkeypatch.setattr(release.export, "fit_temperature", lambda x, y: fitted_on.append(x) or fit_temperature(x, y))
-    manifest = export(ExportConfig(checkpoint=str(tmp_path / "run" / "best"), output=str(tmp_path / "artifact")))
-    model, tokenizer, label_map = load_checkpoint(tmp_path / "run" / "best")
-    splits = stratified_split(load_examples(str(small_csv), None, None)[0], 0.2, 0.1, 42)
+    manifest = export(ExportConfig(checkpoint=str(best), output=str(tmp_path / "artifact")))
+    model, tokenizer, label_map = load_checkpoint(best)
+    assert model.config.ngram_fitted_on == "train+dev"
+    splits = stratified_split(load_examples(str(data), None, None)[0], 0.2, 0.1, 42)
     train_rows, dev = encode(splits.train, tokenizer, label_map), encode(splits.dev, tokenizer, label_map)
     served, outputs = head_of(model), predict_logits(model, tokenizer, dev.ids)
     held_out = ngrams.fit_head(train_rows.ids, train_rows.labels, len(label_map), served.vocab, served.special_ids)
     swapped = ngrams.swap_branch(outputs, served.logits(dev.ids), held_out.logits(dev.ids), 0.5)
     assert np.abs(swapped - outputs).max() > 0.01  # the branch refitted with dev differs on dev from the held-out one
     assert fitted_on and all(np.abs(x - swapped).max() < 1e-3 for x in fitted_on)
-    assert manifest["ngram_branch"]["fitted_on"] == "train+dev"
-    assert "fitted on train+dev" in (tmp_path / "artifact" / "MODEL_CARD.md").read_text(encoding="utf-8")
+    branch = manifest["ngram_branch"]
+    assert branch["fitted_on"] == "train+dev" and "refitted on train alone" in branch["temperature_fitted_with"]
+    card = (tmp_path / "artifact" / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert "fitted on train+dev; the temperature fitted on dev with the branch refitted on train alone" in card
+
+
+def test_with_data_given_export_needs_no_held_out_branch(refit_run, small_csv, tmp_path):
+    """--data rows were never seen by the branch: the temperature is fitted on them as served."""
+    from release.export import ExportConfig, export
+
+    best, _ = refit_run
+    manifest = export(ExportConfig(checkpoint=str(best), output=str(tmp_path / "a"), data=str(small_csv)))
+    assert manifest["ngram_branch"]["temperature_fitted_with"] == "the served model"
+
+
+def test_export_refuses_to_refit_the_branch_on_changed_training_rows(refit_run, tmp_path):
+    from ernie_cls.errors import ConfigError
+    from release.export import ExportConfig, export
+
+    best, data = refit_run
+    original = data.read_bytes()
+    try:
+        changed = original.replace("好".encode(), "坏".encode(), 1)
+        assert changed != original
+        data.write_bytes(changed)
+        with pytest.raises(ConfigError, match="changed since training") as refused:
+            export(ExportConfig(checkpoint=str(best), output=str(tmp_path / "a")))
+        assert "--data" in refused.value.hint and not (tmp_path / "a").exists()
+    finally:
+        data.write_bytes(original)
+
+
+def test_dev_does_not_stand_in_for_a_missing_test_file_once_the_branch_saw_it(small_csv, tmp_path, monkeypatch):
+    from ernie_cls.errors import ConfigError
+    from release.export import ExportConfig, export
+    from tests.conftest import tiny_train_config
+    from training.finetune import train
+
+    for name in ("train", "dev", "test"):
+        shutil.copy(small_csv, tmp_path / f"{name}.csv")
+    real = ngrams.choose_weight
+    monkeypatch.setattr(ngrams, "choose_weight", lambda dev, members: (0.5, real(dev, members)[1]))
+    files = {f"{name}_file": str(tmp_path / f"{name}.csv") for name in ("train", "dev", "test")}
+    metrics = train(tiny_train_config(tmp_path / "run", None, **files))
+    assert metrics["ngrams"]["fitted_on"] == "train+dev"
+    (tmp_path / "test.csv").unlink()
+    with pytest.raises(ConfigError, match="dev cannot stand in"):
+        export(ExportConfig(checkpoint=str(tmp_path / "run" / "best"), output=str(tmp_path / "a")))
 
 
 def test_without_test_rows_the_branch_stays_fitted_on_train(small_csv, tmp_path, monkeypatch):

@@ -262,7 +262,7 @@ def _attach_ngrams(best: Path, head: ngrams.NgramHead, train: Encoded, dev: Enco
         "membership_ceiling": choice["ceiling"],
         "attack_noise_level": choice["attack_noise_level"],
         # dev chose the share with the branch fitted on train; refitted on train+dev, the dev figures are optimistic
-        "fitted_on": ("train+dev" if refitted else "train") if weight < 1 else None,
+        "fitted_on": head.fitted_on if weight < 1 else None,
         "buckets": head.buckets,
         "fit_seconds": head.fit_seconds,
     }

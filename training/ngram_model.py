@@ -15,7 +15,7 @@ import paddle.nn.functional as functional
 from paddlenlp.transformers import ErnieForSequenceClassification
 
 from ernie_cls.errors import ModelLoadError
-from training.ngrams import NGRAM_CONFIG_KEYS, NgramHead
+from training.ngrams import FITTED_ON_KEY, NGRAM_CONFIG_KEYS, NgramHead
 
 
 class ErnieWithNgrams(ErnieForSequenceClassification):
@@ -85,6 +85,7 @@ def with_ngrams(model, head: NgramHead, weight: float) -> ErnieWithNgrams:
     config.ngram_buckets = int(head.buckets)
     config.ngram_special_ids = [int(s) for s in head.special_ids]
     config.ngram_multipliers = list(head.multipliers)
+    setattr(config, FITTED_ON_KEY, head.fitted_on)
     if head.vocab != config.vocab_size:
         raise ValueError(f"the branch was fitted on a vocabulary of {head.vocab}, the model has {config.vocab_size}")
     blended = ErnieWithNgrams(config)
@@ -105,6 +106,7 @@ def head_of(model: ErnieWithNgrams) -> NgramHead:
         int(config.ngram_buckets),
         tuple(int(s) for s in config.ngram_special_ids),
         0.0,
+        str(getattr(config, FITTED_ON_KEY, None) or "train"),  # before the refit existed, every branch saw train only
     )
     if list(head.multipliers) != [int(m) for m in config.ngram_multipliers]:
         raise ModelLoadError(

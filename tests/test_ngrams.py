@@ -163,6 +163,32 @@ def test_the_weight_is_chosen_on_dev_within_the_membership_bound():
     assert choice["attack_noise_level"] > ngrams.ADVANTAGE_BOUND and weight == 1.0  # too few rows to show the bound
 
 
+def test_macro_f1_is_scikit_learns():
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(5)
+    for classes, n in ((2, 7), (4, 50), (5, 3)):  # (5, 3): classes absent from gold or from predictions
+        gold, pred = rng.integers(0, classes, n), rng.integers(0, classes, n)
+        expected = f1_score(gold, pred, labels=list(range(classes)), average="macro", zero_division=0)
+        assert ngrams.macro_f1(gold, pred, classes) == pytest.approx(expected, abs=1e-12)
+
+
+def test_a_branch_whose_dev_gain_is_noise_is_left_out():
+    """A branch that is as good as the transformer (it wins some dev rows and loses as many) is not added, while the
+    same rows with a clearly better branch keep it."""
+    rng = np.random.default_rng(4)
+    dev = scored(rng, 600, confidence=4.0)
+    dev.ngram = dev.transformer + rng.normal(size=dev.transformer.shape)  # a noisy copy of it
+    members = ngrams.Scored(dev.transformer.copy(), dev.ngram.copy(), dev.gold.copy())
+    weight, choice = ngrams.choose_weight(dev, members)
+    best_share = max(ngrams.WEIGHTS[:-1], key=lambda w: choice["by_weight"][str(w)]["macro_f1"])
+    assert choice["by_weight"][str(best_share)]["macro_f1"] > choice["by_weight"]["1.0"]["macro_f1"]  # won on dev
+    assert weight == 1.0 and choice["gain_confidence"] < ngrams.GAIN_CONFIDENCE  # ...by noise
+    better = scored(np.random.default_rng(4), 600, confidence=4.0)
+    weight, choice = ngrams.choose_weight(better, ngrams.Scored(better.transformer, better.ngram, better.gold))
+    assert weight < 1.0 and choice["gain_confidence"] >= ngrams.GAIN_CONFIDENCE
+
+
 def test_a_branch_that_does_not_raise_a_memorising_transformers_advantage_is_allowed():
     """When the transformer alone is past the bound (it memorised), the branch may stay as long as the attack does
     not get stronger than against the transformer alone."""

@@ -261,6 +261,7 @@ def _attach_ngrams(best: Path, head: ngrams.NgramHead, train: Encoded, dev: Enco
         "membership_bound": ngrams.ADVANTAGE_BOUND,
         "membership_ceiling": choice["ceiling"],
         "attack_noise_level": choice["attack_noise_level"],
+        "dev_gain_confidence": choice["gain_confidence"],  # bootstrap share of dev resamples the branch won
         # dev chose the share with the branch fitted on train; refitted on train+dev, the dev figures are optimistic
         "fitted_on": head.fitted_on if weight < 1 else None,
         "buckets": head.buckets,

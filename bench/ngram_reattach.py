@@ -100,6 +100,7 @@ def main() -> None:
         "transformer_alone_test": {k: round(alone[k], 4) for k in ("accuracy", "macro_f1")},
         "transformer_weight": attached and attached["transformer_weight"],
         "fitted_on": attached and attached["fitted_on"],
+        "dev_gain_confidence": attached and attached["dev_gain_confidence"],
         "dev_with_branch_fitted_on_train": attached and attached["dev_by_weight"][str(attached["transformer_weight"])],
         "test": {
             k: round(v, 4)

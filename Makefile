@@ -70,7 +70,8 @@ default-model: $(STAMP)
 
 # The robust model (docs/robustness.md): the plain model of `make default-model` (runs/waimai) fine-tuned one more
 # epoch with the noise-consistency loss on the same split, then QAT (which inherits it) and a full export to
-# runs/robust-full. About 15 minutes on 2 cores; needs `make default-model` first.
+# runs/robust-full. About 15 minutes on 2 cores; needs `make default-model` first. --no-ngrams: the n-gram branch is
+# fitted on clean text, and docs/robustness.md measured the robust model without it.
 ROBUST := --epochs 1 --eval-every 50 --patience 8 --ema-decay 0.99 --noise-consistency 3.0 --noise-rate 0.2 --no-ngrams
 robust-model: $(STAMP)
 	$(BIN)/ernie-cls train $(DATA) $(ROBUST) --base-model runs/waimai/best --output runs/robust --overwrite --no-progress

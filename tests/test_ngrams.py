@@ -189,6 +189,24 @@ def test_a_branch_whose_dev_gain_is_noise_is_left_out():
     assert weight < 1.0 and choice["gain_confidence"] >= ngrams.GAIN_CONFIDENCE
 
 
+def test_gain_confidence_counts_strict_wins_and_the_rule_uses_its_threshold(monkeypatch):
+    gold = np.array([0, 1] * 50)
+    same = gold.copy()
+    assert ngrams.gain_confidence(gold, same, same, 2) == 0.0  # ties count against the branch
+    worse = gold.copy()
+    worse[:20] = 1 - worse[:20]
+    assert ngrams.gain_confidence(gold, gold, worse, 2) == 1.0 and ngrams.gain_confidence(gold, worse, gold, 2) == 0.0
+    rng = np.random.default_rng(6)
+    dev = scored(rng, 600, confidence=4.0)
+    _, choice = ngrams.choose_weight(dev, ngrams.Scored(dev.transformer, dev.ngram, dev.gold))
+    p = choice["gain_confidence"]
+    assert 0 < p <= 1
+    monkeypatch.setattr(ngrams, "GAIN_CONFIDENCE", p)  # exactly at the threshold: kept
+    assert ngrams.choose_weight(dev, ngrams.Scored(dev.transformer, dev.ngram, dev.gold))[0] < 1.0
+    monkeypatch.setattr(ngrams, "GAIN_CONFIDENCE", p + 1e-6)  # just above what dev shows: refused
+    assert ngrams.choose_weight(dev, ngrams.Scored(dev.transformer, dev.ngram, dev.gold))[0] == 1.0
+
+
 def test_a_branch_that_does_not_raise_a_memorising_transformers_advantage_is_allowed():
     """When the transformer alone is past the bound (it memorised), the branch may stay as long as the attack does
     not get stronger than against the transformer alone."""

@@ -253,7 +253,10 @@ def _attach_ngrams(best: Path, head: ngrams.NgramHead, train: Encoded, dev: Enco
     except Exception as err:  # e.g. MemoryError on a huge dev split: the checkpoint as trained stays in place
         log.warning("n-gram branch left out (%s: %s); best/ is the transformer alone", type(err).__name__, err)
         return None
-    log.info("n-gram branch: transformer weight %.1f chosen on dev (%s)", weight, choice["by_weight"][str(weight)])
+    log.info(
+        "n-gram branch: transformer weight %.1f chosen on dev (%s; dev gain confidence %s, needed %.2f)",
+        weight, choice["by_weight"][str(weight)], choice["gain_confidence"], ngrams.GAIN_CONFIDENCE,
+    )  # fmt: skip
     return {
         "transformer_weight": weight,
         "in_model": weight < 1,

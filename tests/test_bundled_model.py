@@ -3,6 +3,7 @@ issue 18's targets for it (served INT8 >= 89.5 % on waimai_10k's held-out split,
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -54,3 +55,27 @@ def test_the_readme_quotes_the_served_and_fp32_accuracy(served_test_accuracy, ma
     assert quoted.groups() == (f"{fp32 * 100:.2f}", f"{served_test_accuracy * 100:.2f}")
     row = re.search(r"\| waimai_10k, 2 classes \(bundled model.*?\| ([\d.]+) % \| ([\d.]+) % \|", readme)
     assert row and row.groups() == quoted.groups()
+
+
+def test_the_readmes_second_dataset_row_is_the_recorded_artifacts():
+    """The offline table's second-dataset row, recomputed from the manifest export wrote for that run (FP32 and
+    served INT8 test figures, and the baseline train measured on the same rows)."""
+    manifest = json.loads((ROOT / "docs/bench/verify-second-domain-sentiment/manifest.json").read_text("utf-8"))
+    fp32, base = manifest["metrics"]["training"]["test"], manifest["metrics"]["training"]["baseline"]
+    int8 = manifest["metrics"]["onnx-int8"]
+    expected = [
+        f"{fp32['accuracy'] * 100:.2f}",
+        f"{fp32['macro_f1']:.4f}",
+        f"{int8['test_accuracy'] * 100:.2f}",
+        f"{int8['test_macro_f1']:.4f}",
+        f"{base['accuracy'] * 100:.2f}",
+        f"{base['macro_f1']:.4f}",
+    ]
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    row = re.search(
+        r"\| domain x sentiment, 4 imbalanced classes .*?\|" + r" ([\d.]+) % \(macro-F1 ([\d.]+)\) \|" * 3, readme
+    )
+    assert row, "the README's second-dataset row changed shape; update this test with it"
+    assert list(row.groups()) == expected
+    verdict = manifest["metrics"]["training"]["baseline_verdict"]
+    assert manifest["ngram_branch"]["fitted_on"] == "train+dev" and verdict["beats_baseline"]

@@ -77,5 +77,7 @@ def test_the_readmes_second_dataset_row_is_the_recorded_artifacts():
     )
     assert row, "the README's second-dataset row changed shape; update this test with it"
     assert list(row.groups()) == expected
+    status = f"{expected[0]} % vs {expected[4]} %, macro-F1 {expected[1]} vs"  # the status lines at the top
+    assert status in " ".join(readme.split())
     verdict = manifest["metrics"]["training"]["baseline_verdict"]
     assert manifest["ngram_branch"]["fitted_on"] == "train+dev" and verdict["beats_baseline"]

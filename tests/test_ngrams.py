@@ -264,6 +264,7 @@ def test_a_checkpoint_with_the_branch_goes_through_qat_export_and_verify(ngram_c
         ExportConfig(checkpoint=str(ngram_checkpoint), qat=str(tmp_path / "qat" / "best"), output=str(out))
     )
     assert all(c["passed"] for c in manifest["checks"].values())
+    assert "transformer_alone_drop" in manifest["checks"]["int8_accuracy_drop"]
     transformer_only = manifest["checks"]["qat_vs_onnx_int8_transformer"]  # the transformer parts alone agree too
     assert transformer_only["argmax_agreement"] >= 0.99 and transformer_only["max_abs_logit_diff"] < 1.0
     branch = manifest["ngram_branch"]
@@ -549,6 +550,20 @@ def test_the_transformer_only_int8_check_fails_when_the_transformer_parts_disagr
     cfg = ExportConfig(checkpoint=str(ngram_checkpoint), output="unused")
     check = _agreement_check(*_transformer_parts(model, ids, qat, int8), cfg.min_int8_agreement)
     assert check["argmax_agreement"] == 0.0 and not check["passed"]
+
+
+def test_the_int8_accuracy_gate_judges_the_transformer_part_behind_the_branch():
+    """Blended INT8 accuracy equal to FP32's, the transformer part alone 2 pt worse: the gate fails on the latter."""
+    from release.export import ExportCheckError, ExportConfig, _int8_accuracy_check
+
+    cfg = ExportConfig(checkpoint="unused", output="unused")
+    fp32 = {"test_accuracy": 0.90, "test_accuracy_transformer_alone": 0.88}
+    metrics = {"onnx-fp32": fp32, "onnx-int8": {**fp32, "test_accuracy_transformer_alone": 0.86}}
+    with pytest.raises(ExportCheckError, match="transformer part alone"):
+        _int8_accuracy_check(cfg, metrics)
+    metrics["onnx-int8"]["test_accuracy_transformer_alone"] = 0.879
+    check = _int8_accuracy_check(cfg, metrics)
+    assert check["passed"] and check["transformer_alone_drop"] == pytest.approx(0.001)
 
 
 def test_a_checkpoint_naming_a_branch_it_does_not_hold_is_refused(ngram_checkpoint, tmp_path):

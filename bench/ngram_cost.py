@@ -8,7 +8,6 @@ ONNX Runtime on one thread, the two models alternated each round (docs/benchmark
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import tempfile
 import time
@@ -17,23 +16,6 @@ from pathlib import Path
 import numpy as np
 
 from training import paddle_env
-
-
-def _plain_copy(model):
-    """The same transformer without the branch."""
-    from paddlenlp.transformers import ErnieForSequenceClassification
-
-    from training.ngrams import FITTED_ON_KEY, NGRAM_CONFIG_KEYS
-
-    config = copy.deepcopy(model.config)
-    for key in NGRAM_CONFIG_KEYS:
-        delattr(config, key)
-    if hasattr(config, FITTED_ON_KEY):
-        delattr(config, FITTED_ON_KEY)
-    plain = ErnieForSequenceClassification(config)
-    plain.set_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("ngram_")})
-    plain.eval()
-    return plain
 
 
 def _padded(rows: list[list[int]], pad: int) -> np.ndarray:
@@ -51,20 +33,19 @@ def main() -> None:
     args = parser.parse_args()
     paddle_env.configure()
     from release.export import export_onnx, export_paddle_inference, onnx_backend
-    from training.config import TrainConfig
+    from training.checkpoint import recorded_config
     from training.finetune import load_splits
     from training.modeling import load_checkpoint
+    from training.ngram_model import without_ngrams
 
     model, tokenizer, _ = load_checkpoint(args.checkpoint)
     if not hasattr(model, "ngram_table"):
         raise SystemExit(f"{args.checkpoint} has no n-gram branch. Hint: pass a checkpoint `train` attached one to.")
-    record = json.loads((Path(args.checkpoint) / "training_config.json").read_text(encoding="utf-8"))
-    cfg = TrainConfig(**{k: v for k, v in record.items() if k in TrainConfig.__dataclass_fields__})
-    dev = load_splits(cfg)[0].dev[: args.texts]
+    dev = load_splits(recorded_config(args.checkpoint))[0].dev[: args.texts]
     ids = tokenizer.encode_ids([e.text for e in dev], normalized=True)
     work = Path(tempfile.mkdtemp(prefix="ngram-cost-"))
     runners = {}
-    for name, m in (("branch", model), ("plain", _plain_copy(model))):
+    for name, m in (("branch", model), ("plain", without_ngrams(model))):
         export_paddle_inference(m, work / name)
         export_onnx(work / name, work / f"{name}.onnx")
         runners[name] = onnx_backend(work / f"{name}.onnx", threads=1)

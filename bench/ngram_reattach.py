@@ -11,7 +11,6 @@ A checkpoint that carries a branch is reduced to its transformer first (weights 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import random
 import shutil
@@ -24,23 +23,16 @@ from training import paddle_env
 
 
 def _transformer_checkpoint(checkpoint: Path, work: Path) -> Path:
-    from paddlenlp.transformers import ErnieForSequenceClassification
-
+    """best/ with the transformer alone (a checkpoint with a branch loses it; weights unchanged)."""
     from training.checkpoint import save_checkpoint, saved_records
     from training.modeling import load_checkpoint
-    from training.ngrams import FITTED_ON_KEY, NGRAM_CONFIG_KEYS
+    from training.ngram_model import without_ngrams
 
     model, tokenizer, label_map = load_checkpoint(checkpoint)
     if not hasattr(model, "ngram_table"):
         shutil.copytree(checkpoint, work)
         return work
-    config = copy.deepcopy(model.config)
-    for key in (*NGRAM_CONFIG_KEYS, FITTED_ON_KEY):
-        if hasattr(config, key):
-            delattr(config, key)
-    plain = ErnieForSequenceClassification(config)
-    plain.set_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("ngram_")})
-    save_checkpoint(plain, tokenizer, label_map, saved_records(checkpoint), work)
+    save_checkpoint(without_ngrams(model), tokenizer, label_map, saved_records(checkpoint), work)
     return work
 
 
@@ -80,15 +72,14 @@ def main() -> None:
     args = parser.parse_args()
     paddle_env.configure()
     from training.batching import encode
-    from training.config import TrainConfig
+    from training.checkpoint import recorded_config
     from training.finetune import _attach_ngrams, _fit_ngrams, load_splits
     from training.loop import evaluate_encoded
     from training.modeling import load_checkpoint
 
     checkpoint = Path(args.checkpoint)
     best = _transformer_checkpoint(checkpoint, Path(tempfile.mkdtemp(prefix="reattach-")) / "best")
-    record = json.loads((checkpoint / "training_config.json").read_text(encoding="utf-8"))
-    splits = load_splits(TrainConfig(**{k: v for k, v in record.items() if k in TrainConfig.__dataclass_fields__}))[0]
+    splits = load_splits(recorded_config(checkpoint))[0]
     transformer, tokenizer, label_map = load_checkpoint(best)
     train, dev, test = (encode(rows, tokenizer, label_map) for rows in (splits.train, splits.dev, splits.test))
     alone = evaluate_encoded(transformer, tokenizer, test, label_map)

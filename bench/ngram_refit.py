@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-from pathlib import Path
 
 import numpy as np
 
@@ -37,13 +36,12 @@ def main() -> None:
     paddle_env.configure()
     from training import ngrams
     from training.batching import encode
-    from training.config import TrainConfig
+    from training.checkpoint import recorded_config
     from training.finetune import load_splits
     from training.modeling import load_checkpoint
 
     model, tokenizer, label_map = load_checkpoint(args.checkpoint)
-    record = json.loads((Path(args.checkpoint) / "training_config.json").read_text(encoding="utf-8"))
-    splits = load_splits(TrainConfig(**{k: v for k, v in record.items() if k in TrainConfig.__dataclass_fields__}))[0]
+    splits = load_splits(recorded_config(args.checkpoint))[0]
     train, dev = encode(splits.train, tokenizer, label_map), encode(splits.dev, tokenizer, label_map)
     special, vocab = (tokenizer.pad_id, tokenizer.cls_id, tokenizer.sep_id), int(model.config.vocab_size)
     train_logits, dev_logits = (_transformer_logits(model, tokenizer, d.ids) for d in (train, dev))

@@ -272,7 +272,10 @@ def export(cfg: ExportConfig) -> dict:
     if cfg.qat:
         _check_qat(Path(cfg.qat), ckpt)
     model, tokenizer, label_map = load_checkpoint(ckpt)
-    branch_saw_dev = held_out_branch.fitted_on(model, ckpt) == held_out_branch.SAW_DEV and not cfg.data
+    metrics_file = ckpt / METRICS_FILE
+    training_metrics = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else {}
+    fitted_on = held_out_branch.fitted_on(model, training_metrics)
+    branch_saw_dev = fitted_on == held_out_branch.SAW_DEV and not cfg.data
     dev, test, data_path = _check_examples(cfg, training_config, branch_saw_dev)
     check_known_labels(dev + test, label_map, data_path)
     data = _Splits(encode(dev, tokenizer, label_map), encode(test, tokenizer, label_map), label_map)
@@ -281,9 +284,7 @@ def export(cfg: ExportConfig) -> dict:
 
         data.test_branch = head_of(model).logits(data.test.ids), float(model.config.ngram_weight)
     if branch_saw_dev:  # before any file is written: this can refuse
-        data.held_out_branch = held_out_branch.logits_on_dev(
-            model, ckpt, training_config, tokenizer, label_map, data.dev
-        )
+        data.held_out_branch = held_out_branch.logits_on_dev(model, ckpt, training_metrics, tokenizer, data.dev)
 
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -301,10 +302,10 @@ def export(cfg: ExportConfig) -> dict:
         if int8 is not None:
             checks["int8_accuracy_drop"] = _int8_accuracy_check(cfg, metrics)
             _write_triton(tmp, label_map, metrics["onnx-int8"]["temperature"], tokenizer.max_seq_len)
-        manifest = _describe(cfg, tmp, tokenizer, label_map, training_config, metrics, checks, int8)
+        manifest = _describe(cfg, tmp, tokenizer, label_map, training_config, training_metrics, metrics, checks, int8)
         if manifest["ngram_branch"] is not None:
             manifest["ngram_branch"].update(
-                fitted_on=held_out_branch.fitted_on(model, ckpt),
+                fitted_on=fitted_on,
                 temperature_fitted_with=TEMPERATURE_WITH_HELD_OUT_BRANCH
                 if data.held_out_branch
                 else "the served model",
@@ -672,9 +673,9 @@ def _formats(int8: dict | None) -> dict[str, dict[str, Any]]:
     return formats
 
 
-def _describe(cfg, tmp: Path, tokenizer, label_map: LabelMap, training_config: dict, metrics, checks, int8) -> dict:
-    ckpt_metrics_file = Path(cfg.checkpoint) / METRICS_FILE
-    training_metrics = json.loads(ckpt_metrics_file.read_text(encoding="utf-8")) if ckpt_metrics_file.is_file() else {}
+def _describe(
+    cfg, tmp: Path, tokenizer, label_map: LabelMap, training_config: dict, training_metrics: dict, metrics, checks, int8
+) -> dict:
     num_labels = len(label_map)
     formats = _formats(int8)
     for fmt, spec in formats.items():

@@ -10,7 +10,6 @@ which gives the same table (the same rows, settings and order), swapped into eac
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +17,13 @@ import numpy as np
 from ernie_cls.errors import ConfigError
 from training import ngrams
 from training.batching import Encoded, encode
-from training.checkpoint import METRICS_FILE
-from training.data import Example, LabelMap, load_examples, stratified_split
+from training.checkpoint import recorded_config
+from training.finetune import load_splits
 
 SAW_DEV = "train+dev"
 
 
-def fitted_on(model, checkpoint: Path) -> str | None:
+def fitted_on(model, training_metrics: dict) -> str | None:
     """The rows the served branch was fitted on ("train" or "train+dev"), or None without a branch: the config key
     written with it, else the run's metrics.json (checkpoints written between the refit and the key)."""
     if not hasattr(model, "ngram_table"):
@@ -32,20 +31,35 @@ def fitted_on(model, checkpoint: Path) -> str | None:
     recorded = getattr(model.config, ngrams.FITTED_ON_KEY, None)
     if recorded:
         return str(recorded)
-    metrics_file = checkpoint / METRICS_FILE
-    record = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else {}
-    return (record.get("ngrams") or {}).get("fitted_on") or "train"  # before the refit, every branch saw train only
+    return (training_metrics.get("ngrams") or {}).get("fitted_on") or "train"  # before the refit: train only
 
 
 def logits_on_dev(
-    model, checkpoint: Path, training_config: dict, tokenizer, label_map: LabelMap, dev: Encoded
+    model, checkpoint: Path, training_metrics: dict, tokenizer, dev: Encoded
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """(the served branch's logits on dev, the train-only branch's, the transformer's share) for ngrams.swap_branch."""
     from training.ngram_model import head_of
 
-    train = encode(_training_rows(checkpoint, training_config), tokenizer, label_map)
+    cfg = recorded_config(checkpoint)
+    path = cfg.data or cfg.train_file
+    if not path or not Path(path).is_file():
+        raise ConfigError(
+            f"The n-gram branch saw the dev rows, and its training rows are not at {path!r} (training_config.json) "
+            "to refit it on them alone for the temperature.",
+            f"Put the training file back at {path!r}, or export with --data <a labelled file the model never saw>.",
+        )
+    splits, label_map, provenance = load_splits(cfg)  # the split `train` read
+    recorded = training_metrics.get("provenance", {}).get("data" if cfg.data else "train") or {}
+    now = (provenance.get("data" if cfg.data else "train") or {}).get("sha256")
+    if recorded.get("sha256") and recorded["sha256"] != now:
+        raise ConfigError(
+            f"{path} changed since training (sha256 {str(now)[:12]}, trained on {recorded['sha256'][:12]}), so "
+            "the n-gram branch cannot be refitted on the same training rows for the temperature.",
+            "Restore the file training read, or export with --data <a labelled file the model never saw>.",
+        )
+    train = encode(splits.train, tokenizer, label_map)
     served = head_of(model)
-    held_out = ngrams.fit_head(train.ids, train.labels, len(label_map), served.vocab, served.special_ids)
+    held_out = ngrams.refit(served, train.ids, train.labels, fitted_on="train")
     if held_out is None:
         raise ConfigError(
             "The n-gram branch saw the dev rows, and refitting it on the training rows alone (to fit the temperature "
@@ -53,33 +67,3 @@ def logits_on_dev(
             "Export with --data <a labelled file the model never saw>.",
         )
     return served.logits(dev.ids), held_out.logits(dev.ids), float(model.config.ngram_weight)
-
-
-def _training_rows(checkpoint: Path, training_config: dict) -> list[Example]:
-    """The training split as `train` read it; refused when the file is gone or changed since (another table)."""
-    text_col, label_col = training_config.get("text_col"), training_config.get("label_col")
-    data, train_file = training_config.get("data"), training_config.get("train_file")
-    path = data or train_file
-    if not path or not Path(path).is_file():
-        raise ConfigError(
-            f"The n-gram branch saw the dev rows, and its training rows are not at {path!r} (training_config.json) "
-            "to refit it on them alone for the temperature.",
-            f"Put the training file back at {path!r}, or export with --data <a labelled file the model never saw>.",
-        )
-    examples, report = load_examples(path, text_col, label_col)
-    metrics_file = checkpoint / METRICS_FILE
-    provenance = (json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else {}).get(
-        "provenance", {}
-    )
-    recorded = (provenance.get("data") if data else provenance.get("train")) or {}
-    if recorded.get("sha256") and recorded["sha256"] != report.sha256:
-        raise ConfigError(
-            f"{path} changed since training (sha256 {report.sha256[:12]}, trained on {recorded['sha256'][:12]}), so "
-            "the n-gram branch cannot be refitted on the same training rows for the temperature.",
-            "Restore the file training read, or export with --data <a labelled file the model never saw>.",
-        )
-    if data:
-        return stratified_split(
-            examples, training_config["test_size"], training_config["dev_size"], training_config["seed"]
-        ).train
-    return examples

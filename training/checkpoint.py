@@ -63,3 +63,9 @@ def prepare_output(cfg: TrainConfig) -> Path:
         )
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def recorded_config(checkpoint: Path) -> TrainConfig:
+    """The options a checkpoint's training_config.json records (keys this version does not know are dropped)."""
+    record = json.loads((Path(checkpoint) / TRAINING_CONFIG_FILE).read_text(encoding="utf-8"))
+    return TrainConfig(**{k: v for k, v in record.items() if k in TrainConfig.__dataclass_fields__})

@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 from ernie_cls.errors import ConfigError, ModelLoadError
 from ernie_cls.tokenization import ErnieTokenizerFast, build_vocab
 from training.data import LabelMap
-from training.ngrams import FITTED_ON_KEY, NGRAM_CONFIG_KEYS
+from training.ngrams import BRANCH_CONFIG_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def build_model(
         hidden_dropout_prob=dropout,
         attention_probs_dropout_prob=attention_dropout,
     )
-    for key in (*NGRAM_CONFIG_KEYS, FITTED_ON_KEY):  # the base's branch is not loaded: its keys must not follow
+    for key in BRANCH_CONFIG_KEYS:  # the base's branch is not loaded: its keys must not follow
         if hasattr(model.config, key):
             delattr(model.config, key)
     return model, tokenizer

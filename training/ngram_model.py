@@ -15,7 +15,7 @@ import paddle.nn.functional as functional
 from paddlenlp.transformers import ErnieForSequenceClassification
 
 from ernie_cls.errors import ModelLoadError
-from training.ngrams import FITTED_ON_KEY, NGRAM_CONFIG_KEYS, NgramHead
+from training.ngrams import BRANCH_CONFIG_KEYS, FITTED_ON_KEY, NGRAM_CONFIG_KEYS, NgramHead
 
 
 class ErnieWithNgrams(ErnieForSequenceClassification):
@@ -94,6 +94,20 @@ def with_ngrams(model, head: NgramHead, weight: float) -> ErnieWithNgrams:
     assert not missing and not unexpected, (missing, unexpected)
     blended.eval()
     return blended
+
+
+def without_ngrams(model: ErnieWithNgrams) -> ErnieForSequenceClassification:
+    """The inverse of `with_ngrams`: the same transformer weights, without the branch."""
+    import copy
+
+    config = copy.deepcopy(model.config)
+    for key in BRANCH_CONFIG_KEYS:
+        if hasattr(config, key):
+            delattr(config, key)
+    plain = ErnieForSequenceClassification(config)
+    plain.set_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("ngram_")})
+    plain.eval()
+    return plain
 
 
 def head_of(model: ErnieWithNgrams) -> NgramHead:

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 NGRAM_CONFIG_KEYS = ("ngram_weight", "ngram_buckets", "ngram_special_ids", "ngram_multipliers")  # ngram_model.py
 FITTED_ON_KEY = "ngram_fitted_on"  # "train" or "train+dev"; absent in checkpoints written before the refit existed
+BRANCH_CONFIG_KEYS = (*NGRAM_CONFIG_KEYS, FITTED_ON_KEY)  # every key a branch adds to config.json
 BUCKETS = 1 << 17
 TRIGRAM_MULTIPLIER = 31
 MAX_VOCAB = 46340  # (V-1)*(V|1) + V-1 < 2**31: the bigram hash stays exact in int32
@@ -159,12 +160,13 @@ def fit_head(
     return NgramHead(table, bias.astype(np.float32), vocab, BUCKETS, tuple(special_ids), round(seconds, 1))
 
 
-def refit(head: NgramHead, ids: list[list[int]], labels: np.ndarray) -> NgramHead | None:
-    """The same branch (vocabulary, hashing, settings) fitted again on train+dev once dev has chosen the share, as
-    the baseline is (on the second dataset's dev split, 11 % more training rows lifted the branch alone by 0.4-0.8
-    pt: docs/benchmarks.md section 10). None if the rows cannot be fitted."""
+def refit(head: NgramHead, ids: list[list[int]], labels: np.ndarray, fitted_on: str = "train+dev") -> NgramHead | None:
+    """The same branch (vocabulary, hashing, settings) fitted again on other rows: by `train` on train+dev once dev
+    has chosen the share, as the baseline is (on the second dataset's dev split, 11 % more training rows lifted the
+    branch alone by 0.4-0.8 pt: docs/benchmarks.md section 10); by export on train alone, for the temperature
+    (release/held_out_branch.py). None if the rows cannot be fitted."""
     again = fit_head(ids, labels, head.table.shape[1], head.vocab, head.special_ids)
-    return replace(again, fitted_on="train+dev") if again is not None else None
+    return replace(again, fitted_on=fitted_on) if again is not None else None
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
@@ -205,17 +207,15 @@ def choose_weight(dev: Scored, members: Scored) -> tuple[float, dict]:
     transformer's own (share 1.0, always allowed) when that is higher. When dev is too small for the attack to
     resolve the bound (its noise level is above it), only 1.0 is allowed; and the chosen share must beat 1.0's
     macro-F1 in GAIN_CONFIDENCE of bootstrap resamples of dev, else 1.0. -> (w, report per share)."""
-    from sklearn.metrics import f1_score
-
-    classes = list(range(dev.transformer.shape[1]))
+    classes = dev.transformer.shape[1]
     noise = noise_level(len(members.gold), len(dev.gold))
     report: dict = {}
-    for w in WEIGHTS:
-        pred = blend(dev.transformer, dev.ngram, w).argmax(-1)
+    predictions = {w: blend(dev.transformer, dev.ngram, w).argmax(-1) for w in WEIGHTS}
+    for w, pred in predictions.items():
         attack = membership_advantage(members.true_label_probability(w), dev.true_label_probability(w))
         report[str(w)] = {
             "accuracy": round(float((pred == dev.gold).mean()), 4),
-            "macro_f1": round(float(f1_score(dev.gold, pred, labels=classes, average="macro", zero_division=0)), 4),
+            "macro_f1": round(macro_f1(dev.gold, pred, classes), 4),
             "membership_advantage": round(attack.advantage, 4),
         }
     # the branch may not push the attack past the bound, nor past the transformer's own when that is higher already
@@ -224,8 +224,7 @@ def choose_weight(dev: Scored, members: Scored) -> tuple[float, dict]:
     best = max(allowed or [1.0], key=lambda w: (report[str(w)]["macro_f1"], report[str(w)]["accuracy"], w))
     confidence = None
     if best < 1:
-        pred = [blend(dev.transformer, dev.ngram, w).argmax(-1) for w in (best, 1.0)]
-        confidence = gain_confidence(dev.gold, pred[0], pred[1], len(classes))
+        confidence = gain_confidence(dev.gold, predictions[best], predictions[1.0], classes)
         best = best if confidence >= GAIN_CONFIDENCE else 1.0
     return best, {
         "by_weight": report,
@@ -247,7 +246,7 @@ def gain_confidence(gold: np.ndarray, pred: np.ndarray, baseline: np.ndarray, cl
 
 def macro_f1(gold: np.ndarray, pred: np.ndarray, classes: int) -> float:
     """scikit-learn's f1_score(average="macro", labels=range(classes), zero_division=0), in numpy (the bootstrap
-    calls it 2 000 times)."""
+    calls it 2 000 times; tested equal)."""
     tp = np.bincount(gold[gold == pred], minlength=classes)
     predicted, actual = np.bincount(pred, minlength=classes), np.bincount(gold, minlength=classes)
     denominator = predicted + actual

@@ -420,6 +420,25 @@ def test_dev_does_not_stand_in_for_a_missing_test_file_once_the_branch_saw_it(sm
         export(ExportConfig(checkpoint=str(tmp_path / "run" / "best"), output=str(tmp_path / "a")))
 
 
+def test_export_refuses_when_a_branch_that_saw_dev_has_lost_its_training_file(small_csv, tmp_path, monkeypatch):
+    """The variant past the data-file check: a --train-file run whose dev and test files are still there."""
+    from ernie_cls.errors import ConfigError
+    from release.export import ExportConfig, export
+    from tests.conftest import tiny_train_config
+    from training.finetune import train
+
+    for name in ("train", "dev", "test"):
+        shutil.copy(small_csv, tmp_path / f"{name}.csv")
+    real = ngrams.choose_weight
+    monkeypatch.setattr(ngrams, "choose_weight", lambda dev, members: (0.5, real(dev, members)[1]))
+    files = {f"{name}_file": str(tmp_path / f"{name}.csv") for name in ("train", "dev", "test")}
+    train(tiny_train_config(tmp_path / "run", None, **files))
+    (tmp_path / "train.csv").unlink()
+    with pytest.raises(ConfigError, match="training rows are not at") as refused:
+        export(ExportConfig(checkpoint=str(tmp_path / "run" / "best"), output=str(tmp_path / "a")))
+    assert "train.csv" in refused.value.hint and not (tmp_path / "a").exists()
+
+
 def test_without_test_rows_the_branch_stays_fitted_on_train(small_csv, tmp_path, monkeypatch):
     """With only train and dev, dev's figures are the only judge: the branch must not have seen dev."""
     from tests.conftest import tiny_train_config

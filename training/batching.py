@@ -1,4 +1,5 @@
-"""Texts -> token ids once (Encoded), and length-bucketed batches that pad little."""
+"""Texts -> token ids once (Encoded), and length-bucketed batches that pad little: of `batch_size` texts, or of at
+most `max_tokens` padded tokens (--batch-tokens)."""
 
 from __future__ import annotations
 
@@ -43,3 +44,34 @@ def length_bucketed_batches(lengths: list[int], batch_size: int, rng: random.Ran
         batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
     rng.shuffle(batches)
     return batches
+
+
+def token_budget_batches(lengths: list[int], max_tokens: int, rng: random.Random) -> list[list[int]]:
+    """Batches of at most `max_tokens` padded tokens (a longer text goes alone): more short texts, fewer long ones.
+
+    Shuffle, stable-sort by length, pack consecutive texts, shuffle the batches (fairseq's --max-tokens). The packing
+    sees only the sorted lengths, so every epoch has the same number of batches of the same sizes - what the loop's
+    step schedule and the time budget's plan count on - and only which texts of equal length share a batch, and the
+    batches' order, change with the shuffle.
+    """
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    order.sort(key=lambda i: lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        if current and (len(current) + 1) * lengths[i] > max_tokens:
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    rng.shuffle(batches)
+    return batches
+
+
+def training_batches(lengths: list[int], batch_size: int, max_tokens: int, rng: random.Random) -> list[list[int]]:
+    """One epoch's batches: by padded tokens when `max_tokens` > 0, else of `batch_size` texts."""
+    if max_tokens > 0:
+        return token_budget_batches(lengths, max_tokens, rng)
+    return length_bucketed_batches(lengths, batch_size, rng)

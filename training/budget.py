@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from training.batching import Encoded, length_bucketed_batches
+from training.batching import Encoded, training_batches
 from training.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -105,9 +105,9 @@ class ProbeBatches:
     batch_tokens: list[int]
 
 
-def probe_batches(ids: list[list[int]], batch_size: int) -> ProbeBatches:
+def probe_batches(ids: list[list[int]], batch_size: int, max_tokens: int = 0) -> ProbeBatches:
     lengths = [len(x) for x in ids]
-    batches = length_bucketed_batches(lengths, batch_size, random.Random(0))
+    batches = training_batches(lengths, batch_size, max_tokens, random.Random(0))
     by_length = sorted(batches, key=lambda b: max(lengths[i] for i in b))
     picks = sorted({round(q * (len(by_length) - 1)) for q in np.linspace(0, 1, PROBE_STEPS)})
     middle = by_length[len(by_length) // 2]
@@ -126,7 +126,7 @@ def average_step_seconds(probe: ProbeBatches, timings: list[tuple[float, int]]) 
     return epoch / len(probe.batch_tokens) * UPDATE_OVERHEAD
 
 
-def probe_seconds_per_step(model, tokenizer, data: Encoded, batch_size: int) -> float:
+def probe_seconds_per_step(model, tokenizer, data: Encoded, batch_size: int, max_tokens: int = 0) -> float:
     """An average training step's seconds: forward+backward passes timed on batches across the length
     distribution (gradients cleared, not applied: the weights do not move)."""
     import paddle
@@ -137,7 +137,7 @@ def probe_seconds_per_step(model, tokenizer, data: Encoded, batch_size: int) -> 
         logits = model(paddle.to_tensor(ids), token_type_ids=paddle.to_tensor(types))
         return cross_entropy(logits, paddle.to_tensor(data.labels[batch])), ids.size
 
-    return time_probe(probe_batches(data.ids, batch_size), model, loss_of)
+    return time_probe(probe_batches(data.ids, batch_size, max_tokens), model, loss_of)
 
 
 def time_probe(probe: ProbeBatches, model, loss_of: Callable[[list[int]], tuple[Any, int]]) -> float:

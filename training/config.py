@@ -43,6 +43,9 @@ class TrainConfig:
         None, "default: the training texts' p99 length + 2, rounded up to 16, within 32..128 (scratch) or 32..256"
     )
     batch_size: int = opt(32)
+    batch_tokens: int = opt(
+        0, "batches of at most this many padded tokens instead of --batch-size texts, e.g. 2048 (0: off)"
+    )
     epochs: int | None = opt(None, "default: as many as --time-budget allows (at most 6 from scratch, 4 pretrained)")
     time_budget: float = opt(
         20.0,
@@ -141,6 +144,7 @@ class TrainConfig:
             raise ConfigError("--pretrain-epochs must be >= 0.", "E.g. 4, or 0 for no masked-LM stage.")
         if self.max_seq_len is not None and self.max_seq_len < 8:
             raise ConfigError("--max-seq-len must be >= 8.", "128 suits short customer messages.")
+        check_batch_tokens(self.batch_tokens, self.max_seq_len)
         if self.class_weights not in ("none", "balanced"):
             raise ConfigError(f"--class-weights {self.class_weights!r} is not known.", "Use none or balanced.")
         if self.adversarial not in ("none", "fgm"):
@@ -171,6 +175,16 @@ class TrainConfig:
             )
 
 
+def check_batch_tokens(batch_tokens: int, max_seq_len: int | None, chosen: bool = False) -> None:
+    """--batch-tokens is off (0) or holds at least one text of --max-seq-len tokens (`chosen`: from the texts)."""
+    if batch_tokens < 0 or (max_seq_len is not None and 0 < batch_tokens < max_seq_len):
+        source = " (chosen from the training texts)" if chosen else ""
+        raise ConfigError(
+            f"--batch-tokens {batch_tokens} cannot hold one text of --max-seq-len {max_seq_len} tokens{source}.",
+            "Use 0 (batches of --batch-size texts) or at least --max-seq-len, e.g. 2048.",
+        )
+
+
 @dataclass
 class QATConfig:
     """`ernie-cls qat`: every field is a flag (ernie_cls/options.py)."""
@@ -180,6 +194,7 @@ class QATConfig:
     epochs: int = opt(1)
     learning_rate: float = opt(5e-5)
     batch_size: int = opt(32)
+    batch_tokens: int = opt(0, "batches of at most this many padded tokens instead of --batch-size texts (0: off)")
     eval_every: int = opt(0, "steps between dev evaluations (0: each epoch)")
     patience: int = opt(2)
     moving_rate: float = opt(0.9, "activation scale moving average")

@@ -22,7 +22,7 @@ import numpy as np
 
 from ernie_cls.errors import ConfigError
 from training import baseline, ngrams
-from training.batching import Encoded, encode, length_bucketed_batches
+from training.batching import Encoded, encode, training_batches
 from training.budget import (
     EVAL_FORWARD_SHARE,
     OVERRUN_ALLOWED,
@@ -48,7 +48,7 @@ from training.checkpoint import (
     save_checkpoint,
     saved_records,
 )
-from training.config import TrainConfig
+from training.config import TrainConfig, check_batch_tokens
 from training.data import (
     LabelMap,
     Splits,
@@ -119,6 +119,7 @@ def train(cfg: TrainConfig) -> dict:
         chosen = choose_max_seq_len(lengths, ceiling)
         cfg = replace(cfg, max_seq_len=chosen)
         log.info(explain_max_seq_len(lengths, chosen))
+        check_batch_tokens(cfg.batch_tokens, chosen, chosen=True)  # before anything is built or written
     model, tokenizer = _build(cfg, source, label_map, splits)
     train_data = encode(splits.train, tokenizer, label_map)
     if cfg.teacher and cfg.teacher.lower() == BASELINE_TEACHER:
@@ -207,14 +208,15 @@ def _size_stages(
         return without_budget(cfg), None
     if cfg.time_budget <= 0 or not auto:
         return (without_budget(cfg) if cfg.time_budget <= 0 else with_recipe(cfg, scratch)), None
-    step_s = probe_seconds_per_step(model, tokenizer, train_data, cfg.batch_size) * robustness_passes(cfg)
+    step_s = probe_seconds_per_step(model, tokenizer, train_data, cfg.batch_size, cfg.batch_tokens)
+    step_s *= robustness_passes(cfg)
     mlm_step_s = (
-        probe_mlm_seconds_per_step(model.config, tokenizer, train_data.ids, cfg.batch_size)
+        probe_mlm_seconds_per_step(model.config, tokenizer, train_data.ids, cfg.batch_size, cfg.batch_tokens)
         if scratch and cfg.pretrain_epochs is None
         else step_s
     )
     lengths = [len(x) for x in train_data.ids]
-    steps = len(length_bucketed_batches(lengths, cfg.batch_size, random.Random(0)))
+    steps = len(training_batches(lengths, cfg.batch_size, cfg.batch_tokens, random.Random(0)))
     plan = plan_budget(cfg, scratch, steps, -(-dev_size // 64), step_s, mlm_step_s)
     log.info("%s", plan.describe())
     return apply_plan(cfg, plan, scratch), plan
@@ -339,6 +341,8 @@ def _pretrain(
     )
     settings = PretrainConfig(
         epochs=cfg.pretrain_epochs or 0,
+        batch_size=cfg.batch_size,
+        batch_tokens=cfg.batch_tokens,
         homophone_share=cfg.pretrain_homophones,
         seed=cfg.seed,
         progress=cfg.progress,

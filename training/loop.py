@@ -1,8 +1,9 @@
 """The training loop shared by fine-tuning and QAT, and what it needs: seed, device, LR schedule, dev evaluation.
 
-length-bucketed batches (equal share per rank) -> AdamW, warmup + linear decay, global-norm clipping, optional
-AMP -> evaluate on dev every `eval_every` steps (weight-averaged weights when averaging) -> `save_best` on each
-new best dev macro-F1 (rank 0), early stop after `patience` evaluations without improvement, all ranks alike
+length-bucketed batches of texts or of tokens (equal share per rank) -> AdamW, warmup + linear decay, global-norm
+clipping, optional AMP -> evaluate on dev every `eval_every` steps (weight-averaged weights when averaging) ->
+`save_best` on each new best dev macro-F1 (rank 0), early stop after `patience` evaluations without improvement,
+all ranks alike
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 from ernie_cls.errors import ConfigError
 from ernie_cls.runtime import logits_in_batches
 from ernie_cls.tokenization import ErnieTokenizerFast
-from training.batching import Encoded, length_bucketed_batches
+from training.batching import Encoded, training_batches
 from training.config import TrainConfig
 from training.data import (
     LabelMap,
@@ -172,7 +173,8 @@ def fit(
     epochs, patience, ema_decay = cfg.stages()
     lengths = [len(x) for x in train_data.ids]
     # The batch count does not depend on the shuffle; each rank runs the same share of it (training/distributed.py).
-    steps_per_epoch = len(rank_share(length_bucketed_batches(lengths, cfg.batch_size, random.Random(0)), 0, world))
+    first = training_batches(lengths, cfg.batch_size, cfg.batch_tokens, random.Random(0))
+    steps_per_epoch = len(rank_share(first, 0, world))
     total_steps = min(steps_per_epoch * epochs, cfg.max_steps or steps_per_epoch * epochs)
     schedule = warmup_then_linear_decay(learning_rate, total_steps, int(cfg.warmup_ratio * total_steps))
     optimizer = _optimizer(model, cfg, schedule)
@@ -188,7 +190,7 @@ def fit(
     progress = _Progress(total_steps, cfg.eval_every or steps_per_epoch, patience)
     rng = random.Random(cfg.seed)
     for epoch in range(epochs):
-        batches = rank_share(length_bucketed_batches(lengths, cfg.batch_size, rng), rank, world)
+        batches = rank_share(training_batches(lengths, cfg.batch_size, cfg.batch_tokens, rng), rank, world)
         desc_epoch = f"{desc} {epoch + 1}/{epochs}"
         bar = tqdm(batches, desc=desc_epoch, disable=not cfg.progress or rank != 0, mininterval=1.0, dynamic_ncols=True)
         step_parts.model.train()

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ernie_cls.tokenization import ErnieTokenizerFast
-from training.batching import length_bucketed_batches
+from training.batching import training_batches
 from training.budget import probe_batches, time_probe
 from training.loop import warmup_then_linear_decay
 
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 class PretrainConfig:
     epochs: int = 3
     batch_size: int = 32
+    batch_tokens: int = 0  # > 0: batches of at most this many padded tokens instead of batch_size texts
     learning_rate: float = 5e-4
     mask_prob: float = 0.15
     homophone_share: float = 0.0
@@ -109,7 +110,9 @@ def _mlm_loss(
     return input_ids.size, out.loss
 
 
-def probe_seconds_per_step(config, tokenizer: ErnieTokenizerFast, ids: list[list[int]], batch_size: int) -> float:
+def probe_seconds_per_step(
+    config, tokenizer: ErnieTokenizerFast, ids: list[list[int]], batch_size: int, max_tokens: int = 0
+) -> float:
     """An average masked-LM step's seconds (masking, forward, backward), timed like training/budget.py's probe on
     a throwaway model (pretrain_mlm re-seeds, so the probe changes nothing it does): a masked-LM step cost 1.0x to
     1.9x a classification step in the runs measured, too uncertain to derive from the classifier's probe."""
@@ -122,7 +125,7 @@ def probe_seconds_per_step(config, tokenizer: ErnieTokenizerFast, ids: list[list
         tokens, loss = _mlm_loss(model, [ids[i] for i in batch], tokenizer, rng, 0.15)
         return loss, tokens
 
-    return time_probe(probe_batches(ids, batch_size), model, loss_of)
+    return time_probe(probe_batches(ids, batch_size, max_tokens), model, loss_of)
 
 
 def pretrain_mlm(
@@ -140,7 +143,8 @@ def pretrain_mlm(
     paddle.seed(cfg.seed)
     model = ErnieForMaskedLM(config)
     model.train()
-    steps_per_epoch = -(-len(ids) // cfg.batch_size)
+    lengths = [len(x) for x in ids]
+    steps_per_epoch = len(training_batches(lengths, cfg.batch_size, cfg.batch_tokens, random.Random(0)))
     total = steps_per_epoch * cfg.epochs
     schedule = warmup_then_linear_decay(cfg.learning_rate, total, int(cfg.warmup_ratio * total))
     optimizer = paddle.optimizer.AdamW(
@@ -151,11 +155,10 @@ def pretrain_mlm(
     )
     rng = np.random.default_rng(cfg.seed)
     order_rng = random.Random(cfg.seed)
-    lengths = [len(x) for x in ids]
     t0, seen, loss_value = time.perf_counter(), 0, float("nan")
     for epoch in range(cfg.epochs):
         bar = tqdm(
-            length_bucketed_batches(lengths, cfg.batch_size, order_rng),
+            training_batches(lengths, cfg.batch_size, cfg.batch_tokens, order_rng),
             desc=f"mlm {epoch + 1}/{cfg.epochs}",
             disable=not cfg.progress,
             mininterval=1.0,

@@ -161,7 +161,8 @@ def run_qat(cfg: QATConfig) -> dict:
     # Weight averaging (ema_decay) is chosen per stage, not inherited. It is consistent with the quantisers: weight
     # scales are recomputed from whichever weights are in the model (read_scales too), and the activation observers'
     # scales take no gradient, so they stay out of the average.
-    own = "epochs batch_size eval_every patience max_steps seed progress ema_decay distill_alpha distill_temperature"
+    own = "epochs batch_size batch_tokens eval_every patience max_steps seed progress ema_decay"
+    own += " distill_alpha distill_temperature"
     overrides: dict[str, Any] = {name: getattr(cfg, name) for name in own.split()}
     overrides |= {"output": str(out), "warmup_ratio": 0.0, "teacher": None}
     if cfg.data:

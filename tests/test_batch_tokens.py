@@ -1,0 +1,120 @@
+"""--batch-tokens: batches of at most N padded tokens, the same number of them every epoch, in every stage."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ernie_cls.errors import ConfigError
+from tests.conftest import tiny_train_config
+from training import batching
+from training.batching import length_bucketed_batches, token_budget_batches
+
+
+def _shape(batches: list[list[int]], lengths: list[int]) -> list[tuple[int, int]]:
+    return sorted((len(b), max(lengths[i] for i in b)) for b in batches)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 140), min_size=1, max_size=400),
+    spare=st.integers(0, 4000),
+    seeds=st.lists(st.integers(0, 2**32), min_size=2, max_size=4),
+)
+def test_every_shuffle_gives_the_same_batch_shapes_within_the_budget_and_each_text_once(lengths, spare, seeds):
+    """The loop's step schedule counts on it (a reverted prototype's batch count moved with the shuffle, so an
+    epoch could end without its evaluation); ties in length, one text, a budget of exactly the longest text."""
+    budget = max(lengths) + spare
+    shapes = []
+    for seed in seeds:
+        batches = token_budget_batches(lengths, budget, random.Random(seed))
+        assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+        assert all(size * longest <= budget for size, longest in _shape(batches, lengths))
+        shapes.append(_shape(batches, lengths))
+    assert all(shape == shapes[0] for shape in shapes)
+
+
+def test_a_training_set_larger_than_any_sort_window_keeps_its_batch_shapes_across_epochs():
+    lengths = np.random.default_rng(1).integers(3, 130, size=6000).tolist()
+    shapes = [_shape(token_budget_batches(lengths, 2048, random.Random(seed)), lengths) for seed in range(5)]
+    assert all(shape == shapes[0] for shape in shapes)
+
+
+def test_short_texts_share_big_batches_long_ones_small_and_a_text_over_the_budget_goes_alone():
+    lengths = np.random.default_rng(0).integers(3, 130, size=1000).tolist()
+    batches = token_budget_batches(lengths, 1024, random.Random(0))
+    size_by_longest = {max(lengths[i] for i in b): len(b) for b in batches}
+    assert size_by_longest[min(size_by_longest)] > 32 > size_by_longest[max(size_by_longest)]
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    assert padded / sum(lengths) < 1.1  # as little padding as the 32-text batches (test_training.py)
+    assert sorted(map(len, token_budget_batches([5000, 3, 4], 1024, random.Random(0)))) == [1, 2]
+    before = random.Random(7)
+    assert [len(b) for b in length_bucketed_batches(lengths, 32, before)] == [
+        len(b) for b in batching.training_batches(lengths, 32, 0, random.Random(7))
+    ]  # 0: the 32-text batches, untouched
+
+
+def _spy(monkeypatch, module, calls: list):
+    real = module.training_batches
+
+    def spy(lengths, batch_size, max_tokens, rng):
+        batches = real(lengths, batch_size, max_tokens, rng)
+        calls.append((max_tokens, [len(b) * max(lengths[i] for i in b) for b in batches], len(lengths)))
+        return batches
+
+    monkeypatch.setattr(module, "training_batches", spy)
+
+
+def test_masked_lm_fine_tuning_and_qat_all_batch_by_tokens_and_evaluate_at_each_epoch_end(
+    small_csv, tmp_path, monkeypatch
+):
+    from training import loop, pretrain
+    from training.finetune import train
+    from training.qat import QATConfig, run_qat
+
+    fine, mlm = [], []
+    _spy(monkeypatch, loop, fine)
+    _spy(monkeypatch, pretrain, mlm)
+    metrics = train(tiny_train_config(tmp_path / "run", small_csv, batch_tokens=64, epochs=2, pretrain_epochs=1))
+    assert mlm and all(budget == 64 and max(tokens) <= 64 for budget, tokens, _ in mlm)
+    assert fine and all(budget == 64 and max(tokens) <= 64 for budget, tokens, _ in fine)
+    per_epoch = len(fine[0][1])
+    assert per_epoch > -(-fine[0][2] // 16)  # 64 tokens hold fewer texts than --batch-size 16: more batches
+    assert [h["step"] for h in metrics["history"]] == [per_epoch, 2 * per_epoch]  # an evaluation ends each epoch
+
+    fine.clear()
+    qat = run_qat(
+        QATConfig(
+            checkpoint=str(tmp_path / "run" / "best"), output=str(tmp_path / "q"), batch_tokens=96, progress=False
+        )
+    )
+    assert fine and all(budget == 96 and max(tokens) <= 96 for budget, tokens, _ in fine)
+    assert qat["steps"] == len(fine[0][1])
+
+
+def test_a_budget_that_cannot_hold_one_text_is_refused_before_anything_is_written(small_csv, tmp_path):
+    from training.finetune import train
+
+    for bad in (-1, 16):
+        with pytest.raises(ConfigError, match="--batch-tokens") as err:
+            tiny_train_config(tmp_path / "a", small_csv, batch_tokens=bad).validate()
+        assert "2048" in err.value.hint
+    out = tmp_path / "auto"
+    with pytest.raises(ConfigError, match=r"--max-seq-len \d+ tokens \(chosen from the training texts\)"):
+        train(tiny_train_config(out, small_csv, batch_tokens=20, max_seq_len=None))
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_the_time_budget_probes_and_counts_the_batches_training_will_run():
+    from training.budget import probe_batches
+
+    ids = [[1] * n for n in np.random.default_rng(2).integers(3, 130, size=800).tolist()]
+    lengths = [len(x) for x in ids]
+    training = token_budget_batches(lengths, 1024, random.Random(5))
+    probe = probe_batches(ids, 32, 1024)
+    assert sorted(probe.batch_tokens) == sorted(size * longest for size, longest in _shape(training, lengths))
+    assert all(len(b) * max(lengths[i] for i in b) <= 1024 for b in probe.timed)

@@ -731,7 +731,7 @@ def _training_metrics(recorded: dict) -> dict:
 
 
 _RECIPE_KEYS = (
-    "epochs", "batch_size", "learning_rate", "max_seq_len", "seed", "dropout", "test_size", "dev_size",
+    "epochs", "batch_size", "batch_tokens", "learning_rate", "max_seq_len", "seed", "dropout", "test_size", "dev_size",
     "pretrain_epochs", "vocab_size", "base_model", "class_weights", "label_smoothing", "adversarial", "noise_augment",
     "noise_rate", "rdrop_alpha", "noise_consistency", "distill_alpha", "time_budget", "max_steps", "ema_decay",
     "eval_every", "patience", "ngrams",
@@ -739,7 +739,8 @@ _RECIPE_KEYS = (
 
 
 def _provenance(training_config: dict, training_metrics: dict, int8: dict | None) -> dict:
-    qat_keys = "epochs learning_rate moving_rate ema_decay distill_alpha distill_temperature seed quantized_layers"
+    qat_keys = "epochs batch_size batch_tokens learning_rate moving_rate ema_decay distill_alpha distill_temperature"
+    qat_keys += " seed quantized_layers"
     teacher = training_config.get("teacher")
     return {
         "base_model": training_config.get("base_model"),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -38,7 +40,8 @@ def test_every_shuffle_gives_the_same_batch_shapes_within_the_budget_and_each_te
     assert all(shape == shapes[0] for shape in shapes)
 
 
-def test_a_training_set_larger_than_any_sort_window_keeps_its_batch_shapes_across_epochs():
+def test_a_training_set_larger_than_the_text_batches_sort_window_keeps_its_batch_shapes_across_epochs():
+    """The reverted prototype sorted within windows of 50 x 32 texts, as length_bucketed_batches does: not that."""
     lengths = np.random.default_rng(1).integers(3, 130, size=6000).tolist()
     shapes = [_shape(token_budget_batches(lengths, 2048, random.Random(seed)), lengths) for seed in range(5)]
     assert all(shape == shapes[0] for shape in shapes)
@@ -52,10 +55,8 @@ def test_short_texts_share_big_batches_long_ones_small_and_a_text_over_the_budge
     padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
     assert padded / sum(lengths) < 1.1  # as little padding as the 32-text batches (test_training.py)
     assert sorted(map(len, token_budget_batches([5000, 3, 4], 1024, random.Random(0)))) == [1, 2]
-    before = random.Random(7)
-    assert [len(b) for b in length_bucketed_batches(lengths, 32, before)] == [
-        len(b) for b in batching.training_batches(lengths, 32, 0, random.Random(7))
-    ]  # 0: the 32-text batches, untouched
+    texts = batching.training_batches(lengths, 32, 0, random.Random(7))
+    assert texts == length_bucketed_batches(lengths, 32, random.Random(7))  # 0: the 32-text batches, untouched
 
 
 def _spy(monkeypatch, module, calls: list):
@@ -63,7 +64,7 @@ def _spy(monkeypatch, module, calls: list):
 
     def spy(lengths, batch_size, max_tokens, rng):
         batches = real(lengths, batch_size, max_tokens, rng)
-        calls.append((max_tokens, [len(b) * max(lengths[i] for i in b) for b in batches], len(lengths)))
+        calls.append((max_tokens, batches, [len(b) * max(lengths[i] for i in b) for b in batches]))
         return batches
 
     monkeypatch.setattr(module, "training_batches", spy)
@@ -75,38 +76,95 @@ def test_masked_lm_fine_tuning_and_qat_all_batch_by_tokens_and_evaluate_at_each_
     from training import loop, pretrain
     from training.finetune import train
     from training.qat import QATConfig, run_qat
+    from training.robust import RobustTraining
 
-    fine, mlm = [], []
+    fine, mlm, steps, weights = [], [], [], []
     _spy(monkeypatch, loop, fine)
     _spy(monkeypatch, pretrain, mlm)
-    metrics = train(tiny_train_config(tmp_path / "run", small_csv, batch_tokens=64, epochs=2, pretrain_epochs=1))
-    assert mlm and all(budget == 64 and max(tokens) <= 64 for budget, tokens, _ in mlm)
-    assert fine and all(budget == 64 and max(tokens) <= 64 for budget, tokens, _ in fine)
-    per_epoch = len(fine[0][1])
-    assert per_epoch > -(-fine[0][2] // 16)  # 64 tokens hold fewer texts than --batch-size 16: more batches
-    assert [h["step"] for h in metrics["history"]] == [per_epoch, 2 * per_epoch]  # an evaluation ends each epoch
+    real_ids, real_weight = RobustTraining.batch_ids, RobustTraining.text_weight
+
+    def batch_ids(robust, batch):  # what a step really pads: noisy re-encodes included
+        ids = real_ids(robust, batch)
+        steps.append(len(ids) * max(map(len, ids)))
+        return ids
+
+    def text_weight(robust, texts):
+        weights.append(robust.texts_per_batch)
+        return real_weight(robust, texts)
+
+    from training import robust as robust_module
+
+    real_cut, cut = robust_module._cut, []
+    monkeypatch.setattr(robust_module, "_cut", lambda ids, width: cut.append(len(ids) > width) or real_cut(ids, width))
+    monkeypatch.setattr(RobustTraining, "batch_ids", batch_ids)
+    monkeypatch.setattr(RobustTraining, "text_weight", text_weight)
+    # noise makes texts longer than the ones the batches were packed for: they are cut back to the batch's width
+    cfg = tiny_train_config(
+        tmp_path / "run", small_csv, batch_tokens=64, epochs=2, pretrain_epochs=1, noise_augment=0.9, noise_rate=0.3
+    )
+    metrics = train(cfg)
+    assert mlm and all(budget == 64 and max(tokens) <= 64 for budget, _, tokens in mlm)
+    assert fine and all(budget == 64 for budget, _, _ in fine) and steps and max(steps) <= 64
+    assert any(cut)  # the noise did make texts longer than their batch's width: the cut was needed
+    batches = fine[0][1]
+    texts = sum(map(len, batches))
+    assert len(batches) > -(-texts // 16)  # 64 tokens hold fewer texts than --batch-size 16: more batches
+    assert [h["step"] for h in metrics["history"]] == [len(batches), 2 * len(batches)]  # an evaluation ends each epoch
+    # every text weighs the same: a batch of n texts counts n / the epoch's average texts per batch
+    assert len(weights) == 2 * len(batches) and set(weights) == {texts / len(batches)}
 
     fine.clear()
+    out = tmp_path / "q"
     qat = run_qat(
-        QATConfig(
-            checkpoint=str(tmp_path / "run" / "best"), output=str(tmp_path / "q"), batch_tokens=96, progress=False
-        )
+        QATConfig(checkpoint=str(tmp_path / "run" / "best"), output=str(out), batch_tokens=96, progress=False)
     )
-    assert fine and all(budget == 96 and max(tokens) <= 96 for budget, tokens, _ in fine)
-    assert qat["steps"] == len(fine[0][1])
+    assert fine and all(budget == 96 for budget, _, _ in fine) and qat["steps"] == len(fine[0][1])
 
 
-def test_a_budget_that_cannot_hold_one_text_is_refused_before_anything_is_written(small_csv, tmp_path):
+def test_noisy_copies_are_cut_to_the_width_the_batch_was_packed_for_keeping_their_sep():
+    from training.robust import _cut
+
+    assert _cut([101, 5, 6, 7, 8, 102], 4) == [101, 5, 6, 102] and _cut([101, 5, 102], 4) == [101, 5, 102]
+    assert _cut([101, 5, 6, 7, 8, 102], None) == [101, 5, 6, 7, 8, 102]  # --batch-size batches: no cut
+
+
+def test_the_time_budget_sizes_its_stages_with_the_token_batches(monkeypatch):
+    from training import finetune
+    from training.batching import Encoded
+
+    seen = []
+
+    def probe(*args):
+        seen.append(args[-1])  # max_tokens
+        return 0.01
+
+    monkeypatch.setattr(finetune, "probe_seconds_per_step", probe)
+    monkeypatch.setattr(finetune, "probe_mlm_seconds_per_step", probe)
+    ids = [[1] * n for n in np.random.default_rng(3).integers(3, 60, size=500).tolist()]
+    data = Encoded(ids, np.zeros(500, dtype=np.int64))
+    cfg = tiny_train_config(Path("unused"), Path("x.csv"), time_budget=1, epochs=None, batch_tokens=256)
+    _, plan = finetune._size_stages(cfg, True, SimpleNamespace(config=None), None, data, 50)
+    lengths = [len(x) for x in ids]
+    assert seen == [256, 256] and plan is not None
+    assert plan.steps_per_epoch == len(token_budget_batches(lengths, 256, random.Random(0))) != -(-500 // 16)
+
+
+def test_a_budget_that_cannot_hold_one_text_is_refused_before_anything_is_written(small_csv, tmp_path, trained_run):
     from training.finetune import train
+    from training.qat import QATConfig, run_qat
 
     for bad in (-1, 16):
         with pytest.raises(ConfigError, match="--batch-tokens") as err:
             tiny_train_config(tmp_path / "a", small_csv, batch_tokens=bad).validate()
         assert "2048" in err.value.hint
     out = tmp_path / "auto"
-    with pytest.raises(ConfigError, match=r"--max-seq-len \d+ tokens \(chosen from the training texts\)"):
+    with pytest.raises(ConfigError, match=r"max_seq_len \(chosen from the training texts\) \d+ tokens") as err:
         train(tiny_train_config(out, small_csv, batch_tokens=20, max_seq_len=None))
+    assert "--max-seq-len 20" in err.value.hint
     assert not out.exists() or not any(out.iterdir())
+    with pytest.raises(ConfigError, match="the FP32 checkpoint's max_seq_len 32"):
+        run_qat(QATConfig(checkpoint=str(trained_run / "best"), output=str(tmp_path / "q"), batch_tokens=8))
+    assert not (tmp_path / "q").exists()
 
 
 def test_the_time_budget_probes_and_counts_the_batches_training_will_run():

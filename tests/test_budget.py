@@ -158,10 +158,12 @@ def test_the_probe_times_batches_from_the_shortest_to_the_longest_and_interpolat
     lengths = [max(len(ids[i]) for i in b) for b in probe.timed]
     assert lengths[0] == 5 and lengths[-1] == 200 and len(probe.timed) <= PROBE_STEPS
     assert sum(probe.batch_tokens) == 300 * 5 + 20 * 200 + 12 * (200 - 5)  # one bucket mixes 12 short with 20 long
-    # a cost that grows faster than the tokens (attention): interpolation follows it, batch by batch
-    cost = [n / 1000 + (n / 1000) ** 2 for n in size]
-    expected = np.interp(probe.batch_tokens, sorted(size), [c for _, c in sorted(zip(size, cost, strict=True))])
-    got = average_step_seconds(probe, list(zip(cost, size, strict=True)))
+    # a cost per token that grows with the width (attention): interpolation follows it, batch by batch
+    texts = [len(b) for b in probe.timed]
+    cost = [n * (1 + w / 100) / 1000 for n, w in zip(size, lengths, strict=True)]
+    widths = np.array(probe.batch_tokens) / np.array(probe.batch_texts)
+    expected = np.array(probe.batch_tokens) * (1 + widths / 100) / 1000  # exact: linear in the width
+    got = average_step_seconds(probe, list(zip(cost, size, texts, strict=True)))
     assert abs(got - expected.mean() * UPDATE_OVERHEAD) < 1e-9
 
 

@@ -3,7 +3,7 @@
     training texts -> max_seq_len (their p99 length + [CLS]/[SEP], rounded up to 16, within 32..128 for scratch
       presets, 32..256 for pretrained models) unless given
     probe: forward+backward passes of the classifier on training batches from the shortest to the longest (no
-      optimiser step, so the weights do not move) -> seconds per padded token -> an average step of the epoch;
+      optimiser step, so the weights do not move) -> seconds per padded token by width -> an average step;
       the same for a throwaway masked-LM model (scratch presets)
       -> scratch presets: masked-LM pretraining gets MLM_SHARE of the budget, fine-tuning the rest, including its
          dev evaluations (forward only: about a third of a training step per batch)
@@ -97,12 +97,13 @@ def explain_max_seq_len(lengths: list[int], chosen: int) -> str:
 @dataclass(frozen=True)
 class ProbeBatches:
     """What a probe times: WARMUP_STEPS untimed batches, then PROBE_STEPS spread from the shortest to the longest
-    batch (an epoch's cost is dominated by its long batches, which a median of random batches misses), and every
-    batch's padded tokens, so that each batch of the epoch gets the time its size interpolates to."""
+    texts (an epoch's cost is dominated by its long batches, which a median of random batches misses), and every
+    batch's padded tokens and texts, so that each batch of the epoch gets the time its shape interpolates to."""
 
     warmup: list[list[int]]
     timed: list[list[int]]
     batch_tokens: list[int]
+    batch_texts: list[int]
 
 
 def probe_batches(ids: list[list[int]], batch_size: int, max_tokens: int = 0) -> ProbeBatches:
@@ -112,17 +113,20 @@ def probe_batches(ids: list[list[int]], batch_size: int, max_tokens: int = 0) ->
     picks = sorted({round(q * (len(by_length) - 1)) for q in np.linspace(0, 1, PROBE_STEPS)})
     middle = by_length[len(by_length) // 2]
     tokens = [len(b) * max(lengths[i] for i in b) for b in batches]
-    return ProbeBatches([middle] * WARMUP_STEPS, [by_length[k] for k in picks], tokens)
+    return ProbeBatches([middle] * WARMUP_STEPS, [by_length[k] for k in picks], tokens, [len(b) for b in batches])
 
 
-def average_step_seconds(probe: ProbeBatches, timings: list[tuple[float, int]]) -> float:
-    """(seconds, padded tokens) of the timed batches -> the epoch's average step, each batch's time interpolated
-    from its padded tokens (the cost per token grows with length: attention), plus the update."""
+def average_step_seconds(probe: ProbeBatches, timings: list[tuple[float, int, int]]) -> float:
+    """(seconds, padded tokens, texts) of the timed batches -> the epoch's average step: each batch costs its
+    padded tokens at the cost per token interpolated from its width (the cost per token grows with the width:
+    attention; docs/benchmarks.md section 10), plus the update. Interpolating on the width, not on the tokens,
+    also holds when every batch has about the same tokens (--batch-tokens)."""
     if not timings or not probe.batch_tokens:
         return 0.0
-    points = sorted((tokens, seconds) for seconds, tokens in timings)
-    xs, ys = [p[0] for p in points], [p[1] for p in points]
-    epoch = float(np.interp(probe.batch_tokens, xs, ys).sum())
+    points = sorted((tokens / texts, seconds / tokens) for seconds, tokens, texts in timings)
+    widths, per_token = [p[0] for p in points], [p[1] for p in points]
+    tokens = np.array(probe.batch_tokens, dtype=np.float64)
+    epoch = float((tokens * np.interp(tokens / np.array(probe.batch_texts), widths, per_token)).sum())
     return epoch / len(probe.batch_tokens) * UPDATE_OVERHEAD
 
 
@@ -154,7 +158,7 @@ def time_probe(probe: ProbeBatches, model, loss_of: Callable[[list[int]], tuple[
         float(loss)  # syncs
         model.clear_gradients()
         if k >= len(probe.warmup):
-            timings.append((time.perf_counter() - t0, tokens))
+            timings.append((time.perf_counter() - t0, tokens, len(batch)))
     return average_step_seconds(probe, timings)
 
 

@@ -175,13 +175,17 @@ class TrainConfig:
             )
 
 
-def check_batch_tokens(batch_tokens: int, max_seq_len: int | None, chosen: bool = False) -> None:
-    """--batch-tokens is off (0) or holds at least one text of --max-seq-len tokens (`chosen`: from the texts)."""
-    if batch_tokens < 0 or (max_seq_len is not None and 0 < batch_tokens < max_seq_len):
-        source = " (chosen from the training texts)" if chosen else ""
+def check_batch_tokens(batch_tokens: int, max_seq_len: int | None, source: str = "--max-seq-len") -> None:
+    """--batch-tokens is off (0) or holds at least one text of `max_seq_len` tokens (`source`: where that came from)."""
+    if batch_tokens < 0:
         raise ConfigError(
-            f"--batch-tokens {batch_tokens} cannot hold one text of --max-seq-len {max_seq_len} tokens{source}.",
-            "Use 0 (batches of --batch-size texts) or at least --max-seq-len, e.g. 2048.",
+            f"--batch-tokens {batch_tokens} is negative.", "Use 0 (batches of --batch-size texts) or e.g. 2048."
+        )
+    if max_seq_len is not None and 0 < batch_tokens < max_seq_len:
+        raise ConfigError(
+            f"--batch-tokens {batch_tokens} cannot hold one text of {source} {max_seq_len} tokens.",
+            f"Use at least {max_seq_len} (e.g. 2048), 0 (batches of --batch-size texts), or texts cut shorter with "
+            f"--max-seq-len {batch_tokens} (train).",
         )
 
 

@@ -37,7 +37,7 @@ def rank_share(batches: Sequence[T], rank: int, world: int) -> list[T]:
     if per_rank == 0:
         raise ConfigError(
             f"{len(batches)} batches per epoch cannot be shared by {world} processes.",
-            "Use fewer processes, a smaller --batch-size, or more training data.",
+            "Use fewer processes, a smaller --batch-size (or --batch-tokens), or more training data.",
         )
     return list(batches[rank * per_rank : (rank + 1) * per_rank]) if world > 1 else list(batches)
 

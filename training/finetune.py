@@ -119,7 +119,7 @@ def train(cfg: TrainConfig) -> dict:
         chosen = choose_max_seq_len(lengths, ceiling)
         cfg = replace(cfg, max_seq_len=chosen)
         log.info(explain_max_seq_len(lengths, chosen))
-        check_batch_tokens(cfg.batch_tokens, chosen, chosen=True)  # before anything is built or written
+        check_batch_tokens(cfg.batch_tokens, chosen, "max_seq_len (chosen from the training texts)")
     model, tokenizer = _build(cfg, source, label_map, splits)
     train_data = encode(splits.train, tokenizer, label_map)
     if cfg.teacher and cfg.teacher.lower() == BASELINE_TEACHER:

@@ -183,7 +183,15 @@ def fit(
         optimizer=optimizer,
         schedule=schedule,
         scaler=paddle.amp.GradScaler() if use_amp else None,
-        robust=RobustTraining(cfg, model, tokenizer, train_data, random.Random(cfg.seed + 1), use_amp),
+        robust=RobustTraining(
+            cfg,
+            model,
+            tokenizer,
+            train_data,
+            random.Random(cfg.seed + 1),
+            use_amp,
+            texts_per_batch=len(lengths) / len(first) if cfg.batch_tokens else 0.0,
+        ),
         average=WeightAverage(model, ema_decay) if ema_decay > 0 else None,
         use_amp=use_amp,
     )
@@ -240,11 +248,12 @@ class _Step:
         with paddle.amp.auto_cast(enable=self.use_amp):
             logits = self.model(ids_t, token_type_ids=types_t)
             loss = self.robust.loss(self.model, logits, labels, batch, ids_t, types_t)
+            weighted = loss * self.robust.text_weight(len(batch)) if self.robust.texts_per_batch else loss
         if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.minimize(self.optimizer, loss)
+            self.scaler.scale(weighted).backward()
+            self.scaler.minimize(self.optimizer, weighted)
         else:
-            loss.backward()
+            weighted.backward()
             self.robust.adversarial_step(self.model, labels, ids_t, types_t)
             self.optimizer.step()
         self.optimizer.clear_grad()

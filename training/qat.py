@@ -30,7 +30,7 @@ import numpy as np
 from ernie_cls.errors import ConfigError, OutputExistsError
 from training.batching import encode
 from training.checkpoint import LABEL_MAP_FILE, METRICS_FILE, TRAINING_CONFIG_FILE, save_checkpoint
-from training.config import QATConfig, TrainConfig
+from training.config import QATConfig, TrainConfig, check_batch_tokens
 from training.distributed import barrier, init_if_launched, rank_and_world
 from training.finetune import load_splits
 from training.loop import evaluate_logits, fit, predict_logits
@@ -168,6 +168,7 @@ def run_qat(cfg: QATConfig) -> dict:
     if cfg.data:
         overrides |= {"data": cfg.data, "train_file": None}
     loop_cfg = TrainConfig(**(inherited | overrides))
+    check_batch_tokens(cfg.batch_tokens, loop_cfg.max_seq_len, "the FP32 checkpoint's max_seq_len")
     loop_cfg.validate()
     splits, data_label_map, _ = load_splits(loop_cfg)
     if data_label_map.labels != label_map.labels:

@@ -10,6 +10,9 @@
                           (the consistency terms are added after the mix: a = 1 does not switch them off)
     adversarial_step()    FGM: after backward, move the word embeddings by epsilon along their gradient's direction,
                           add the label loss there x (1 - a) (its gradient accumulates), restore the embeddings
+    text_weight(n)        with --batch-tokens, a batch of n texts weighs n / the epoch's average texts per batch, so
+                          every text counts the same however many share its batch (1 with --batch-size batches);
+                          noisy copies are cut to the clean batch's width, so the token budget holds
 
 Everything is off by default; with all options off the loss is plain cross-entropy and no extra pass runs.
 """
@@ -29,9 +32,17 @@ from training.noise import HomophoneTable, noisy
 
 class RobustTraining:
     def __init__(
-        self, cfg: Any, model: Any, tokenizer: ErnieTokenizerFast, data: Any, rng: random.Random, use_amp: bool
+        self,
+        cfg: Any,
+        model: Any,
+        tokenizer: ErnieTokenizerFast,
+        data: Any,
+        rng: random.Random,
+        use_amp: bool,
+        texts_per_batch: float = 0.0,
     ) -> None:
         self.cfg = cfg
+        self.texts_per_batch = texts_per_batch  # > 0 (--batch-tokens): the epoch's average, for text_weight
         self.model = model
         self.tokenizer = tokenizer
         self.data = data
@@ -51,17 +62,28 @@ class RobustTraining:
         if self.cfg.noise_augment <= 0:
             return ids
 
+        width = self._width(batch)
         for row, i in enumerate(batch):
             if self.rng.random() < self.cfg.noise_augment:
                 text = noisy(self.data.texts[i], "mixed", self.cfg.noise_rate, self.rng, self.homophones)
-                ids[row] = self.tokenizer.encode_ids([text])[0]
+                ids[row] = _cut(self.tokenizer.encode_ids([text])[0], width)
         return ids
 
     def noisy_copy(self, batch: list[int]) -> list[list[int]]:
         """Token ids of a "mixed"-noise copy of every text in the batch (the consistency pass's input)."""
 
         texts = [noisy(self.data.texts[i], "mixed", self.cfg.noise_rate, self.rng, self.homophones) for i in batch]
-        return self.tokenizer.encode_ids(texts)
+        width = self._width(batch)
+        return [_cut(ids, width) for ids in self.tokenizer.encode_ids(texts)]
+
+    def _width(self, batch: list[int]) -> int | None:
+        """With --batch-tokens, the clean batch's width (the budget was packed for it), else None (no cut)."""
+        if not getattr(self.cfg, "batch_tokens", 0):
+            return None
+        return max(len(self.data.ids[i]) for i in batch)
+
+    def text_weight(self, texts: int) -> float:
+        return texts / self.texts_per_batch if self.texts_per_batch > 0 else 1.0
 
     # ------------------------------------------------------------------------------------------- loss
     def loss(self, train_model, logits, labels, batch: list[int], ids, types):
@@ -119,9 +141,17 @@ class RobustTraining:
         with paddle.no_grad():
             weight.set_value(weight + self.cfg.adv_epsilon * grad / norm)
         adv_logits = train_model(ids, token_type_ids=types)
-        (self.cross_entropy(adv_logits, labels) * self.label_weight()).backward()
+        share = self.label_weight() * self.text_weight(int(labels.shape[0]))
+        (self.cross_entropy(adv_logits, labels) * share).backward()
         with paddle.no_grad():
             weight.set_value(backup)
+
+
+def _cut(ids: list[int], width: int | None) -> list[int]:
+    """[CLS] ... [SEP] cut to `width` tokens, keeping the [SEP] (a noisy copy can be longer than its text)."""
+    if width is None or len(ids) <= width:
+        return ids
+    return [*ids[: width - 1], ids[-1]]
 
 
 def balanced_weights(labels: np.ndarray) -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -89,8 +90,18 @@ def test_masked_lm_fine_tuning_and_qat_all_batch_by_tokens_and_evaluate_at_each_
         return ids
 
     def text_weight(robust, texts):
-        weights.append(robust.texts_per_batch)
-        return real_weight(robust, texts)
+        weights.append((texts, robust.texts_per_batch, real_weight(robust, texts)))
+        return weights[-1][2]
+
+    import paddle
+
+    real_clip, clip_norms = paddle.nn.ClipGradByGlobalNorm._dygraph_clip, []
+
+    def clip(self, params_grads):  # the norm each optimizer step clips to
+        clip_norms.append(self.clip_norm)
+        return real_clip(self, params_grads)
+
+    monkeypatch.setattr(paddle.nn.ClipGradByGlobalNorm, "_dygraph_clip", clip)
 
     from training import robust as robust_module
 
@@ -99,9 +110,8 @@ def test_masked_lm_fine_tuning_and_qat_all_batch_by_tokens_and_evaluate_at_each_
     monkeypatch.setattr(RobustTraining, "batch_ids", batch_ids)
     monkeypatch.setattr(RobustTraining, "text_weight", text_weight)
     # noise makes texts longer than the ones the batches were packed for: they are cut back to the batch's width
-    cfg = tiny_train_config(
-        tmp_path / "run", small_csv, batch_tokens=64, epochs=2, pretrain_epochs=1, noise_augment=0.9, noise_rate=0.3
-    )
+    options = dict(batch_tokens=64, epochs=2, pretrain_epochs=1, noise_augment=0.9, noise_rate=0.3, adversarial="fgm")
+    cfg = tiny_train_config(tmp_path / "run", small_csv, **options)
     metrics = train(cfg)
     assert mlm and all(budget == 64 and max(tokens) <= 64 for budget, _, tokens in mlm)
     assert fine and all(budget == 64 for budget, _, _ in fine) and steps and max(steps) <= 64
@@ -110,8 +120,15 @@ def test_masked_lm_fine_tuning_and_qat_all_batch_by_tokens_and_evaluate_at_each_
     texts = sum(map(len, batches))
     assert len(batches) > -(-texts // 16)  # 64 tokens hold fewer texts than --batch-size 16: more batches
     assert [h["step"] for h in metrics["history"]] == [len(batches), 2 * len(batches)]  # an evaluation ends each epoch
-    # every text weighs the same: a batch of n texts counts n / the epoch's average texts per batch
-    assert len(weights) == 2 * len(batches) and set(weights) == {texts / len(batches)}
+    # every text weighs the same: a batch of n texts counts n / the epoch's average texts per batch, in the step
+    # and in FGM's extra pass, and the step clips the gradient at max_grad_norm before that weight
+    step_weights = weights[::2]
+    assert len(weights) == 2 * 2 * len(batches) and weights[1::2] == step_weights  # FGM asks for the same weight
+    assert all(w == pytest.approx(n * len(batches) / texts) and avg == texts / len(batches) for n, avg, w in weights)
+    assert sum(w for _, _, w in step_weights) == pytest.approx(2 * len(batches))  # an epoch averages 1 per step
+    mlm_steps = len(clip_norms) - len(step_weights)  # masked-LM's own optimizer clips at 1.0 too
+    assert clip_norms[mlm_steps:] == pytest.approx([w for _, _, w in step_weights])  # max_grad_norm 1.0 x weight
+    assert len({round(w, 6) for _, _, w in step_weights}) > 1  # the weights do differ: the test can tell
 
     fine.clear()
     out = tmp_path / "q"
@@ -121,9 +138,26 @@ def test_masked_lm_fine_tuning_and_qat_all_batch_by_tokens_and_evaluate_at_each_
     assert fine and all(budget == 96 for budget, _, _ in fine) and qat["steps"] == len(fine[0][1])
 
 
-def test_noisy_copies_are_cut_to_the_width_the_batch_was_packed_for_keeping_their_sep():
-    from training.robust import _cut
+def test_noisy_copies_are_cut_to_the_width_the_batch_was_packed_for_keeping_their_sep(small_csv, tmp_path):
+    from ernie_cls.tokenization import ErnieTokenizerFast, build_vocab
+    from training.batching import encode
+    from training.finetune import load_splits
+    from training.robust import RobustTraining, _cut
 
+    cfg = tiny_train_config(tmp_path / "run", small_csv, batch_tokens=64, noise_consistency=1.0, noise_rate=0.5)
+    splits, label_map, _ = load_splits(cfg)
+    tokenizer = ErnieTokenizerFast(build_vocab([e.text for e in splits.train], vocab_size=500))
+    data = encode(splits.train, tokenizer, label_map)
+    batch = sorted(range(len(data.ids)), key=lambda i: len(data.ids[i]))[:8]  # short texts: noise can outgrow them
+    width = max(len(data.ids[i]) for i in batch)
+
+    def copies(batch_tokens: int) -> list[list[int]]:  # the same noise (same seed) with and without a token budget
+        robust = RobustTraining(replace(cfg, batch_tokens=batch_tokens), None, tokenizer, data, random.Random(0), False)
+        return [ids for _ in range(20) for ids in robust.noisy_copy(batch)]
+
+    assert max(map(len, copies(0))) > width  # the noise does outgrow the batch: the cut has work to do
+    cut = copies(64)
+    assert max(map(len, cut)) == width and all(ids[-1] == tokenizer.sep_id for ids in cut)
     assert _cut([101, 5, 6, 7, 8, 102], 4) == [101, 5, 6, 102] and _cut([101, 5, 102], 4) == [101, 5, 102]
     assert _cut([101, 5, 6, 7, 8, 102], None) == [101, 5, 6, 7, 8, 102]  # --batch-size batches: no cut
 
@@ -176,3 +210,11 @@ def test_the_time_budget_probes_and_counts_the_batches_training_will_run():
     probe = probe_batches(ids, 32, 1024)
     assert sorted(probe.batch_tokens) == sorted(size * longest for size, longest in _shape(training, lengths))
     assert all(len(b) * max(lengths[i] for i in b) <= 1024 for b in probe.timed)
+
+
+def test_the_manifest_says_how_the_model_and_its_qat_were_batched(int8_artifact):
+    from ernie_cls.artifact import read_manifest
+
+    provenance = read_manifest(int8_artifact).manifest["provenance"]
+    assert provenance["training_config"]["batch_size"] == 16 and provenance["training_config"]["batch_tokens"] == 0
+    assert provenance["qat"]["batch_size"] == 32 and provenance["qat"]["batch_tokens"] == 0

@@ -185,7 +185,7 @@ def check_batch_tokens(batch_tokens: int, max_seq_len: int | None, source: str =
         raise ConfigError(
             f"--batch-tokens {batch_tokens} cannot hold one text of {source} {max_seq_len} tokens.",
             f"Use at least {max_seq_len} (e.g. 2048), 0 (batches of --batch-size texts), or texts cut shorter with "
-            f"--max-seq-len {batch_tokens} (train).",
+            f"--max-seq-len {max(batch_tokens, 8)} (train).",
         )
 
 

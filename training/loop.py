@@ -132,8 +132,8 @@ class _Progress:
         return FitResult(self.history, self.best_step, self.step, self.seen, self.train_seconds)
 
 
-def _optimizer(model, cfg: TrainConfig, schedule):
-    """AdamW without weight decay on biases and norms, with global-norm gradient clipping."""
+def _optimizer(model, cfg: TrainConfig, schedule, clip):
+    """AdamW without weight decay on biases and norms, with global-norm gradient clipping (`clip`)."""
     import paddle
 
     no_decay = {p.name for n, p in model.named_parameters() if "bias" in n or "norm" in n}
@@ -142,7 +142,7 @@ def _optimizer(model, cfg: TrainConfig, schedule):
         parameters=[p for p in model.parameters() if not p.stop_gradient],
         weight_decay=cfg.weight_decay,
         apply_decay_param_fun=lambda name: name not in no_decay,
-        grad_clip=paddle.nn.ClipGradByGlobalNorm(cfg.max_grad_norm),
+        grad_clip=clip,
     )
 
 
@@ -177,23 +177,19 @@ def fit(
     steps_per_epoch = len(rank_share(first, 0, world))
     total_steps = min(steps_per_epoch * epochs, cfg.max_steps or steps_per_epoch * epochs)
     schedule = warmup_then_linear_decay(learning_rate, total_steps, int(cfg.warmup_ratio * total_steps))
-    optimizer = _optimizer(model, cfg, schedule)
+    texts_per_batch = len(lengths) / len(first) if cfg.batch_tokens else 0.0  # > 0: weigh texts, not batches
+    clip = paddle.nn.ClipGradByGlobalNorm(cfg.max_grad_norm)
+    optimizer = _optimizer(model, cfg, schedule, clip)
     step_parts = _Step(
         model=paddle.DataParallel(model) if world > 1 else model,
         optimizer=optimizer,
         schedule=schedule,
         scaler=paddle.amp.GradScaler() if use_amp else None,
-        robust=RobustTraining(
-            cfg,
-            model,
-            tokenizer,
-            train_data,
-            random.Random(cfg.seed + 1),
-            use_amp,
-            texts_per_batch=len(lengths) / len(first) if cfg.batch_tokens else 0.0,
-        ),
+        robust=RobustTraining(cfg, model, tokenizer, train_data, random.Random(cfg.seed + 1), use_amp, texts_per_batch),
         average=WeightAverage(model, ema_decay) if ema_decay > 0 else None,
         use_amp=use_amp,
+        clip=clip,
+        max_grad_norm=cfg.max_grad_norm,
     )
     progress = _Progress(total_steps, cfg.eval_every or steps_per_epoch, patience)
     rng = random.Random(cfg.seed)
@@ -237,6 +233,8 @@ class _Step:
     robust: Any
     average: Any
     use_amp: bool
+    clip: Any  # the optimizer's ClipGradByGlobalNorm
+    max_grad_norm: float
 
     def run(self, tokenizer: ErnieTokenizerFast, data: Encoded, batch: list[int], progress: _Progress) -> float:
         import paddle
@@ -248,7 +246,9 @@ class _Step:
         with paddle.amp.auto_cast(enable=self.use_amp):
             logits = self.model(ids_t, token_type_ids=types_t)
             loss = self.robust.loss(self.model, logits, labels, batch, ids_t, types_t)
-            weighted = loss * self.robust.text_weight(len(batch)) if self.robust.texts_per_batch else loss
+            weight = self.robust.text_weight(len(batch))
+            weighted = loss * weight if weight != 1.0 else loss
+        self.clip.clip_norm = self.max_grad_norm * weight  # clipping judges the gradient before the text weight
         if self.scaler is not None:
             self.scaler.scale(weighted).backward()
             self.scaler.minimize(self.optimizer, weighted)

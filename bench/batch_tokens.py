@@ -6,8 +6,8 @@
 Each run is one masked-LM epoch and one fine-tuning epoch of `ernie-cls train` (scratch:nano, --max-seq-len 128,
 --time-budget 0, no baseline, no n-gram branch) in its own process, the settings alternated A B B A ... so that the
 machine's drift (10-30 % within minutes here) falls on both; samples/s are from each run's metrics.json (time in
-steps only). One epoch says nothing about accuracy (a fixed batch order can still sit on the majority class after
-one epoch, in either mode): the full-budget runs in docs/benchmarks.md section 10 do.
+steps only). One epoch says nothing about accuracy (at seed 42 every one-epoch run with token batches still sat
+on the majority class, a seed-43 one did not): the full-budget runs in docs/benchmarks.md section 10 do.
 """
 
 from __future__ import annotations
@@ -64,7 +64,9 @@ def main() -> None:
         }
         for s in args.settings
     }
-    result = {"data": args.data, "order": _order(args.settings, args.rounds), "runs": runs, "means": means}
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False).stdout.strip()
+    result = {"data": args.data, "commit": commit, "order": _order(args.settings, args.rounds), "runs": runs}
+    result["means"] = means
     Path(args.output).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(means, indent=2))
 

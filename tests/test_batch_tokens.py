@@ -218,3 +218,82 @@ def test_the_manifest_says_how_the_model_and_its_qat_were_batched(int8_artifact)
     provenance = read_manifest(int8_artifact).manifest["provenance"]
     assert provenance["training_config"]["batch_size"] == 16 and provenance["training_config"]["batch_tokens"] == 0
     assert provenance["qat"]["batch_size"] == 32 and provenance["qat"]["batch_tokens"] == 0
+
+
+def test_without_a_token_budget_the_step_is_as_before_and_masked_lm_follows_batch_size(
+    small_csv, tmp_path, monkeypatch
+):
+    """--batch-tokens 0 (the default): no text weight, the clip norm stays max_grad_norm, 16-text masked-LM batches."""
+    import paddle
+
+    from training import pretrain
+    from training.finetune import train
+    from training.robust import RobustTraining
+
+    mlm, weights, clip_norms = [], [], []
+    real_batches, real_weight, real_clip = (
+        pretrain.training_batches,
+        RobustTraining.text_weight,
+        paddle.nn.ClipGradByGlobalNorm._dygraph_clip,
+    )
+    monkeypatch.setattr(
+        pretrain,
+        "training_batches",
+        lambda lengths, size, tokens, rng: mlm.append((size, tokens)) or real_batches(lengths, size, tokens, rng),
+    )
+    monkeypatch.setattr(RobustTraining, "text_weight", lambda r, n: weights.append(real_weight(r, n)) or weights[-1])
+    monkeypatch.setattr(
+        paddle.nn.ClipGradByGlobalNorm,
+        "_dygraph_clip",
+        lambda c, pg: clip_norms.append(c.clip_norm) or real_clip(c, pg),
+    )
+    metrics = train(tiny_train_config(tmp_path / "run", small_csv, pretrain_epochs=1, max_grad_norm=0.5))
+    assert mlm and set(mlm) == {(16, 0)}  # the config's --batch-size 16, not a fixed 32
+    assert weights and set(weights) == {1.0} and len(weights) == metrics["steps"]
+    assert clip_norms[-metrics["steps"] :] == [0.5] * metrics["steps"]
+
+
+def test_the_probe_costs_token_batches_by_their_width_not_by_their_equal_tokens():
+    from training.budget import average_step_seconds, probe_batches
+
+    ids = [[1] * n for n in np.random.default_rng(4).integers(3, 130, size=2000).tolist()]
+    probe = probe_batches(ids, 32, 2048)
+    widths = [max(len(ids[i]) for i in b) for b in probe.timed]
+    tokens = [len(b) * w for b, w in zip(probe.timed, widths, strict=True)]
+    assert sorted(tokens)[1] > 0.9 * max(tokens)  # a token budget: about the same tokens, any width (one partial)
+    timings = [(t * (1 + w / 50) / 1e4, t, len(b)) for t, w, b in zip(tokens, widths, probe.timed, strict=True)]
+    batch_widths = np.array(probe.batch_tokens) / np.array(probe.batch_texts)
+    truth = float((np.array(probe.batch_tokens) * (1 + batch_widths / 50) / 1e4).mean())  # linear in width: exact
+    assert average_step_seconds(probe, timings) == pytest.approx(truth, rel=1e-9)
+    points = sorted((t, seconds) for seconds, t, _ in timings)
+    by_tokens = np.interp(probe.batch_tokens, [t for t, _ in points], [c for _, c in points])
+    assert abs(float(by_tokens.mean()) - truth) > 0.02 * truth  # the old interpolation on tokens misses it
+
+
+def test_the_docs_throughput_figures_are_the_recorded_benchs():
+    import json
+
+    root = Path(__file__).resolve().parents[1]
+    means = json.loads((root / "docs/bench/batch-tokens.json").read_text("utf-8"))["means"]
+    fine = means["2048"]["fine_tuning_samples_per_second"] / means["0"]["fine_tuning_samples_per_second"] - 1
+    mlm = means["2048"]["masked_lm_samples_per_second"] / means["0"]["masked_lm_samples_per_second"] - 1
+    benchmarks = (root / "docs/benchmarks.md").read_text("utf-8")
+    assert f"**+{fine * 100:.1f} %**" in benchmarks and f"**+{mlm * 100:.1f} %**" in benchmarks
+    assert f"+{fine * 100:.0f} % samples/s on the second dataset" in (root / "README.md").read_text("utf-8")
+
+
+def test_the_docs_accuracy_table_is_the_recorded_runs():
+    import json
+
+    root = Path(__file__).resolve().parents[1]
+    runs = json.loads((root / "docs/bench/batch-tokens-full.json").read_text("utf-8"))["runs"]
+    benchmarks = (root / "docs/benchmarks.md").read_text("utf-8")
+    for run in runs:
+        dev, test = run["dev_transformer_alone"], run["test"]
+        row = next(line for line in benchmarks.splitlines() if line.startswith("| ") and f"| {run['commit']} |" in line)
+        assert f"{dev['accuracy'] * 100:.2f} % / {dev['macro_f1']:.4f}" in row
+        assert f"{test['accuracy'] * 100:.2f} % / {test['macro_f1']:.4f}" in row
+        assert f"{run['plan']['steps_per_epoch']}, {run['plan']['fine_tune_steps_run']}" in row
+        assert f"{dev['membership_advantage']:.3f}" in row
+    shipped = next(r for r in runs if r["commit"] == "53c01d8")
+    assert shipped["dev_transformer_alone"]["macro_f1"] < runs[0]["dev_transformer_alone"]["macro_f1"]  # off: no gain

@@ -5,9 +5,10 @@
 
 Each run is one masked-LM epoch and one fine-tuning epoch of `ernie-cls train` (scratch:nano, --max-seq-len 128,
 --time-budget 0, no baseline, no n-gram branch) in its own process, the settings alternated A B B A ... so that the
-machine's drift (10-30 % within minutes here) falls on both; samples/s are from each run's metrics.json (time in
-steps only). One epoch says nothing about accuracy (at seed 42 every one-epoch run with token batches still sat
-on the majority class, a seed-43 one did not): the full-budget runs in docs/benchmarks.md section 10 do.
+machine's drift (10-30 % within minutes here) falls on both; fine-tuning samples/s are from each run's metrics.json
+(time in steps only), masked-LM's the stage's samples over its wall seconds. One epoch says nothing about accuracy
+(at seed 42 every one-epoch run with token batches still sat on the majority class, a seed-43 one did not): the
+full-budget runs in docs/benchmarks.md section 10 do.
 """
 
 from __future__ import annotations

@@ -296,4 +296,7 @@ def test_the_docs_accuracy_table_is_the_recorded_runs():
         assert f"{run['plan']['steps_per_epoch']}, {run['plan']['fine_tune_steps_run']}" in row
         assert f"{dev['membership_advantage']:.3f}" in row
     shipped = next(r for r in runs if r["commit"] == "53c01d8")
+    blended = [v["membership_advantage"] for w, v in shipped["dev_by_transformer_weight"].items() if w != "1.0"]
+    assert min(blended) > shipped["membership_bound"] and shipped["transformer_weight_chosen"] == 1.0  # no share fit
+    assert f"the lowest blended share's was {min(blended):.3f}" in benchmarks
     assert shipped["dev_transformer_alone"]["macro_f1"] < runs[0]["dev_transformer_alone"]["macro_f1"]  # off: no gain

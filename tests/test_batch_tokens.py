@@ -60,55 +60,41 @@ def test_short_texts_share_big_batches_long_ones_small_and_a_text_over_the_budge
     assert texts == length_bucketed_batches(lengths, 32, random.Random(7))  # 0: the 32-text batches, untouched
 
 
-def _spy(monkeypatch, module, calls: list):
-    real = module.training_batches
+def _record(monkeypatch, owner, name: str, note) -> list:
+    """Wrap `owner.name` (a function or a method) so that each call also appends note(*args, result) to the list."""
+    real, seen = getattr(owner, name), []
 
-    def spy(lengths, batch_size, max_tokens, rng):
-        batches = real(lengths, batch_size, max_tokens, rng)
-        calls.append((max_tokens, batches, [len(b) * max(lengths[i] for i in b) for b in batches]))
-        return batches
+    def wrapper(*args):
+        result = real(*args)
+        seen.append(note(*args, result))
+        return result
 
-    monkeypatch.setattr(module, "training_batches", spy)
+    monkeypatch.setattr(owner, name, wrapper)
+    return seen
+
+
+def _batches(lengths, batch_size, max_tokens, rng, batches):
+    return max_tokens, batches, [len(b) * max(lengths[i] for i in b) for b in batches]
 
 
 def test_masked_lm_fine_tuning_and_qat_all_batch_by_tokens_and_evaluate_at_each_epoch_end(
     small_csv, tmp_path, monkeypatch
 ):
+    import paddle
+
     from training import loop, pretrain
+    from training import robust as robust_module
     from training.finetune import train
     from training.qat import QATConfig, run_qat
     from training.robust import RobustTraining
 
-    fine, mlm, steps, weights = [], [], [], []
-    _spy(monkeypatch, loop, fine)
-    _spy(monkeypatch, pretrain, mlm)
-    real_ids, real_weight = RobustTraining.batch_ids, RobustTraining.text_weight
-
-    def batch_ids(robust, batch):  # what a step really pads: noisy re-encodes included
-        ids = real_ids(robust, batch)
-        steps.append(len(ids) * max(map(len, ids)))
-        return ids
-
-    def text_weight(robust, texts):
-        weights.append((texts, robust.texts_per_batch, real_weight(robust, texts)))
-        return weights[-1][2]
-
-    import paddle
-
-    real_clip, clip_norms = paddle.nn.ClipGradByGlobalNorm._dygraph_clip, []
-
-    def clip(self, params_grads):  # the norm each optimizer step clips to
-        clip_norms.append(self.clip_norm)
-        return real_clip(self, params_grads)
-
-    monkeypatch.setattr(paddle.nn.ClipGradByGlobalNorm, "_dygraph_clip", clip)
-
-    from training import robust as robust_module
-
-    real_cut, cut = robust_module._cut, []
-    monkeypatch.setattr(robust_module, "_cut", lambda ids, width: cut.append(len(ids) > width) or real_cut(ids, width))
-    monkeypatch.setattr(RobustTraining, "batch_ids", batch_ids)
-    monkeypatch.setattr(RobustTraining, "text_weight", text_weight)
+    fine = _record(monkeypatch, loop, "training_batches", _batches)
+    mlm = _record(monkeypatch, pretrain, "training_batches", _batches)
+    # what a step really pads (noisy re-encodes included), each text weight, each optimizer step's clip norm
+    steps = _record(monkeypatch, RobustTraining, "batch_ids", lambda r, batch, ids: len(ids) * max(map(len, ids)))
+    weights = _record(monkeypatch, RobustTraining, "text_weight", lambda r, n, w: (n, r.texts_per_batch, w))
+    clip_norms = _record(monkeypatch, paddle.nn.ClipGradByGlobalNorm, "_dygraph_clip", lambda c, pg, _: c.clip_norm)
+    cut = _record(monkeypatch, robust_module, "_cut", lambda ids, width, _: len(ids) > width)
     # noise makes texts longer than the ones the batches were packed for: they are cut back to the batch's width
     options = dict(batch_tokens=64, epochs=2, pretrain_epochs=1, noise_augment=0.9, noise_rate=0.3, adversarial="fgm")
     cfg = tiny_train_config(tmp_path / "run", small_csv, **options)
@@ -230,23 +216,9 @@ def test_without_a_token_budget_the_step_is_as_before_and_masked_lm_follows_batc
     from training.finetune import train
     from training.robust import RobustTraining
 
-    mlm, weights, clip_norms = [], [], []
-    real_batches, real_weight, real_clip = (
-        pretrain.training_batches,
-        RobustTraining.text_weight,
-        paddle.nn.ClipGradByGlobalNorm._dygraph_clip,
-    )
-    monkeypatch.setattr(
-        pretrain,
-        "training_batches",
-        lambda lengths, size, tokens, rng: mlm.append((size, tokens)) or real_batches(lengths, size, tokens, rng),
-    )
-    monkeypatch.setattr(RobustTraining, "text_weight", lambda r, n: weights.append(real_weight(r, n)) or weights[-1])
-    monkeypatch.setattr(
-        paddle.nn.ClipGradByGlobalNorm,
-        "_dygraph_clip",
-        lambda c, pg: clip_norms.append(c.clip_norm) or real_clip(c, pg),
-    )
+    mlm = _record(monkeypatch, pretrain, "training_batches", lambda lengths, size, tokens, rng, _: (size, tokens))
+    weights = _record(monkeypatch, RobustTraining, "text_weight", lambda r, n, w: w)
+    clip_norms = _record(monkeypatch, paddle.nn.ClipGradByGlobalNorm, "_dygraph_clip", lambda c, pg, _: c.clip_norm)
     metrics = train(tiny_train_config(tmp_path / "run", small_csv, pretrain_epochs=1, max_grad_norm=0.5))
     assert mlm and set(mlm) == {(16, 0)}  # the config's --batch-size 16, not a fixed 32
     assert weights and set(weights) == {1.0} and len(weights) == metrics["steps"]

@@ -402,9 +402,9 @@ def test_export_refuses_to_refit_the_branch_on_changed_training_rows(refit_run, 
         data.write_bytes(original)
 
 
-def test_dev_does_not_stand_in_for_a_missing_test_file_once_the_branch_saw_it(small_csv, tmp_path, monkeypatch):
-    from ernie_cls.errors import ConfigError
-    from release.export import ExportConfig, export
+def _split_files_run_whose_branch_saw_dev(small_csv, tmp_path, monkeypatch) -> dict:
+    """A --train-file/--dev-file/--test-file run whose n-gram branch is kept (share forced to 0.5), so refitted on
+    train+dev; its metrics."""
     from tests.conftest import tiny_train_config
     from training.finetune import train
 
@@ -413,7 +413,14 @@ def test_dev_does_not_stand_in_for_a_missing_test_file_once_the_branch_saw_it(sm
     real = ngrams.choose_weight
     monkeypatch.setattr(ngrams, "choose_weight", lambda dev, members: (0.5, real(dev, members)[1]))
     files = {f"{name}_file": str(tmp_path / f"{name}.csv") for name in ("train", "dev", "test")}
-    metrics = train(tiny_train_config(tmp_path / "run", None, **files))
+    return train(tiny_train_config(tmp_path / "run", None, **files))
+
+
+def test_dev_does_not_stand_in_for_a_missing_test_file_once_the_branch_saw_it(small_csv, tmp_path, monkeypatch):
+    from ernie_cls.errors import ConfigError
+    from release.export import ExportConfig, export
+
+    metrics = _split_files_run_whose_branch_saw_dev(small_csv, tmp_path, monkeypatch)
     assert metrics["ngrams"]["fitted_on"] == "train+dev"
     (tmp_path / "test.csv").unlink()
     with pytest.raises(ConfigError, match="dev cannot stand in"):
@@ -424,15 +431,8 @@ def test_export_refuses_when_a_branch_that_saw_dev_has_lost_its_training_file(sm
     """The variant past the data-file check: a --train-file run whose dev and test files are still there."""
     from ernie_cls.errors import ConfigError
     from release.export import ExportConfig, export
-    from tests.conftest import tiny_train_config
-    from training.finetune import train
 
-    for name in ("train", "dev", "test"):
-        shutil.copy(small_csv, tmp_path / f"{name}.csv")
-    real = ngrams.choose_weight
-    monkeypatch.setattr(ngrams, "choose_weight", lambda dev, members: (0.5, real(dev, members)[1]))
-    files = {f"{name}_file": str(tmp_path / f"{name}.csv") for name in ("train", "dev", "test")}
-    train(tiny_train_config(tmp_path / "run", None, **files))
+    _split_files_run_whose_branch_saw_dev(small_csv, tmp_path, monkeypatch)
     (tmp_path / "train.csv").unlink()
     with pytest.raises(ConfigError, match="training rows are not at") as refused:
         export(ExportConfig(checkpoint=str(tmp_path / "run" / "best"), output=str(tmp_path / "a")))

@@ -75,3 +75,8 @@ def training_batches(lengths: list[int], batch_size: int, max_tokens: int, rng: 
     if max_tokens > 0:
         return token_budget_batches(lengths, max_tokens, rng)
     return length_bucketed_batches(lengths, batch_size, rng)
+
+
+def batches_per_epoch(lengths: list[int], batch_size: int, max_tokens: int) -> int:
+    """How many batches an epoch has: the same for every shuffle, in both batchings (what plans count steps by)."""
+    return len(training_batches(lengths, batch_size, max_tokens, random.Random(0)))

@@ -22,7 +22,7 @@ import numpy as np
 
 from ernie_cls.errors import ConfigError
 from training import baseline, ngrams
-from training.batching import Encoded, encode, training_batches
+from training.batching import Encoded, batches_per_epoch, encode
 from training.budget import (
     EVAL_FORWARD_SHARE,
     OVERRUN_ALLOWED,
@@ -216,7 +216,7 @@ def _size_stages(
         else step_s
     )
     lengths = [len(x) for x in train_data.ids]
-    steps = len(training_batches(lengths, cfg.batch_size, cfg.batch_tokens, random.Random(0)))
+    steps = batches_per_epoch(lengths, cfg.batch_size, cfg.batch_tokens)
     plan = plan_budget(cfg, scratch, steps, -(-dev_size // 64), step_s, mlm_step_s)
     log.info("%s", plan.describe())
     return apply_plan(cfg, plan, scratch), plan

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ernie_cls.tokenization import ErnieTokenizerFast
-from training.batching import training_batches
+from training.batching import batches_per_epoch, training_batches
 from training.budget import probe_batches, time_probe
 from training.loop import warmup_then_linear_decay
 
@@ -144,7 +144,7 @@ def pretrain_mlm(
     model = ErnieForMaskedLM(config)
     model.train()
     lengths = [len(x) for x in ids]
-    steps_per_epoch = len(training_batches(lengths, cfg.batch_size, cfg.batch_tokens, random.Random(0)))
+    steps_per_epoch = batches_per_epoch(lengths, cfg.batch_size, cfg.batch_tokens)
     total = steps_per_epoch * cfg.epochs
     schedule = warmup_then_linear_decay(cfg.learning_rate, total, int(cfg.warmup_ratio * total))
     optimizer = paddle.optimizer.AdamW(

@@ -78,7 +78,7 @@ class RobustTraining:
 
     def _width(self, batch: list[int]) -> int | None:
         """With --batch-tokens, the clean batch's width (the budget was packed for it), else None (no cut)."""
-        if not getattr(self.cfg, "batch_tokens", 0):
+        if not self.cfg.batch_tokens:
             return None
         return max(len(self.data.ids[i]) for i in batch)
 
